@@ -1,0 +1,59 @@
+"""The single ``ptbr`` command line.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+Modules are imported only to build their parser; heavy imports (torch, deepspeed, streaming)
+happen inside ``run`` so that ``ptbr --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ptbr import __version__
+from ptbr.errors import PtbrError
+
+# (command, help, module). Nested groups use a tuple of names.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("info",), "show presets, parameter counts and available WKV backends", "ptbr.commands.info"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptbr", description="ptbr: train RWKV-6 language models on Brazilian Portuguese text.")
+    parser.add_argument("--version", action="version", version=f"ptbr {__version__}")
+    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for names, help_text, module_name in COMMANDS:
+        target = root
+        for group in names[:-1]:
+            if group not in groups:
+                group_parser = root.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(dest=f"{group}_command", metavar="COMMAND",
+                                                            required=True)
+            target = groups[group]
+        sub = target.add_parser(names[-1], help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.configure(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except PtbrError as exc:
+        print(f"ptbr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ptbr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

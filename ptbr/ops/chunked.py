@@ -1,0 +1,201 @@
+"""Chunked WKV6 in plain PyTorch: exact, numerically safe for any decay, with a hand-written
+backward pass (autograd through the chunked graph is several times slower on CPU).
+
+The sequence is cut into chunks of ``L`` steps. With the per-step log-decay ``lw = -exp(w_raw)``
+and its inclusive cumulative sum ``A`` inside a chunk (``Ae`` the exclusive one, A_{t-1}):
+
+* intra-chunk:  y_t += Σ_{s<t} P[t,s] v_s + (r_t·u·k_t) v_t,  P[t,s] = Σ_i r_t k_s exp(Ae_t - A_s)
+* inter-chunk:  y_t += (r_t ⊙ exp(Ae_t)) S_c
+* chunk state:  S_{c+1} = exp(A_L) ⊙ S_c + Σ_s (k_s ⊙ exp(A_L - A_s))ᵀ v_s
+
+P is a matrix product of ``r ⊙ exp(Ae - A_L/2)`` and ``k ⊙ exp(A_L/2 - A)``: both exponents lie
+within ±span/2 of the chunk's total log-decay, so the factorisation is exact while the span stays
+below SAFE_SPAN (factors within e^±60, deep inside float32's normal range). Chunks with stronger
+decay (rare in trained models, common in stress tests) are recomputed pair by pair, every
+exponent then a forward-in-time span (≤ 0), so nothing can overflow. Cumulative sums are taken in
+float64: their differences cancel, and in float32 that cancellation would cost up to |A|·2^-24 of
+absolute error in every decay exponent. Padded steps at the end get r = k = v = 0 and log-decay 0,
+so they leave the final state untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ptbr.ops.reference import compute_dtype
+
+# exp(-128) is 0 in float32: clamping the log-decay there changes no float32 result, but keeps
+# it finite when exp(w_raw) overflows (an -inf would turn the cumulative sums into inf - inf).
+LOG_DECAY_FLOOR = -128.0
+W_RAW_CEIL = math.log(-LOG_DECAY_FLOOR)
+SAFE_SPAN = 120.0
+DEFAULT_CHUNK = 32
+
+
+def _pairwise_scores(r: torch.Tensor, k: torch.Tensor, Ae: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Strictly causal scores [..., L, L], each pair's decay exponent (≤ 0) formed on its own."""
+    L = r.shape[-2]
+    ti, si = torch.tril_indices(L, L, offset=-1, device=r.device)
+    decay = torch.exp((Ae[..., ti, :] - A[..., si, :]).to(r.dtype))
+    pairs = (r[..., ti, :] * k[..., si, :] * decay).sum(-1)
+    scores = pairs.new_zeros(*r.shape[:-2], L, L)
+    scores[..., ti, si] = pairs
+    return scores
+
+
+class _Chunks:
+    """Everything both passes derive from the inputs, laid out as [B, H, nc, L, N]."""
+
+    def __init__(self, r, k, v, lw, u, L: int):
+        self.r, self.k, self.v, self.u = r, k, v, u
+        cd = r.dtype
+        A = lw.double().cumsum(dim=-2)
+        Ae = F.pad(A[..., :-1, :], (0, 0, 1, 0))
+        A_last = A[..., -1:, :]
+        half = A_last / 2
+        self.A, self.Ae = A, Ae
+        self.span_ok = (A_last.amin(dim=(-1, -2)) >= -SAFE_SPAN)[..., None, None]  # [B,H,nc,1,1]
+        self.unsafe = (~self.span_ok[..., 0, 0]).nonzero(as_tuple=True)
+        lim = SAFE_SPAN / 2  # only reached in unsafe chunks, whose factors are then zeroed
+        self.e_Ae = torch.exp(Ae.to(cd))  # r side, inter-chunk (exponent <= 0)
+        self.e_q = torch.exp((Ae - half).clamp(max=lim).to(cd)) * self.span_ok  # r side, intra
+        self.e_k = torch.exp((half - A).clamp(max=lim).to(cd)) * self.span_ok  # k side, intra
+        self.e_kd = torch.exp((A_last - A).to(cd))  # k to chunk end (exponent <= 0)
+        self.e_last = torch.exp(A_last.to(cd)).transpose(-1, -2)  # [B,H,nc,N,1]
+        self.q_inter = r * self.e_Ae
+        self.q = r * self.e_q
+        self.kg = k * self.e_k
+        self.kd = k * self.e_kd
+        causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+        # Above the diagonal q·kg can reach e^span and overflow: select, never multiply, by the mask.
+        P = torch.where(causal, self.q @ self.kg.transpose(-1, -2), 0.0)
+        if self.unsafe[0].numel():
+            P = P.index_put(self.unsafe, _pairwise_scores(*self._unsafe_inputs()))
+        self.P, self.causal = P, causal
+        self.bonus = (r * u[None, :, None, None, :] * k).sum(-1, keepdim=True)  # [B,H,nc,L,1]
+
+    def _unsafe_inputs(self):
+        i = self.unsafe
+        return self.r[i], self.k[i], self.Ae[i], self.A[i]
+
+
+def _split(x: torch.Tensor, L: int, nc: int, cd: torch.dtype) -> torch.Tensor:
+    """[B,T,H,N] -> contiguous [B,H,nc,L,N] in the compute dtype, zero-padded at the end."""
+    B, T, H, N = x.shape
+    x = x.to(cd).transpose(1, 2)
+    if nc * L != T:
+        x = F.pad(x, (0, 0, 0, nc * L - T))
+    return x.reshape(B, H, nc, L, N).contiguous()
+
+
+def _merge(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B,H,nc,L,N] -> [B,T,H,N] in ``dtype``, padding dropped."""
+    B, H, nc, L, N = x.shape
+    return x.reshape(B, H, nc * L, N)[:, :, :T].transpose(1, 2).to(dtype)
+
+
+def _log_decay(w: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    return -torch.exp(w.to(cd).clamp(max=W_RAW_CEIL))
+
+
+class _WKV6Chunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, state, chunk_size: int):
+        B, T, H, N = r.shape
+        cd = compute_dtype(r, k, v, w, u, *(() if state is None else (state,)))
+        L = chunk_size
+        nc = max(1, -(-T // L))
+        rc, kc, vc, lw = (_split(x, L, nc, cd) for x in (r, k, v, _log_decay(w, cd)))
+        c = _Chunks(rc, kc, vc, lw, u.to(cd), L)
+
+        S = rc.new_zeros(B, H, N, N) if state is None else state.to(cd)
+        delta = c.kd.transpose(-1, -2) @ vc  # [B,H,nc,N,N]
+        prev = []
+        for decay_c, delta_c in zip(c.e_last.unbind(2), delta.unbind(2)):
+            prev.append(S)
+            S = decay_c * S + delta_c
+        S_prev = torch.stack(prev, dim=2)  # state entering each chunk
+        y = c.P @ vc + c.bonus * vc + c.q_inter @ S_prev
+
+        ctx.save_for_backward(r, k, v, w, u, S_prev)
+        ctx.meta = (chunk_size, cd, state is not None, state.dtype if state is not None else None)
+        return _merge(y, T, r.dtype), S
+
+    @staticmethod
+    def backward(ctx, dy, dS_T):
+        r, k, v, w, u, S_prev = ctx.saved_tensors
+        L, cd, has_state, state_dtype = ctx.meta
+        B, T, H, N = r.shape
+        nc = S_prev.shape[2]
+        rc, kc, vc = (_split(x, L, nc, cd) for x in (r, k, v))
+        lw = _split(_log_decay(w, cd), L, nc, cd)
+        c = _Chunks(rc, kc, vc, lw, u.to(cd), L)
+        dy = _split(dy, L, nc, cd)
+
+        # Reverse state recurrence: G_next[c] = dLoss/dS_{c+1}, the state leaving chunk c.
+        G = torch.zeros_like(S_prev[:, :, 0]) if dS_T is None else dS_T.to(cd)
+        qdy = c.q_inter.transpose(-1, -2) @ dy  # [B,H,nc,N,N]
+        nexts = []
+        for decay_c, qdy_c in zip(reversed(c.e_last.unbind(2)), reversed(qdy.unbind(2))):
+            nexts.append(G)
+            G = decay_c * G + qdy_c
+        d_state0 = G
+        G_next = torch.stack(nexts[::-1], dim=2)
+
+        dP = (dy @ vc.transpose(-1, -2)) * c.causal
+        d_bonus = (dy * vc).sum(-1, keepdim=True)
+        dq_inter = dy @ S_prev.transpose(-1, -2)
+        dq = dP @ c.kg
+        dkg = dP.transpose(-1, -2) @ c.q
+        dkd = vc @ G_next.transpose(-1, -2)
+        dv = c.P.transpose(-1, -2) @ dy + c.bonus * dy + c.kd @ G_next
+
+        ucd = u.to(cd)[None, :, None, None, :]
+        dr = dq_inter * c.e_Ae + dq * c.e_q + d_bonus * ucd * kc
+        dk = dkg * c.e_k + dkd * c.e_kd + d_bonus * ucd * rc
+        du = (d_bonus * rc * kc).sum(dim=(0, 2, 3))
+        # Partial derivatives with respect to the cumulative log-decays (in float64).
+        dAe = (dq_inter * c.q_inter + dq * c.q).double()
+        dA = -(dkg * c.kg + dkd * c.kd).double()
+        dA_last = ((S_prev * G_next).sum(-1) * c.e_last[..., 0]).double() + (dkd * c.kd).double().sum(-2)
+
+        if c.unsafe[0].numel():
+            with torch.enable_grad():
+                leaves = [x.detach().requires_grad_(True) for x in c._unsafe_inputs()]
+                gr, gk, gAe, gA = torch.autograd.grad(_pairwise_scores(*leaves), leaves, dP[c.unsafe])
+            dr = dr.index_put(c.unsafe, gr, accumulate=True)
+            dk = dk.index_put(c.unsafe, gk, accumulate=True)
+            dAe = dAe.index_put(c.unsafe, gAe, accumulate=True)
+            dA = dA.index_put(c.unsafe, gA, accumulate=True)
+
+        # A_t = Σ_{j<=t} lw_j, Ae_t = Σ_{j<t} lw_j, A_last = Σ_j lw_j  =>  reverse cumulative sums.
+        rev_A = dA.flip(-2).cumsum(-2).flip(-2)
+        rev_Ae = dAe.flip(-2).cumsum(-2).flip(-2) - dAe
+        dlw = rev_A + rev_Ae + dA_last.unsqueeze(-2)
+        dw_full = (dlw * lw.double()).to(cd)  # d(-exp(w))/dw = -exp(w) = lw
+        dw = _merge(dw_full, T, w.dtype) * (w.to(cd) <= W_RAW_CEIL).to(w.dtype)
+
+        return (
+            _merge(dr, T, r.dtype),
+            _merge(dk, T, k.dtype),
+            _merge(dv, T, v.dtype),
+            dw,
+            du.to(u.dtype),
+            d_state0.to(state_dtype) if has_state else None,
+            None,
+        )
+
+
+def wkv6_chunked(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _WKV6Chunked.apply(r, k, v, w, u, state, chunk_size)

