@@ -6,6 +6,7 @@ Every config object forbids unknown keys, and every validation failure becomes a
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,10 +82,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):  # PyYAML reads "3e-4" as a string (YAML 1.1 wants "3.0e-4")
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     return path, value
 
 

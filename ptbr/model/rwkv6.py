@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ptbr.config import RWKV6Config
 from ptbr.ops import wkv6
@@ -164,6 +165,7 @@ class RWKV6(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # recompute each block in backward (training only)
         if init_weights:
             self.reset_parameters()
 
@@ -197,7 +199,10 @@ class RWKV6(nn.Module):
         x = self.emb(idx)
         new_state = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, None if state is None else state[i])
+            if self.gradient_checkpointing and self.training and state is None and not return_state:
+                x, layer_state = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x, layer_state = block(x, None if state is None else state[i])
             new_state.append(layer_state)
         logits = self.head(self.ln_out(x))
         return (logits, new_state) if return_state else logits

@@ -1,0 +1,165 @@
+"""Rank and world detection for every launcher, in one place.
+
+Launchers disagree on what they export:
+
+* ``torchrun``: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT.
+* ``deepspeed`` launcher: the same, but LOCAL_SIZE instead of LOCAL_WORLD_SIZE (streaming reads
+  LOCAL_WORLD_SIZE and otherwise believes every rank is its own node).
+* Slurm ``srun`` (one task per GPU): only SLURM_* variables; DeepSpeed would then try MPI
+  discovery and fail, so they are translated here.
+
+:func:`setup` exports the complete torchrun-style set for everyone downstream (DeepSpeed's
+``env://`` init, mosaicml-streaming) and initialises the process group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+
+from ptbr.errors import PtbrError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun", "deepspeed", "slurm" or "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.rank // max(1, self.local_world_size)
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm node list such as ``gpu[01-03,07],login1`` into host names."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for item in ranges.split(","):
+            if "-" in item:
+                lo, hi = item.split("-", 1)
+                width = len(lo)
+                hosts.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1))
+            else:
+                hosts.append(f"{prefix}{item}{suffix}")
+    return hosts
+
+
+def expand_tasks_per_node(spec: str) -> list[int]:
+    """Expand SLURM_TASKS_PER_NODE such as ``4(x2),2`` into ``[4, 4, 2]``."""
+    counts: list[int] = []
+    for item in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+        if not m:
+            raise PtbrError(f"cannot parse SLURM_TASKS_PER_NODE={spec!r}")
+        counts.extend([int(m.group(1))] * int(m.group(2) or 1))
+    return counts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_env(env: dict[str, str]) -> DistEnv:
+    rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+    local_rank = int(env.get("SLURM_LOCALID", "0"))
+    if "SLURM_TASKS_PER_NODE" in env:
+        per_node = expand_tasks_per_node(env["SLURM_TASKS_PER_NODE"])
+        local_world = per_node[int(env.get("SLURM_NODEID", "0"))]
+    else:
+        local_world = int(env.get("SLURM_NTASKS_PER_NODE", env.get("SLURM_GPUS_ON_NODE", "1")))
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+    master_addr = env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0]
+    # A job-specific port lets several jobs share a node without colliding.
+    job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
+    master_port = int(env.get("MASTER_PORT") or 20000 + job_id % 20000)
+    return DistEnv(rank, world, local_rank, local_world, master_addr, master_port, "slurm")
+
+
+def detect(env: dict[str, str] | None = None) -> DistEnv:
+    """Work out this process's place in the job from whatever the launcher exported."""
+    env = dict(os.environ if env is None else env)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "deepspeed" if "LOCAL_SIZE" in env and "LOCAL_WORLD_SIZE" not in env else "torchrun"
+        world = int(env["WORLD_SIZE"])
+        local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
+        return DistEnv(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), local_world,
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), launcher)
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        return _slurm_env(env)
+    return DistEnv(0, 1, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()), "single")
+
+
+def export(d: DistEnv) -> None:
+    """Publish the torchrun-style variables that DeepSpeed and streaming read."""
+    os.environ.update({
+        "RANK": str(d.rank), "WORLD_SIZE": str(d.world_size), "LOCAL_RANK": str(d.local_rank),
+        "LOCAL_WORLD_SIZE": str(d.local_world_size), "MASTER_ADDR": d.master_addr,
+        "MASTER_PORT": str(d.master_port),
+    })
+
+
+def setup(timeout_minutes: int = 30) -> DistEnv:
+    """Detect, export and initialise torch.distributed (NCCL on GPU, gloo on CPU)."""
+    import datetime
+
+    import torch
+
+    d = detect()
+    export(d)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(d.local_rank % torch.cuda.device_count())
+    else:
+        # One thread per rank: CPU ranks otherwise oversubscribe the cores (10 steps: 0.1 s vs 2.5 s).
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
+    return d
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown(exit_code: int = 0) -> None:
+    """Leave without the exit-time abort gloo sometimes produces: barrier, destroy, flush, _exit."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_available() and dist.is_initialized():
+            if exit_code == 0:
+                dist.barrier()
+            dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

@@ -1,0 +1,1 @@
+"""Training: typed config, DeepSpeed engine set-up, the step loop, metrics."""

@@ -1,0 +1,149 @@
+"""Training configuration: one YAML file, typed and validated, from which everything is derived.
+
+The DeepSpeed JSON config is generated from these sections (``ptbr.train.ds_config``), so there is
+no second hand-written file to keep in sync; a raw ``deepspeed:`` block may override keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ptbr.config import PRESETS, RWKV6Config, StrictModel, apply_overrides, load_yaml, validate
+from ptbr.errors import ConfigError
+
+
+class DataConfig(StrictModel):
+    source: str = Field(description="s3://bucket/prefix or a local directory of published shards")
+    cache_dir: str = Field(default="~/.cache/ptbr/streaming",
+                           description="root of the local shard cache (one sub-directory per dataset version)")
+    seq_len: int = Field(gt=0, description="must equal the shards' seq_len")
+    shuffle: bool = True
+    shuffle_algo: str = "py1e"
+    num_canonical_nodes: int | None = Field(default=None, gt=0,
+                                            description="fix it to keep the sample order across world sizes")
+    num_workers: int = Field(default=2, ge=0)
+    predownload: int | None = Field(default=None, gt=0)
+    val_split: str = "val"
+    train_split: str = "train"
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(default=6e-4, gt=0)
+    min_lr: float = Field(default=6e-5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    decay_steps: int | None = Field(default=None, gt=0, description="cosine length; default: train.max_steps")
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping")
+    time_decay_lr_scale: float = Field(default=2.0, gt=0, description="RWKV-LM: 2x LR on time_decay")
+    l2wrap: bool = Field(default=True, description="RWKV-LM's L2Wrap logit regulariser")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class BatchConfig(StrictModel):
+    micro_batch_size: int = Field(default=8, gt=0, description="sequences per device per micro-step")
+    grad_accum: int | None = Field(default=None, gt=0)
+    global_batch_size: int | None = Field(default=None, gt=0,
+                                          description="sequences per optimizer step; derives grad_accum")
+
+    def resolve(self, world_size: int) -> tuple[int, int]:
+        """Return (grad_accum, global_batch_size) for this world size, or raise ConfigError."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size is not None:
+            if self.global_batch_size % per_step:
+                raise ConfigError(
+                    f"batch.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                    f"micro_batch_size x world size ({self.micro_batch_size} x {world_size} = {per_step})")
+            accum = self.global_batch_size // per_step
+            if self.grad_accum is not None and self.grad_accum != accum:
+                raise ConfigError(f"batch.grad_accum ({self.grad_accum}) contradicts global_batch_size "
+                                  f"({self.global_batch_size} = {accum} x {per_step}); set only one")
+            return accum, self.global_batch_size
+        accum = self.grad_accum or 1
+        return accum, accum * per_step
+
+
+class ZeroConfig(StrictModel):
+    stage: Literal[1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ZeroConfig:
+        if self.offload_params and self.stage != 3:
+            raise ValueError("offload_params needs stage 3")
+        return self
+
+
+class TrainLoopConfig(StrictModel):
+    run_dir: str = "runs/default"
+    seed: int = 1234
+    max_steps: int = Field(default=1000, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=200, ge=0, description="0: only at the end")
+    eval_samples: int = Field(default=256, gt=0, description="validation sequences per evaluation")
+    checkpoint_every: int = Field(default=500, ge=0, description="0: only at the end")
+    keep_checkpoints: int = Field(default=3, ge=2, description="complete checkpoints to keep (>= 2)")
+    max_nonfinite_in_row: int = Field(default=5, gt=0)
+    wkv_backend: Literal["auto", "reference", "torch", "triton"] = "auto"
+    grad_checkpointing: bool = False
+    tensorboard: bool = True
+    peak_tflops: float | None = Field(default=None, gt=0, description="per device; default: detected")
+
+
+class DebugConfig(StrictModel):
+    """Fault injection for tests of the guards; never set in real runs."""
+
+    nonfinite_loss_at_steps: list[int] = Field(default_factory=list)
+
+
+def _expand_model(model: str | dict[str, Any]) -> dict[str, Any]:
+    """``model: 140m`` (a preset), ``model: configs/model/x.yaml`` (a file) or a mapping that may
+    name a ``preset`` -> explicit model keys, validated later as part of the whole config."""
+    if isinstance(model, str):
+        model = load_yaml(model) if model.endswith((".yaml", ".yml")) else {"preset": model}
+    model = dict(model)
+    preset = model.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        model = {**PRESETS[preset], **model}
+    return model
+
+
+class TrainConfig(StrictModel):
+    model: RWKV6Config
+    data: DataConfig
+    optim: OptimConfig = OptimConfig()
+    batch: BatchConfig = BatchConfig()
+    zero: ZeroConfig = ZeroConfig()
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    train: TrainLoopConfig = TrainLoopConfig()
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description="raw DeepSpeed keys, merged last")
+    debug: DebugConfig = DebugConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_section(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict | str):
+            data = {**data, "model": _expand_model(data["model"])}
+        return data
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        data = load_yaml(path)
+        if isinstance(data.get("model"), str):  # so that model.* overrides apply to a preset or file
+            data["model"] = _expand_model(data["model"])
+        return validate(cls, apply_overrides(data, overrides or []), str(path))
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,49 @@
+"""Entry point shared by ``ptbr train`` and ``python -m ptbr.train`` (any launcher)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training YAML, e.g. configs/train/1b5.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, join the process group, train; exit through ``dist.shutdown``."""
+    from ptbr import dist
+    from ptbr.errors import PtbrError
+    from ptbr.train.config import TrainConfig
+
+    env = dist.detect()
+    try:
+        cfg = TrainConfig.load(args.config, args.overrides)
+    except PtbrError as exc:
+        if env.is_main:
+            print(f"ptbr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    env = dist.setup()
+    code = 0
+    try:
+        from ptbr.train.loop import Trainer
+
+        code = Trainer(cfg, env).run()
+    except PtbrError as exc:
+        if env.is_main:
+            print(f"ptbr: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    dist.shutdown(code)
+    return code  # not reached: shutdown exits the process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ptbr.train", description="Train an RWKV-6 model.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
