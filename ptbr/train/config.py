@@ -104,6 +104,8 @@ class DebugConfig(StrictModel):
     """Fault injection for tests of the guards; never set in real runs."""
 
     nonfinite_loss_at_steps: list[int] = Field(default_factory=list)
+    pause_before_commit_s: float = Field(default=0.0, ge=0, description="sleep before a checkpoint commits")
+    record_samples: bool = Field(default=False, description="write each rank's sample ids to RUN_DIR/samples")
 
 
 def _expand_model(model: str | dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training YAML, e.g. configs/train/1b5.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
+    parser.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                        help="auto (default): continue from the newest complete checkpoint in the run directory, "
+                             "if any; never: start fresh (refused if the run directory holds checkpoints); "
+                             "PATH: resume from that checkpoint directory")
+    parser.add_argument("--allow-fresh-start", action="store_true",
+                        help="start over although the run directory holds only incomplete checkpoints "
+                             "(they are moved aside, not deleted)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although the model shape, seq_len or dataset differ from the checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ptbr.train.loop import Trainer
 
-        code = Trainer(cfg, env).run()
+        code = Trainer(cfg, env, resume=args.resume, allow_fresh_start=args.allow_fresh_start,
+                       allow_config_change=args.allow_config_change).run()
     except PtbrError as exc:
         if env.is_main:
             print(f"ptbr: error: {exc}", file=sys.stderr)

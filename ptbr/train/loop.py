@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ class Progress:
     tokens: int = 0  # global training tokens consumed
     skipped_steps: int = 0
     nonfinite_in_row: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # streaming epoch being read
+    epoch_samples: int = 0  # global samples consumed in that epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -65,8 +66,15 @@ def check_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, resume: str = "auto", allow_fresh_start: bool = False,
+                 allow_config_change: bool = False):
         self.cfg, self.env = cfg, env
+        self.resume_mode, self.allow_fresh_start, self.allow_config_change = (
+            resume, allow_fresh_start, allow_config_change)
+        self.ckpt_root = Path(cfg.train.run_dir) / "checkpoints"
+        self.resumed_data_state: dict[str, Any] | None = None
+        self.last_saved_step = -1
+        self.last_eval_step = -1
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.run_dir = Path(cfg.train.run_dir)
         self.accum, self.global_batch = cfg.batch.resolve(env.world_size)
@@ -97,7 +105,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda", drop_last=True,
             persistent_workers=self.cfg.data.num_workers > 0)
 
-    def setup_model(self) -> None:
+    def setup_model(self, load_universal: bool = False) -> None:
         import deepspeed
 
         cfg = self.cfg
@@ -107,10 +115,20 @@ class Trainer:
         model.gradient_checkpointing = cfg.train.grad_checkpointing
         optimizer = build_optimizer(model, cfg.optim)
         ds_config = build_ds_config(cfg, self.env.world_size, self.device.type == "cuda")
+        if load_universal:  # elastic resume: optimizer state re-partitioned for this world size
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config,
             lr_scheduler=lambda opt: WarmupCosine(opt, cfg.optim, cfg.train.max_steps))
         seed_everything(cfg.train.seed + 1000 + self.env.rank)
+
+    def data_state(self) -> dict[str, Any]:
+        """Streaming's resume state at this optimizer-step boundary (global samples, any world size)."""
+        ds = self.train_ds
+        initial = (self.resumed_data_state or {}).get("initial_physical_nodes", self.env.num_nodes)
+        return {"epoch": self.progress.epoch, "sample_in_epoch": self.progress.epoch_samples,
+                "num_canonical_nodes": ds.num_canonical_nodes, "shuffle_seed": ds.shuffle_seed,
+                "initial_physical_nodes": initial}
 
     # ------------------------------------------------------------------ steps
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -167,25 +185,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        from ptbr.train import checkpointing
+        from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest
+
         cfg, env = self.cfg, self.env
+        stop = StopRequest()
         self.setup_data()
-        self.setup_model()
+        plan = checkpointing.plan_resume(self, self.resume_mode, self.allow_fresh_start, self.allow_config_change)
+        self.setup_model(load_universal=bool(plan and plan.elastic))
+        if plan:
+            checkpointing.load(self, plan)
+            self.train_ds.load_state_dict(self.resumed_data_state)  # before the first __iter__
+            self.last_saved_step = self.progress.step
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
             info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
                  f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
                  f"ZeRO {cfg.zero.stage}, {cfg.precision}, {cfg.model.num_parameters():,} parameters")
+        if plan and plan.elastic:
+            checkpointing.save(self)  # from now on a native checkpoint at this world size
+            self.last_saved_step = self.progress.step
         loader = self.make_loader()
         iterator = iter(loader)
+        samples_log = self.open_sample_log()
+        micro_global = cfg.batch.micro_batch_size * env.world_size
 
         def next_batch() -> dict[str, torch.Tensor]:
             nonlocal iterator
             try:
-                return next(iterator)
+                batch = next(iterator)
             except StopIteration:  # end of epoch: streaming starts the next one on a new iterator
+                self.progress.epoch += 1
+                self.progress.epoch_samples = 0
                 iterator = iter(loader)
-                return next(iterator)
+                batch = next(iterator)
+            self.progress.epoch_samples += micro_global
+            if samples_log:
+                samples_log.write(json.dumps({"step": self.progress.step,
+                                              "ids": [int(i) for i in batch["sample_id"]]}) + "\n")
+            return batch
 
         tokens_per_step = self.global_batch * cfg.data.seq_len
         window = {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
@@ -214,16 +253,42 @@ class Trainer:
             if p.step % cfg.train.log_every == 0 or p.step == cfg.train.max_steps:
                 self.log_window(window, run_t0)
                 window = {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
+            if stop.agreed(self.device):
+                checkpointing.save(self)
+                if env.is_main:
+                    info(f"preempted: checkpoint of step {p.step} committed, exiting with {PREEMPTED_EXIT_CODE}")
+                self.metrics.close()
+                return PREEMPTED_EXIT_CODE
             if cfg.train.eval_every and p.step % cfg.train.eval_every == 0 and p.step < cfg.train.max_steps:
                 self.log_eval()
-        self.log_eval()
+            if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
+                checkpointing.save(self)
+                self.last_saved_step = p.step
+        if self.last_eval_step != self.progress.step:
+            self.log_eval()
+        if self.last_saved_step != self.progress.step:
+            checkpointing.save(self)
         self.metrics.close()
+        stop.restore()
         return 0
 
+    def open_sample_log(self):
+        """Per-rank record of the sample ids each step read (debug.record_samples), for the data tests."""
+        if not self.cfg.debug.record_samples:
+            return None
+        d = self.run_dir / "samples"
+        d.mkdir(parents=True, exist_ok=True)
+        return open(d / f"rank_{self.env.rank:05d}.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
     def nonfinite_message(self) -> str:
+        from ptbr.checkpoint.store import newest_usable
+
+        good = newest_usable(self.ckpt_root, lambda _msg: None)
+        where = (f"the last good checkpoint is {good.path}; resume from it with --resume {good.path}"
+                 if good else "no checkpoint was written yet")
         return (f"stopping: {self.progress.nonfinite_in_row} optimizer steps in a row had a non-finite loss or "
-                f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); lower optim.lr "
-                "or check the data")
+                f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
+                "after lowering optim.lr or checking the data")
 
     def log_window(self, w: dict[str, Any], run_t0: float) -> None:
         cfg, env, p = self.cfg, self.env, self.progress
@@ -253,6 +318,7 @@ class Trainer:
 
     def log_eval(self) -> None:
         result = self.evaluate()
+        self.last_eval_step = self.progress.step
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens)")

@@ -1,0 +1,1 @@
+"""Sharded checkpoints: atomic commit, discovery, retention, elastic (other world size) resume."""

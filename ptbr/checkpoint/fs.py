@@ -1,0 +1,33 @@
+"""Durable file operations: a file is either entirely there or not there at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Persist a directory's entries (a rename is durable only after this)."""
+    with contextlib.suppress(OSError):  # some filesystems do not support fsync on directories
+        fsync_file(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file, fsync, rename over ``path``, fsync the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -1,0 +1,218 @@
+"""Saving and resuming a training run with DeepSpeed sharded checkpoints.
+
+Save: every rank writes its shards and RNG state and fsyncs them; after a barrier rank 0 verifies
+the set, writes ``ptbr_state.json`` and the COMPLETE marker, then moves ``latest`` (see
+:mod:`ptbr.checkpoint.store`). Resume: the newest intact checkpoint, at the same world size
+(native, bit-exact) or at another one (through the universal format), with the data stream
+continuing at the exact sample where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ptbr import __version__
+from ptbr.checkpoint import store
+from ptbr.checkpoint.fs import atomic_write_text, fsync_file
+from ptbr.checkpoint.universal import ensure_universal
+from ptbr.errors import CheckpointError
+from ptbr.train.metrics import info
+
+if TYPE_CHECKING:
+    from ptbr.train.loop import Trainer
+
+
+@dataclass
+class ResumePlan:
+    tag: str
+    path: Path  # the native checkpoint directory
+    load_dir: Path  # the directory holding ``tag`` that DeepSpeed loads from
+    state: dict[str, Any]
+    elastic: bool
+
+
+def fingerprint(trainer: Trainer) -> dict[str, str]:
+    """What must not change across a resume: model shape, sequence length, dataset identity."""
+    cfg, manifest = trainer.cfg, trainer.manifest
+    dataset = manifest.get("dataset_hash") or hashlib.sha256(
+        json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    model = hashlib.sha256(json.dumps(cfg.model.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    return {"model": model, "seq_len": str(cfg.data.seq_len), "dataset": str(dataset)}
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _checkpoint_at(path: Path) -> store.Checkpoint:
+    m = store._TAG.match(path.name)
+    if not m:
+        raise CheckpointError(f"{path} is not a ptbr checkpoint directory (expected a name like step_00001000)")
+    return store.Checkpoint(path, int(m.group(1)), int(m.group(2) or 0))
+
+
+def _decide(trainer: Trainer, mode: str, allow_fresh_start: bool, allow_config_change: bool) -> ResumePlan | None:
+    """Rank 0 only: pick the checkpoint to resume from, or None for a fresh start, or raise."""
+    root = trainer.ckpt_root
+    existing = store.list_checkpoints(root)
+    if mode == "never":
+        if any(not c.problems() for c in existing):
+            raise CheckpointError(f"{root} already holds checkpoints; --resume never would mix two runs in one "
+                                  "directory: choose another train.run_dir or use --resume auto")
+        return None
+    if mode == "auto":
+        ckpt = store.newest_usable(root, info)
+        if ckpt is None:
+            if not existing:
+                return None
+            if not allow_fresh_start:
+                raise CheckpointError(
+                    f"{root} holds {len(existing)} checkpoint(s) but none is complete; refusing to start over. "
+                    "Resume one explicitly with --resume PATH, or pass --allow-fresh-start")
+            aside = root / f"discarded-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.mkdir(parents=True)
+            for c in existing:
+                c.path.rename(aside / c.path.name)
+            info(f"starting fresh; the incomplete checkpoints were moved to {aside}")
+            return None
+    else:
+        ckpt = _checkpoint_at(Path(mode))
+        problems = ckpt.problems()
+        if problems:
+            raise CheckpointError(f"cannot resume from {mode}: " + "; ".join(problems))
+    state = ckpt.state()
+    saved, now = state["fingerprint"], fingerprint(trainer)
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if changed and not allow_config_change:
+        raise CheckpointError(f"checkpoint {ckpt.tag} was written for a different " + ", ".join(changed) +
+                              " (model shape, seq_len and dataset must match); use a new train.run_dir, "
+                              "or pass --allow-config-change if this is intended")
+    elastic = int(state["world_size"]) != trainer.env.world_size
+    if elastic and int(state["global_batch_size"]) != trainer.global_batch:
+        raise CheckpointError(
+            f"resuming at world size {trainer.env.world_size} (saved at {state['world_size']}) must keep the "
+            f"global batch of {state['global_batch_size']} sequences to continue the same data order; set "
+            f"batch.global_batch_size={state['global_batch_size']}")
+    load_dir = ckpt.path.parent
+    if elastic:
+        load_dir = ensure_universal(ckpt, info).parent
+    return ResumePlan(ckpt.tag, ckpt.path, load_dir, state, elastic)
+
+
+def plan_resume(trainer: Trainer, mode: str, allow_fresh_start: bool = False,
+                allow_config_change: bool = False) -> ResumePlan | None:
+    """Collective: rank 0 decides (and converts for elastic resumes), every rank gets the same plan."""
+    result: Any = None
+    if trainer.env.is_main:
+        try:
+            result = _decide(trainer, mode, allow_fresh_start, allow_config_change)
+        except CheckpointError as exc:
+            result = exc
+    result = _broadcast(result)
+    if isinstance(result, CheckpointError):
+        raise result
+    return result
+
+
+def load(trainer: Trainer, plan: ResumePlan) -> None:
+    """Load weights, fp32 master weights and optimizer state; restore progress, schedule, RNG."""
+    path, _ = trainer.engine.load_checkpoint(str(plan.load_dir), tag=plan.tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+    if path is None:  # DeepSpeed returns (None, None) instead of raising when it finds nothing
+        raise CheckpointError(f"DeepSpeed loaded nothing from {plan.load_dir / plan.tag}")
+    s = plan.state
+    p = trainer.progress
+    p.step, p.samples, p.tokens = int(s["step"]), int(s["samples"]), int(s["tokens"])
+    p.skipped_steps, p.nonfinite_in_row = int(s["skipped_steps"]), int(s["nonfinite_in_row"])
+    p.epoch, p.epoch_samples = int(s["data"]["epoch"]), int(s["data"]["sample_in_epoch"])
+    trainer.resumed_data_state = dict(s["data"])
+    trainer.scheduler.load_state_dict(s["scheduler"])
+    rng_file = plan.path / "rng" / f"rank_{trainer.env.rank:05d}.pt"
+    if not plan.elastic and rng_file.is_file():
+        _set_rng(torch.load(rng_file, weights_only=False))
+    kind = f"elastic ({s['world_size']} -> {trainer.env.world_size} ranks)" if plan.elastic else "native"
+    if trainer.env.is_main:
+        info(f"resumed from {plan.path} at step {p.step} ({kind}), data at epoch {p.epoch} "
+             f"sample {p.epoch_samples}")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _own_files(path: Path, rank: int) -> list[Path]:
+    mine = [f for f in path.iterdir() if f.is_file() and f"zero_pp_rank_{rank}_" in f.name]
+    if rank == 0:
+        mine += [f for f in path.iterdir() if f.is_file() and f.name.startswith("mp_rank_")]
+    return mine
+
+
+def save(trainer: Trainer) -> Path:
+    """Collective: write, verify and commit a checkpoint of the current step."""
+    env, p = trainer.env, trainer.progress
+    root = trainer.ckpt_root
+    path = None
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        path = store.new_checkpoint_dir(root, p.step)
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of a killed save
+    path = Path(_broadcast(str(path)))
+    t0 = time.perf_counter()
+    trainer.engine.save_checkpoint(str(root), tag=path.name, client_state={}, save_latest=False)
+    (path / "rng").mkdir(parents=True, exist_ok=True)
+    rng_file = path / "rng" / f"rank_{env.rank:05d}.pt"
+    torch.save(_rng_state(), rng_file)
+    for f in [*_own_files(path, env.rank), rng_file]:
+        fsync_file(f)
+    dist.barrier()
+    error = None
+    if env.is_main:
+        try:
+            state = {
+                "step": p.step, "samples": p.samples, "tokens": p.tokens, "skipped_steps": p.skipped_steps,
+                "nonfinite_in_row": p.nonfinite_in_row, "data": trainer.data_state(),
+                "scheduler": trainer.scheduler.state_dict(), "world_size": env.world_size,
+                "zero_stage": trainer.cfg.zero.stage, "precision": trainer.cfg.precision,
+                "global_batch_size": trainer.global_batch, "micro_batch_size": trainer.cfg.batch.micro_batch_size,
+                "grad_accum": trainer.accum, "fingerprint": fingerprint(trainer), "ptbr_version": __version__,
+                "saved_at": time.time(),
+            }
+            atomic_write_text(path / store.STATE, json.dumps(state, indent=1) + "\n")
+            pause = trainer.cfg.debug.pause_before_commit_s  # lets tests kill the job mid-save
+            if pause:
+                info(f"debug: pausing {pause} s before committing {path.name}")
+                time.sleep(pause)
+            store.commit(path, env.world_size)
+            removed = store.apply_retention(root, trainer.cfg.train.keep_checkpoints)
+            info(f"checkpoint {path.name} committed in {time.perf_counter() - t0:.2f} s"
+                 + (f", removed {', '.join(r.name for r in removed)}" if removed else ""))
+        except Exception as exc:  # noqa: BLE001 - reported collectively below
+            error = f"{type(exc).__name__}: {exc}"
+    error = _broadcast(error)
+    if error:
+        raise CheckpointError(f"saving {path} failed: {error}")
+    return path
