@@ -19,3 +19,13 @@ torch.set_num_threads(int(os.environ.get("PTBR_TEST_THREADS", "2")))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (ptbr.local_s3), shared by the session, killed at the end."""
+    from ptbr.local_s3 import LocalS3Server
+
+    server = LocalS3Server(tmp_path_factory.mktemp("s3server")).start()
+    yield server
+    server.stop()
