@@ -123,9 +123,11 @@ def commit(path: Path, world_size: int) -> None:
     atomic_write_text(path.parent / LATEST, path.name + "\n")
 
 
-def newest_usable(root: str | Path, warn) -> Checkpoint | None:
-    """Newest complete, intact checkpoint; each newer unusable one is reported through ``warn``."""
+def newest_usable(root: str | Path, warn, max_step: int | None = None) -> Checkpoint | None:
+    """Newest complete, intact checkpoint (at most ``max_step``); newer unusable ones go to ``warn``."""
     for ckpt in reversed(list_checkpoints(root)):
+        if max_step is not None and ckpt.step > max_step:
+            continue
         problems = ckpt.problems()
         if not problems:
             return ckpt

@@ -51,7 +51,8 @@ def fingerprint(trainer: Trainer) -> dict[str, str]:
     return {"model": model, "seq_len": str(cfg.data.seq_len), "dataset": str(dataset)}
 
 
-def _broadcast(obj: Any) -> Any:
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -121,7 +122,7 @@ def plan_resume(trainer: Trainer, mode: str, allow_fresh_start: bool = False,
             result = _decide(trainer, mode, allow_fresh_start, allow_config_change)
         except CheckpointError as exc:
             result = exc
-    result = _broadcast(result)
+    result = broadcast(result)
     if isinstance(result, CheckpointError):
         raise result
     return result
@@ -180,7 +181,7 @@ def save(trainer: Trainer) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         path = store.new_checkpoint_dir(root, p.step)
         shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of a killed save
-    path = Path(_broadcast(str(path)))
+    path = Path(broadcast(str(path)))
     t0 = time.perf_counter()
     trainer.engine.save_checkpoint(str(root), tag=path.name, client_state={}, save_latest=False)
     (path / "rng").mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,9 @@ def save(trainer: Trainer) -> Path:
                 "saved_at": time.time(),
             }
             atomic_write_text(path / store.STATE, json.dumps(state, indent=1) + "\n")
-            pause = trainer.cfg.debug.pause_before_commit_s  # lets tests kill the job mid-save
+            debug = trainer.cfg.debug  # lets tests kill the job (or signal it again) in the middle of a save
+            at = debug.pause_at_steps
+            pause = debug.pause_before_commit_s if at is None or p.step in at else 0.0
             if pause:
                 info(f"debug: pausing {pause} s before committing {path.name}")
                 time.sleep(pause)
@@ -212,7 +215,7 @@ def save(trainer: Trainer) -> Path:
                  + (f", removed {', '.join(r.name for r in removed)}" if removed else ""))
         except Exception as exc:  # noqa: BLE001 - reported collectively below
             error = f"{type(exc).__name__}: {exc}"
-    error = _broadcast(error)
+    error = broadcast(error)
     if error:
         raise CheckpointError(f"saving {path} failed: {error}")
     return path

@@ -105,6 +105,7 @@ class DebugConfig(StrictModel):
 
     nonfinite_loss_at_steps: list[int] = Field(default_factory=list)
     pause_before_commit_s: float = Field(default=0.0, ge=0, description="sleep before a checkpoint commits")
+    pause_at_steps: list[int] | None = Field(default=None, description="only pause at these steps")
     record_samples: bool = Field(default=False, description="write each rank's sample ids to RUN_DIR/samples")
 
 

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-fresh-start", action="store_true",
                         help="start over although the run directory holds only incomplete checkpoints "
                              "(they are moved aside, not deleted)")
+    # the deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume although the model shape, seq_len or dataset differ from the checkpoint")
 

@@ -209,6 +209,7 @@ class Trainer:
         loader = self.make_loader()
         iterator = iter(loader)
         samples_log = self.open_sample_log()
+        launch_id = checkpointing.broadcast(time.time_ns())  # tells re-done steps apart after a resume
         micro_global = cfg.batch.micro_batch_size * env.world_size
 
         def next_batch() -> dict[str, torch.Tensor]:
@@ -222,7 +223,7 @@ class Trainer:
                 batch = next(iterator)
             self.progress.epoch_samples += micro_global
             if samples_log:
-                samples_log.write(json.dumps({"step": self.progress.step,
+                samples_log.write(json.dumps({"launch": launch_id, "step": self.progress.step,
                                               "ids": [int(i) for i in batch["sample_id"]]}) + "\n")
             return batch
 
@@ -283,9 +284,10 @@ class Trainer:
     def nonfinite_message(self) -> str:
         from ptbr.checkpoint.store import newest_usable
 
-        good = newest_usable(self.ckpt_root, lambda _msg: None)
+        streak_start = self.progress.step - self.progress.nonfinite_in_row
+        good = newest_usable(self.ckpt_root, lambda _msg: None, max_step=streak_start)
         where = (f"the last good checkpoint is {good.path}; resume from it with --resume {good.path}"
-                 if good else "no checkpoint was written yet")
+                 if good else "no checkpoint was written before the first of them")
         return (f"stopping: {self.progress.nonfinite_in_row} optimizer steps in a row had a non-finite loss or "
                 f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
                 "after lowering optim.lr or checking the data")
