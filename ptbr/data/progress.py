@@ -45,7 +45,7 @@ class Progress:
         self.tty = enabled and self.stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._last = self.t0
         self._shown: tuple[int, int] | None = None
         self.done_bytes = 0
         self.count = 0
