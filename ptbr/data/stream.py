@@ -1,0 +1,193 @@
+"""Streaming reader: a published (s3://) or local dataset as a StreamingDataset of token samples.
+
+Typical use in a training process (every rank, before building any DataLoader)::
+
+    from ptbr.data import prepare_streaming_env, build_dataset
+    prepare_streaming_env()
+    ds = build_dataset("s3://bucket/ptbr/v1", "train", cache_root="/scratch/ptbr-cache",
+                       batch_size=per_rank_batch, shuffle=True, seed=1234, num_canonical_nodes=8)
+    if resume_state is not None:
+        ds.load_state_dict(resume_state)        # BEFORE the first iteration (see TokenDataset)
+    loader = torch.utils.data.DataLoader(ds, batch_size=per_rank_batch, num_workers=2)
+
+Cache safety: shards are cached under ``cache_root/<dataset_hash[:16]>/<split>``, and the
+dataset hash covers every shard's xxh64 (through index.json), so a re-published remote gets a
+new directory and never serves stale samples; index.json is downloaded by us and checked against
+the manifest, and shards are validated (xxh64) on download.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ptbr.data.hashing import sha256_bytes
+from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, parse_manifest
+from ptbr.data.s3 import is_s3
+from ptbr.data.store import open_store
+from ptbr.errors import DataError
+
+if TYPE_CHECKING:
+    from ptbr.data.token_dataset import TokenDataset
+
+_ENV_DONE = "PTBR_STREAMING_ENV"
+
+
+def read_manifest(source: str) -> dict[str, Any]:
+    """The manifest of a dataset directory or a published s3:// prefix.
+
+    Remotely the prefix must be committed: ``_SUCCESS`` present and equal to sha256(manifest.json).
+    """
+    store = open_store(source)
+    data = store.get(MANIFEST)
+    if data is None:
+        raise DataError(f"{source}: no {MANIFEST} (not a ptbr dataset, or its build/publish did not finish)")
+    if store.remote:
+        success = store.get(SUCCESS)
+        if success is None:
+            raise DataError(f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
+                            f"re-run 'ptbr shards publish'")
+        if success.decode(errors="replace").strip() != sha256_bytes(data):
+            raise DataError(f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
+                            f"interrupted); re-run 'ptbr shards publish'")
+    return parse_manifest(data, source)
+
+
+# ------------------------------------------------------------------------------ environment
+def _int_env(*names: str) -> tuple[str, int] | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            head = value.split("(")[0].split(",")[0]  # SLURM forms like "4(x2)" or "4,4"
+            if head.isdigit() and int(head) > 0:
+                return name, int(head)
+    return None
+
+
+def local_world_size() -> tuple[int, str]:
+    """Processes of this job on this node, and which variable said so."""
+    found = _int_env("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                     "MPI_LOCALNRANKS", "SLURM_GPUS_ON_NODE")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 1, "WORLD_SIZE<=1"
+    if found is None:
+        raise DataError("cannot tell how many ranks run on this node: set LOCAL_WORLD_SIZE (torchrun does; "
+                        "the deepspeed launcher sets LOCAL_SIZE; srun needs --ntasks-per-node)")
+    name, value = found
+    if world % value:
+        raise DataError(f"{name}={value} does not divide WORLD_SIZE={world}; set LOCAL_WORLD_SIZE to the "
+                        f"number of ranks per node")
+    return value, name
+
+
+def job_key() -> str:
+    """An id shared by the ranks of one job on a node and distinct between concurrent jobs."""
+    if os.environ.get("PTBR_JOB_ID"):
+        return os.environ["PTBR_JOB_ID"]
+    if os.environ.get("SLURM_JOB_ID"):
+        parts = [os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_STEP_ID", ""),
+                 os.environ.get("SLURM_RESTART_COUNT", "")]
+        return "slurm" + ".".join(p for p in parts if p)
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":
+        return "torchrun-" + run_id
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("MASTER_PORT"):
+        return f"{os.environ.get('MASTER_ADDR', 'localhost')}-{os.environ['MASTER_PORT']}"
+    return f"pid{os.getpid()}"
+
+
+def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) -> dict[str, Any]:
+    """Make mosaicml-streaming safe under any launcher; call before building datasets (idempotent).
+
+    * ``LOCAL_WORLD_SIZE`` from LOCAL_SIZE (deepspeed), SLURM_NTASKS_PER_NODE / SLURM_GPUS_ON_NODE
+      (srun), OMPI_COMM_WORLD_LOCAL_SIZE (mpirun) when missing; otherwise every rank believes it
+      is a node of its own and ranks collide on shared-memory names.
+    * ``TMPDIR`` per job (streaming leaks lock files there and skips their prefixes), shared by
+      all ranks of the job on the node, since streaming's file locks must be common to them.
+    * stale streaming segments in /dev/shm removed, never a live one (see ptbr.data.shm).
+    """
+    from ptbr.data.shm import clean_stale_streaming_shm
+
+    if job_id:
+        os.environ["PTBR_JOB_ID"] = job_id
+    info: dict[str, Any] = {}
+    lws, source = local_world_size()
+    os.environ["LOCAL_WORLD_SIZE"] = str(lws)
+    info["local_world_size"] = (lws, source)
+    key = job_key()
+    if os.environ.get(_ENV_DONE) != key:
+        base = os.environ.get("PTBR_TMPDIR_BASE") or tempfile.gettempdir()
+        os.environ["PTBR_TMPDIR_BASE"] = base
+        tmp = Path(base) / f"ptbr-{os.geteuid()}-{key}"
+        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(tmp)
+        tempfile.tempdir = str(tmp)
+        os.environ[_ENV_DONE] = key
+        if key.startswith("pid"):  # a single process owns it: remove it when the process ends
+            atexit.register(shutil.rmtree, tmp, True)
+    info["tmpdir"] = os.environ["TMPDIR"]
+    info["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
+    return info
+
+
+# --------------------------------------------------------------------------------- dataset
+def dataset_cache_dir(cache_root: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> Path:
+    """Where a split of this dataset version is cached: one directory per dataset hash."""
+    return Path(cache_root) / manifest["dataset_hash"][:16] / split
+
+
+def _join(source: str, *parts: str) -> str:
+    if is_s3(source):
+        return "/".join([source.rstrip("/"), *parts])
+    return str(Path(source).resolve().joinpath(*parts))
+
+
+def _place_index(source: str, split: str, local: Path, manifest: dict[str, Any]) -> None:
+    """Download the split's index.json into the cache, verified against the manifest."""
+    want = manifest["splits"][split]["index_sha256"]
+    target = local / INDEX
+    if target.is_file() and sha256_bytes(target.read_bytes()) == want:
+        return
+    data = open_store(source).get(f"{split}/{INDEX}")
+    if data is None:
+        raise DataError(f"{source}: {split}/{INDEX} is missing")
+    if sha256_bytes(data) != want:
+        raise DataError(f"{source}: {split}/{INDEX} does not match the manifest (the dataset changed while "
+                        f"being read, or is damaged: run 'ptbr shards verify {source}')")
+    local.mkdir(parents=True, exist_ok=True)
+    tmp = local / f".{INDEX}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, shuffle: bool, seed: int,
+                  num_canonical_nodes: int | None = None, **streaming_kwargs: Any) -> TokenDataset:
+    """A TokenDataset over ``split`` of the dataset at ``source`` (s3://bucket/prefix or a directory).
+
+    Items are ``{"input": int64[seq_len], "target": int64[seq_len], "sample_id": int}``.
+    ``streaming_kwargs`` go to StreamingDataset (predownload, cache_limit, shuffle_algo, ...);
+    ``validate_hash`` defaults to "xxh64".
+    """
+    from ptbr.data.token_dataset import TokenDataset
+
+    if os.environ.get(_ENV_DONE) is None:
+        prepare_streaming_env()
+    source = str(source).rstrip("/") if is_s3(source) else str(source)
+    manifest = read_manifest(source)
+    if split not in manifest["splits"]:
+        raise DataError(f"{source}: no split {split!r} (has {', '.join(manifest['splits'])})")
+    local = dataset_cache_dir(cache_root, manifest, split)
+    _place_index(source, split, local, manifest)
+    streaming_kwargs.setdefault("validate_hash", "xxh64")
+    ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
+                      shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
+                      **streaming_kwargs)
+    if ds.num_samples != manifest["splits"][split]["samples"]:
+        raise DataError(f"{source}: {split} has {ds.num_samples} samples, manifest says "
+                        f"{manifest['splits'][split]['samples']}")
+    return ds
