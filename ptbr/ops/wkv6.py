@@ -9,6 +9,7 @@ and the final state in float32.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,8 @@ Backend = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "reference", "torch", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_HEAD_SIZES = (16, 32, 64, 128)
 
 
 def triton_available() -> bool:
@@ -90,6 +93,32 @@ def check_inputs(
                              "put all inputs on one device")
 
 
+def triton_interpreting() -> bool:
+    """Triton's CPU interpreter is on (TRITON_INTERPRET), so the Triton backend accepts CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def check_triton_inputs(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+) -> None:
+    """What the Triton kernels need beyond ``check_inputs``: dtypes, head size, a CUDA device."""
+    for name, x in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u)):
+        if x.dtype not in TRITON_DTYPES:
+            raise ValueError(f"wkv6: backend='triton' takes float16, bfloat16 or float32 inputs, but {name} is "
+                             f"{x.dtype} (use backend='reference' or 'torch' for float64)")
+    N = r.shape[-1]
+    if N not in TRITON_HEAD_SIZES:
+        raise ValueError(f"wkv6: backend='triton' supports head size N in {TRITON_HEAD_SIZES}, "
+                         f"got r with N = {N}")
+    if r.device.type != "cuda" and not (r.device.type == "cpu" and triton_interpreting()):
+        raise ValueError(f"wkv6: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), "
+                         f"but r is on {r.device}")
+
+
 def wkv6(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -101,5 +130,7 @@ def wkv6(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 WKV: returns ``(y [B,T,H,N] in r.dtype, final state [B,H,N,N] float32)``."""
     check_inputs(r, k, v, w, u, state)
-    fn = _load_backend(resolve_backend(backend, r.device))
-    return fn(r, k, v, w, u, state)
+    name = resolve_backend(backend, r.device)
+    if name == "triton":
+        check_triton_inputs(r, k, v, w, u)
+    return _load_backend(name)(r, k, v, w, u, state)
