@@ -163,18 +163,25 @@ class _SplitWriter:
     """One split: a packer feeding an MDSWriter, plus document and token counts."""
 
     def __init__(self, name: str, directory: Path, sample_len: int, dtype: str, settings: BuildSettings):
-        from streaming import MDSWriter
-
         self.name, self.directory = name, directory
         self.packer = Packer(sample_len, dtype)
         self.documents = 0
-        self.writer = MDSWriter(columns={COLUMN: f"ndarray:{dtype}:{sample_len}"}, out=str(directory),
-                                compression=settings.compression, hashes=["xxh64"],
-                                size_limit=settings.shard_size)
+        self.settings, self.dtype = settings, dtype
+        self.writer: Any = None  # created with the first sample: importing streaming takes seconds
+
+    def _open(self) -> Any:
+        from streaming import MDSWriter
+
+        return MDSWriter(columns={COLUMN: f"ndarray:{self.dtype}:{self.packer.sample_len}"},
+                         out=str(self.directory), compression=self.settings.compression, hashes=["xxh64"],
+                         size_limit=self.settings.shard_size)
 
     def add(self, tokens: np.ndarray, documents: int) -> None:
         self.documents += documents
-        for row in self.packer.add(tokens):
+        samples = self.packer.add(tokens)
+        if len(samples) and self.writer is None:
+            self.writer = self._open()
+        for row in samples:
             self.writer.write({COLUMN: row})
 
     def finish(self) -> dict[str, Any]:
@@ -243,9 +250,12 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
+        shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)  # before anything in output is replaced
+        if sha256_file(staging / TOKENIZER_COPY) != info.sha256:
+            raise DataError(f"{tokenizer} changed while the build was starting; run it again")
         manifest = _run_build(files, described, tok, info, dtype, settings, staging, key,
                               workers or default_workers(), progress)
-        _commit(output, staging, manifest, Path(tokenizer))
+        _commit(output, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(output, manifest, False)
@@ -312,13 +322,13 @@ def _check_sizes(stats: ReadStats, splits: dict[str, _SplitWriter], sample_len: 
                         f"{settings.val_fraction}), lower --seq-len, or pass --val-fraction 0")
 
 
-def _commit(output: Path, staging: Path, manifest: dict[str, Any], tokenizer: Path) -> None:
+def _commit(output: Path, staging: Path, manifest: dict[str, Any]) -> None:
     """Replace the previous build's entries (manifest first), move the new ones in, manifest last."""
     (output / MANIFEST).unlink(missing_ok=True)
     for name in ("train", "val"):
         shutil.rmtree(output / name, ignore_errors=True)
         if (staging / name).exists():
             os.replace(staging / name, output / name)
-    shutil.copyfile(tokenizer, output / TOKENIZER_COPY)
+    os.replace(staging / TOKENIZER_COPY, output / TOKENIZER_COPY)
     fsync_dir(output)
     write_atomic(output / MANIFEST, encode_manifest(manifest))

@@ -75,7 +75,8 @@ class Progress:
 
     def close(self) -> None:
         if self.enabled:
-            if self._shown != (self.done_bytes, self.count):
+            # a final line only when the terminal shows a bar or a log already has progress lines
+            if self._shown != (self.done_bytes, self.count) and (self.tty or self._shown is not None):
                 self.update(self.done_bytes, self.count, force=True)
             if self.tty:
                 self.stream.write("\n")
