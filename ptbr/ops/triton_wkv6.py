@@ -132,10 +132,13 @@ def _load_f32(ptr, offs, mask):
 @triton.jit
 def _store(ptr, offs, x, mask):
     """Cast the fp32 block to the output dtype with round-to-nearest-even and store it."""
-    if MANUAL_BF16_ROUNDING and ptr.dtype.element_ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        tl.store(ptr + offs, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    if MANUAL_BF16_ROUNDING:  # interpreter only; compiled kernels take the plain cast below
+        if ptr.dtype.element_ty == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            tl.store(ptr + offs, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        else:
+            tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
 
@@ -233,7 +236,8 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
         for jj in range(BC):
             j = BC - 1 - jj
             row_j = t0 + m * BC + j
-            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T), other=0.0)
+            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T),
+                          other=float("-inf"))  # lw_{j+1}; -exp(-inf) = 0 past the block or T
             x = tl.where(o_c[:, None] > j + 1, x - tl.exp(tl.minimum(w_n.to(tl.float32), CEIL))[None, :], 0.0)
             k_j = tl.load(k_ptr + seq + row_j * ROW + o_k, mask=row_j < T, other=0.0).to(tl.float32)
             e = tl.exp(tl.where(o_c[:, None] > j, x, float("-inf")))
@@ -366,7 +370,8 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
         for jj in range(BC):
             j = BC - 1 - jj
             row_j = t0 + m * BC + j
-            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T), other=0.0)
+            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T),
+                          other=float("-inf"))  # lw_{j+1}; -exp(-inf) = 0 past the block or T
             x = tl.where(o_c[:, None] > j + 1, x - tl.exp(tl.minimum(w_n.to(tl.float32), CEIL))[None, :], 0.0)
             k_j = tl.load(k_ptr + seq + row_j * ROW + o_k, mask=row_j < T, other=0.0).to(tl.float32)
             e = tl.exp(tl.where(o_c[:, None] > j, x, float("-inf")))

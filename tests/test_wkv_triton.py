@@ -1,0 +1,321 @@
+"""Triton WKV6 against the sequential reference: values and all gradients.
+
+Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET),
+where every tl.dot is exact fp32, so shapes stay tiny. With a GPU the same tests run on CUDA, plus
+production shapes (N = 64, long T) that are skipped, with their reason, on CPU-only machines.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from triton.backends.compiler import BaseBackend
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+from ptbr.ops import resolve_backend, wkv6
+from ptbr.ops import triton_wkv6 as tw
+from ptbr.ops.wkv6 import triton_interpreting
+from tests.wkv_utils import make_inputs, rel_rms, run_with_grads
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        not triton_interpreting(), reason="Triton interpreter is off (a GPU is present): the cuda variant runs")),
+    pytest.param("cuda", marks=needs_cuda),
+]
+GRADS = {"r", "k", "v", "w", "u", "state"}
+KERNELS = ("_fwd_state_kernel", "_fwd_output_kernel", "_bwd_state_kernel", "_bwd_grad_kernel")
+
+
+def triton_wkv(**kw):
+    return wkv6(**kw, backend="triton")
+
+
+def reference(**kw):
+    return wkv6(**kw, backend="reference")
+
+
+def widened(inputs: dict) -> dict:
+    """The same values in float64: the reference then has no rounding error worth mentioning."""
+    return {name: None if x is None else x.double() for name, x in inputs.items()}
+
+
+def fp32_tolerance(device: str) -> float:
+    """Interpreter dots are exact fp32; on a GPU tf32x3 dots add ~1e-6."""
+    return 1e-6 if device == "cpu" else 1e-5
+
+
+def assert_close_to(result: tuple, expected: tuple, tol: float) -> None:
+    y1, s1, g1 = result
+    y0, s0, g0 = expected
+    assert rel_rms(y1, y0) < tol, ("y", rel_rms(y1, y0))
+    assert rel_rms(s1, s0) < tol, ("state", rel_rms(s1, s0))
+    assert set(g1) == set(g0)
+    for name in g0:
+        assert torch.isfinite(g1[name]).all(), name
+        if g0[name].abs().max() == 0:  # e.g. dw when T = 1 and no initial state: exactly 0
+            assert g1[name].abs().max() == 0, name
+        else:
+            assert rel_rms(g1[name], g0[name]) < tol, (name, rel_rms(g1[name], g0[name]))
+
+
+# ------------------------------------------------------------------------------------------ values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T", [1, 7, 16, 33, 70])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fp32_matches_float64_reference(device: str, T: int, with_state: bool) -> None:
+    """Extreme decays (w_raw uniform in [-12, 5]: decay from 1 - 6e-6 to 0), ragged last chunk."""
+    inputs = make_inputs(1, T, 2, 16, with_state=with_state, device=device)
+    result = run_with_grads(triton_wkv, inputs)
+    assert result[0].dtype == torch.float32 and result[1].dtype == torch.float32
+    assert set(result[2]) == (GRADS if with_state else GRADS - {"state"})
+    assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("N", [32, 64, 128])
+def test_head_sizes(device: str, N: int) -> None:
+    inputs = make_inputs(1, 21, 1, N, device=device, seed=N)
+    result = run_with_grads(triton_wkv, inputs)
+    assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_several_chunks_and_batch(device: str) -> None:
+    """Three chunks (the last ragged), two sequences, two heads: state passed between chunks."""
+    inputs = make_inputs(2, 130, 2, 16, device=device, seed=5)
+    result = run_with_grads(triton_wkv, inputs)
+    assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_precision_target(device: str) -> None:
+    """bf16 in: y and every gradient within 0.005 relative RMS of a float64 reference.
+
+    The floor is bf16 rounding of the outputs themselves (~0.002); the kernels compute in fp32.
+    """
+    inputs = make_inputs(1, 100, 2, 32, dtype=torch.bfloat16, device=device, seed=7)
+    y, s, grads = run_with_grads(triton_wkv, inputs)
+    y0, s0, g0 = run_with_grads(reference, widened(inputs))
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert rel_rms(y, y0) <= 0.005
+    assert rel_rms(s, s0) <= 1e-5  # the state is fp32 end to end
+    for name, g in grads.items():
+        assert g.dtype == inputs[name].dtype, name
+        assert rel_rms(g, g0[name]) <= 0.005, (name, rel_rms(g, g0[name]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_inputs(device: str) -> None:
+    inputs = make_inputs(1, 40, 1, 16, dtype=torch.float16, device=device, seed=8)
+    y, s, grads = run_with_grads(triton_wkv, inputs)
+    y0, s0, g0 = run_with_grads(reference, widened(inputs))
+    assert y.dtype == torch.float16
+    assert rel_rms(y, y0) <= 0.002 and rel_rms(s, s0) <= 1e-5
+    for name, g in grads.items():
+        assert rel_rms(g, g0[name]) <= 0.002, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("w_raw", [-30.0, -12.0, 5.0, 60.0, 200.0, float("inf")])
+def test_saturated_decays(device: str, w_raw: float) -> None:
+    """Decay 1 (w_raw << 0) and 0, even past exp overflow: finite, and equal to the reference."""
+    inputs = make_inputs(1, 40, 1, 16, device=device, seed=9)
+    inputs["w"] = torch.full_like(inputs["w"], w_raw)
+    y, s, grads = run_with_grads(triton_wkv, inputs)
+    y0, s0, g0 = run_with_grads(reference, widened(inputs))
+    assert rel_rms(y, y0) < 1e-5 and rel_rms(s, s0) < 1e-5
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+        ok = torch.isfinite(g0[name])  # the reference's dw is NaN once exp(w_raw) overflows
+        if name == "w" and w_raw > tw.W_RAW_CEIL:
+            assert (g == 0).all()  # clamped at log 128 like the torch path: no gradient
+        else:
+            assert ok.all(), name
+            assert rel_rms(g, g0[name]) < 1e-5, (name, rel_rms(g, g0[name]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_extreme_decays(device: str) -> None:
+    """Steps with decay 0 next to steps with decay ~1 inside one sub-chunk: the dw precision case."""
+    inputs = make_inputs(1, 64, 1, 16, device=device, seed=10)
+    g = torch.Generator().manual_seed(3)
+    pick = torch.randint(0, 3, inputs["w"].shape, generator=g).to(inputs["w"].device)
+    inputs["w"] = torch.where(pick == 0, -12.0, torch.where(pick == 1, 4.8, inputs["w"]))
+    result = run_with_grads(triton_wkv, inputs)
+    assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_carries_across_calls(device: str) -> None:
+    inputs = make_inputs(1, 50, 2, 16, device=device, seed=11)
+    y, s = triton_wkv(**inputs)
+    first = {n: (x[:, :23] if n in "rkvw" else x) for n, x in inputs.items()}
+    y_a, s_a = triton_wkv(**first)
+    second = {n: (x[:, 23:] if n in "rkvw" else x) for n, x in inputs.items()} | {"state": s_a}
+    y_b, s_b = triton_wkv(**second)
+    assert rel_rms(torch.cat([y_a, y_b], 1), y) < 1e-6 and rel_rms(s_b, s) < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs_and_empty_sequence(device: str) -> None:
+    wide = make_inputs(1, 9, 2, 32, device=device, seed=12)
+    inputs = {n: (x[..., :16] if n in "rkvw" else x) for n, x in wide.items()}
+    inputs["u"], inputs["state"] = inputs["u"][:, :16], inputs["state"][:, :, :16, :16]
+    assert not inputs["r"].is_contiguous()
+    result = run_with_grads(triton_wkv, inputs)
+    assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
+
+    empty = make_inputs(2, 0, 2, 16, device=device)
+    y, s, grads = run_with_grads(triton_wkv, empty)
+    assert y.shape == (2, 0, 2, 16) and torch.equal(s, empty["state"])
+    assert grads["r"].shape == (2, 0, 2, 16) and (grads["u"] == 0).all()
+
+
+# ------------------------------------------------------------------------------- dispatch, compiling
+
+
+def test_auto_resolves_to_triton_on_cuda_and_torch_on_cpu() -> None:
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    assert resolve_backend("auto", torch.device("cuda", 1)) == "triton"
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def _kernel_launch_binder(kernel):
+    """Triton's own argument binder for ``kernel``: it returns the specialisation (the compile key)."""
+    if isinstance(kernel, Autotuner):
+        kernel = kernel.fn
+    jit = kernel if isinstance(kernel, JITFunction) else JITFunction(
+        kernel.fn, do_not_specialize=kernel.kwargs["do_not_specialize"])
+    return jit, create_function_from_signature(jit.signature, jit.params, BaseBackend)
+
+
+@pytest.fixture
+def launches():
+    """Record (kernel, compile key) for every launch of the four kernels, via Triton's pre-run hooks."""
+    seen: list[tuple[str, str]] = []
+    hooked = []
+    for name in KERNELS:
+        kernel = getattr(tw, name)
+        target = kernel.fn if isinstance(kernel, Autotuner) else kernel
+        _, binder = _kernel_launch_binder(kernel)
+
+        def hook(*args, _name=name, _binder=binder, **kwargs):
+            _, specialization, _ = _binder(*args, **kwargs)
+            seen.append((_name, repr(specialization)))
+
+        target.add_pre_run_hook(hook)
+        hooked.append((target, hook))
+    yield seen
+    for target, hook in hooked:
+        target.pre_run_hooks.remove(hook)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_recompilation_across_lengths(device: str, launches) -> None:
+    """One compile key per kernel for T = 1 .. 70: T is not specialised and no constexpr depends on it."""
+    for T in (1, 7, 16, 33, 64, 70):
+        run_with_grads(triton_wkv, make_inputs(1, T, 1, 16, device=device))
+    kernels = {name for name, _ in launches}
+    assert kernels == set(KERNELS)
+    assert len(set(launches)) == len(KERNELS), sorted(set(launches))
+    if device == "cuda":  # and the compiled-kernel caches stop growing after the first length
+        caches = [_kernel_launch_binder(getattr(tw, n))[0].device_caches for n in KERNELS]
+        sizes = [len(c[torch.cuda.current_device()][0]) for c in caches]
+        run_with_grads(triton_wkv, make_inputs(1, 333, 1, 16, device=device))
+        assert [len(c[torch.cuda.current_device()][0]) for c in caches] == sizes
+
+
+def test_recompilation_check_can_fail() -> None:
+    """The binder used above does tell lengths apart once T is specialised (so the test has teeth)."""
+    plain = JITFunction(tw._fwd_state_kernel.fn if not isinstance(tw._fwd_state_kernel, Autotuner)
+                        else tw._fwd_state_kernel.fn.fn)
+    binder = create_function_from_signature(plain.signature, plain.params, BaseBackend)
+    x, h = torch.zeros(1, 32, 1, 16), torch.zeros(1, 2, 16, 16)
+
+    def key(T: int) -> str:
+        return repr(binder(x, x, x, h, h, T, H=1, N=16, BT=64, BV=16, HAS_S0=False)[1])
+
+    assert key(7) != key(32) and key(7) != key(1)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda d: d.update(k=d["k"][:, :-1]), "k must have r's shape"),
+        (lambda d: d.update(u=d["u"][:, :-1]), "u must have shape [H, N]"),
+        (lambda d: d.update(state=d["state"].double()), "state must be float32"),
+        (lambda d: d.update(state=d["state"].to(torch.bfloat16)), "state must be float32"),
+        (lambda d: d.update(r=d["r"][0]), "r must have shape [B, T, H, N]"),
+        (lambda d: d.update(v=d["v"].long()), "v must be float16, bfloat16, float32 or float64"),
+        (lambda d: d.update(w=d["w"].to("meta")), "w is on meta"),
+        (lambda d: d.update({n: d[n].double() for n in "rkvwu"} | {"state": d["state"].double()}),
+         "backend='triton' takes float16, bfloat16 or float32 inputs, but r is torch.float64"),
+        (lambda d: d.update(u=d["u"].double()), "but u is torch.float64"),
+    ],
+)
+def test_bad_inputs_raise_before_any_launch(change, needle: str, launches) -> None:
+    inputs = make_inputs(1, 5, 2, 16)
+    change(inputs)
+    for call in (triton_wkv, tw.wkv6_triton):
+        with pytest.raises(ValueError) as info:
+            call(**inputs)
+        assert needle in str(info.value)
+    assert launches == []
+
+
+@pytest.mark.parametrize("N", [8, 24, 48, 256])
+def test_unsupported_head_size(N: int, launches) -> None:
+    for call in (triton_wkv, tw.wkv6_triton):
+        with pytest.raises(ValueError, match=r"head size N in \(16, 32, 64, 128\), got r with N = " + str(N)):
+            call(**make_inputs(1, 3, 1, N))
+    assert launches == []
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors .* but r is on cpu"):
+        triton_wkv(**make_inputs(1, 3, 1, 16))
+
+
+# ------------------------------------------------------------------------------ GPU: production shapes
+
+
+@needs_cuda
+@pytest.mark.parametrize("T", [1, 63, 64, 1000, 4097])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_production_shapes(T: int, dtype: torch.dtype) -> None:
+    """N = 64, H = 4, B = 2 against the float64 chunked torch path (exact to 1e-12 vs the recurrence)."""
+    inputs = make_inputs(2, T, 4, 64, dtype=dtype, device="cuda", seed=T)
+    y, s, grads = run_with_grads(triton_wkv, inputs)
+    y0, s0, g0 = run_with_grads(lambda **kw: wkv6(**kw, backend="torch"), widened(inputs))
+    tol = 0.005 if dtype == torch.bfloat16 else 1e-5
+    assert rel_rms(y, y0) <= tol and rel_rms(s, s0) <= 1e-5
+    for name, g in grads.items():
+        assert rel_rms(g, g0[name]) <= tol, (name, rel_rms(g, g0[name]))
+
+
+@needs_cuda
+def test_cuda_offsets_beyond_int32() -> None:
+    """B·T·H·N > 2^31 elements: the last sequence must still be right (int64 offsets)."""
+    B, T, H, N = 2048, 1100, 16, 64
+    need = B * T * H * N * 2 * 5 + B * H * (T // 64 + 2) * N * N * 4
+    if torch.cuda.mem_get_info()[0] < need * 1.2:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r, k, v = (torch.randn(B, T, H, N, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    w = torch.empty(B, T, H, N, device="cuda", dtype=torch.bfloat16).uniform_(-6, 1, generator=g)
+    u = torch.randn(H, N, device="cuda", generator=g)
+    assert r.numel() > 2**31
+    with torch.no_grad():
+        y, s = triton_wkv(r=r, k=k, v=v, w=w, u=u)
+        last = {n: x[-1:].float().clone() for n, x in (("r", r), ("k", k), ("v", v), ("w", w))}
+        y0, s0 = wkv6(**last, u=u, backend="torch")
+    assert rel_rms(y[-1:], y0) <= 0.005 and rel_rms(s[-1:], s0) <= 1e-5
