@@ -121,7 +121,7 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
     info["local_world_size"] = (lws, source)
     key = job_key()
     if os.environ.get(_ENV_DONE) != key:
-        base = os.environ.get("PTBR_TMPDIR_BASE") or tempfile.gettempdir()
+        base = os.environ.get("PTBR_TMPDIR_BASE") or os.environ.get("TMPDIR") or tempfile.gettempdir()
         os.environ["PTBR_TMPDIR_BASE"] = base
         tmp = Path(base) / f"ptbr-{os.geteuid()}-{key}"
         tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
