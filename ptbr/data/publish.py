@@ -164,13 +164,23 @@ class _ProgressSubscriber:
 
 
 class _Counter:
-    def __init__(self) -> None:
-        self.value = 0
+    """Bytes sent and objects verified, shared by the transfer threads; drives the progress line."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bytes = 0
+        self.objects = 0
+        self.bar = bar
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
         with self._lock:
-            self.value += n
+            self.bytes += n
+            self.bar.update(self.bytes, self.objects)
+
+    def done(self) -> None:
+        with self._lock:
+            self.objects += 1
+            self.bar.update(self.bytes, self.objects)
 
 
 class Publisher:
@@ -229,22 +239,23 @@ class Publisher:
         if not todo:
             return
         total = sum(o.size for o in todo)
-        counter = _Counter()
         config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                 max_concurrency=self.jobs, use_threads=True)
         bar = Progress(f"publish {phase}", total, rate_unit="objects", enabled=self.progress)
+        counter = _Counter(bar)
         t0 = time.perf_counter()
-        with create_transfer_manager(self.client, config) as manager:
+
+        def finish(item: tuple[LocalObject, Any]) -> None:
+            obj, future = item
+            future.result()
+            self._verify_uploaded(obj)
+            counter.done()
+
+        with create_transfer_manager(self.client, config) as manager, ThreadPoolExecutor(self.jobs) as verifiers:
             futures = [manager.upload(str(o.path), self.url.bucket, self.url.key(o.rel),
                                       extra_args={"Metadata": {META_HASH: o.xxh64}},
                                       subscribers=[_ProgressSubscriber(counter)]) for o in todo]
-            for i, (obj, fut) in enumerate(zip(todo, futures), 1):
-                while not fut.done():
-                    time.sleep(0.05)
-                    bar.update(counter.value, i - 1)
-                fut.result()
-                self._verify_uploaded(obj)
-                bar.update(counter.value, i)
+            list(verifiers.map(finish, zip(todo, futures)))
         bar.close()
         self.report.upload_seconds += time.perf_counter() - t0
         self.report.uploaded += len(todo)
