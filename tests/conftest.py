@@ -29,3 +29,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     server = LocalS3Server(tmp_path_factory.mktemp("s3server")).start()
     yield server
     server.stop()
+
+
+# The published tiny dataset (real CLI pipeline on the real S3 server), shared by training tests.
+from tests.fixtures_train import tiny_dataset  # noqa: E402, F401

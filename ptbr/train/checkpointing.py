@@ -130,6 +130,7 @@ def plan_resume(trainer: Trainer, mode: str, allow_fresh_start: bool = False,
 
 def load(trainer: Trainer, plan: ResumePlan) -> None:
     """Load weights, fp32 master weights and optimizer state; restore progress, schedule, RNG."""
+    t0 = time.perf_counter()
     path, _ = trainer.engine.load_checkpoint(str(plan.load_dir), tag=plan.tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
     if path is None:  # DeepSpeed returns (None, None) instead of raising when it finds nothing
@@ -147,7 +148,7 @@ def load(trainer: Trainer, plan: ResumePlan) -> None:
     kind = f"elastic ({s['world_size']} -> {trainer.env.world_size} ranks)" if plan.elastic else "native"
     if trainer.env.is_main:
         info(f"resumed from {plan.path} at step {p.step} ({kind}), data at epoch {p.epoch} "
-             f"sample {p.epoch_samples}")
+             f"sample {p.epoch_samples}; loaded in {time.perf_counter() - t0:.2f} s")
 
 
 def _rng_state() -> dict[str, Any]:
