@@ -54,11 +54,12 @@ no partial sum is ever subtracted. dw = dlw · lw (d(-exp(w))/dw = -exp(w)), 0 w
 clamped at log 128.
 
 Precision: loads are cast to fp32 at once and all arithmetic is fp32 (bf16 arithmetic is also wrong
-under the CPU interpreter). Matrix products use ``tl.dot(..., input_precision=PREC)``: the default
-"tf32x3" keeps ~fp32 accuracy on tensor cores (plain TF32 rounds every factor to 10 mantissa bits:
-~5e-4 relative error in every gradient). ``PTBR_WKV_DOT_PRECISION=tf32`` (faster, less exact) or
-``ieee`` (exact, no tensor cores) before the import changes it. The interpreter computes every dot
-exactly in fp32 whatever the setting.
+under the CPU interpreter). Matrix products (``_dot``) use tl.dot with input_precision "tf32x3" by
+default: three TF32 tensor-core products, ~fp32 accuracy (rel. RMS ~2e-7 against float64 for fp32
+inputs). ``PTBR_WKV_DOT_PRECISION=tf32`` (one product; each factor truncated to 10 mantissa bits:
+~8e-4 for fp32 inputs, and for bf16 inputs y 1.7e-3, dw 2.4e-3 instead of 1.7e-3, 2.3e-3) or
+``ieee`` (exact, no tensor cores, spills registers) set before the import changes it. The
+interpreter emulates the GPU's TF32 arithmetic for "tf32" and "tf32x3", so CPU tests measure it.
 
 Shapes and compilation: the sequence length T is a runtime argument excluded from Triton's integer
 specialisation (``do_not_specialize``), the last chunk is masked (padded steps get r = k = v = 0 and
@@ -96,6 +97,10 @@ CEIL = tl.constexpr(W_RAW_CEIL)
 # The interpreter truncates fp32 -> bf16 (and its "rtne" mode mis-rounds mantissas of all ones);
 # a GPU rounds to nearest even. Round by hand there so CPU tests see the GPU's results.
 MANUAL_BF16_ROUNDING = tl.constexpr(interpreting())
+# The interpreter's tl.dot is exact fp32 whatever input_precision says. Emulate what a GPU's tensor
+# cores do instead (tf32: the low 13 mantissa bits of each factor ignored; tf32x3: the factors split
+# into two round-to-nearest TF32 parts, three products), so CPU tests measure the GPU's precision.
+EMULATE_TF32 = tl.constexpr(interpreting() and DOT_PRECISION != "ieee")
 
 
 def _tuned(key: list[str]):
@@ -141,6 +146,29 @@ def _store(ptr, offs, x, mask):
             tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tf32_round(x):
+    """fp32 -> nearest TF32 value (ties away from zero), like cvt.rna.tf32.f32."""
+    return ((x.to(tl.uint32, bitcast=True) + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b):
+    """a @ b in fp32 with input_precision PREC (emulated in the interpreter, see EMULATE_TF32)."""
+    if EMULATE_TF32:
+        if PREC == "tf32x3":
+            a_hi = _tf32_round(a)
+            b_hi = _tf32_round(b)
+            return (tl.dot(a_hi, b_hi) + tl.dot(a_hi, _tf32_round(b - b_hi))
+                    + tl.dot(_tf32_round(a - a_hi), b_hi))
+        else:
+            a_tc = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            b_tc = (b.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            return tl.dot(a_tc, b_tc)
+    else:
+        return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -190,7 +218,7 @@ def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H: tl.constexpr, N:
         k = _load_f32(k_ptr, offs, m)
         v = _load_f32(v_ptr, seq + rows[:, None] * (H * N) + o_v[None, :], m)
         kd = k * tl.exp(tl.cumsum(nxt, axis=0, reverse=True))
-        S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + tl.dot(tl.trans(kd), v, input_precision=PREC)
+        S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + _dot(tl.trans(kd), v)
     tl.store(h_base + NT * N * N + o_s, S)
 
 
@@ -228,7 +256,7 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
         v = _load_f32(v_ptr, offs + o_v[None, :], msk)
         lw = _log_decay(w_ptr, offs + o_k[None, :], msk)
         prev, nxt = _shifted_log_decays(w_ptr, offs + o_k[None, :], o_c, rows, T, BC, ROW)
-        acc = tl.dot(r * tl.exp(tl.cumsum(prev, axis=0)), S, input_precision=PREC)
+        acc = _dot(r * tl.exp(tl.cumsum(prev, axis=0)), S)
         # Diagonal block, keys j = BC-1 .. 0: x[t] = Σ_{j<i<t} lw_i grows by lw_{j+1} per step.
         # (Helpers are inlined in this loop: every jit-function call is slow in the interpreter.)
         P = tl.zeros([BC, BC], dtype=tl.float32)
@@ -242,12 +270,12 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
             k_j = tl.load(k_ptr + seq + row_j * ROW + o_k, mask=row_j < T, other=0.0).to(tl.float32)
             e = tl.exp(tl.where(o_c[:, None] > j, x, float("-inf")))
             P += tl.where(o_c[None, :] == j, tl.sum(r * k_j[None, :] * e, axis=1)[:, None], 0.0)
-        acc += tl.dot(P, v, input_precision=PREC)
+        acc += _dot(P, v)
         acc += tl.sum(r * u[None, :] * k, axis=1)[:, None] * v
         _store(y_ptr, offs + o_v[None, :], acc, msk)
         if m < NC - 1:
             kb = k * tl.exp(tl.cumsum(nxt, axis=0, reverse=True))
-            S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + tl.dot(tl.trans(kb), v, input_precision=PREC)
+            S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + _dot(tl.trans(kb), v)
 
 
 @_tuned(key=["N", "BV"])
@@ -283,7 +311,7 @@ def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H: tl.c
         r = _load_f32(r_ptr, offs, m)
         dy = _load_f32(dy_ptr, seq + rows[:, None] * (H * N) + o_v[None, :], m)
         q = r * tl.exp(tl.cumsum(prev, axis=0))
-        G = G * tl.exp(tl.sum(lw, axis=0))[:, None] + tl.dot(tl.trans(q), dy, input_precision=PREC)
+        G = G * tl.exp(tl.sum(lw, axis=0))[:, None] + _dot(tl.trans(q), dy)
     if STORE_DS0:
         tl.store(ds0_ptr + i_bh * N * N + o_s, G)
 
@@ -301,7 +329,8 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
     dS^(m+1) = exp(Σ after m lw) ⊙ dh[c] + Σ_{t after m} (r_t ⊙ exp(Σ_{end of m<j<t} lw_j))ᵀ dy_t
 
     with S^(m) carried forward as in the output kernel, and dlw from four direct sums of crossing
-    paths (module docstring).
+    paths (module docstring). Work that needs no diagonal term is done before the pairwise loop,
+    so fewer blocks stay live across it (register pressure).
     """
     i_bh = tl.program_id(0).to(tl.int64)
     i_c = tl.program_id(1)
@@ -310,16 +339,12 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
     seq = (i_b * T * H + i_h) * N
     ROW: tl.constexpr = H * N
     NC: tl.constexpr = BT // BC
-    o_t = tl.arange(0, BT)
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, N)
     o_s = o_k[:, None] * N + o_k[None, :]
     t0 = i_c.to(tl.int64) * BT
     S = tl.load(h_ptr + (i_bh * (NT + 1) + i_c) * N * N + o_s)
-    dS_end = tl.load(dh_ptr + (i_bh * NT + i_c) * N * N + o_s)
-    rows_c = t0 + o_t
-    msk_c = (rows_c < T)[:, None]
-    offs_c = seq + rows_c[:, None] * ROW + o_k[None, :]
+    dh_c = dh_ptr + (i_bh * NT + i_c) * N * N + o_s  # dh[c], reloaded where needed (registers)
     u = tl.load(u_ptr + i_h * N + o_k).to(tl.float32)
     # 0/1 matrices: sums over t > i, over s < i, and the shift i <- i+1, as exact tl.dot products
     later = (o_c[None, :] > o_c[:, None]).to(tl.float32)
@@ -327,6 +352,21 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
     shift = (o_c[None, :] == o_c[:, None] + 1).to(tl.float32)
     du = tl.zeros([N], dtype=tl.float32)
     for m in tl.static_range(NC):
+        # dS^(m+1): dh[c] carried back over the later sub-chunks, plus their queries, 16 rows at a time
+        dS = tl.load(dh_c)
+        if m < NC - 1:
+            gap = tl.zeros([N], dtype=tl.float32)  # Σ lw from the end of sub-chunk m to the start of l
+            dS_q = tl.zeros([N, N], dtype=tl.float32)
+            for l in tl.static_range(m + 1, NC):
+                rows_l = t0 + l * BC + o_c
+                msk_l = (rows_l < T)[:, None]
+                offs_l = seq + rows_l[:, None] * ROW + o_k[None, :]
+                prev_l, _ = _shifted_log_decays(w_ptr, offs_l, o_c, rows_l, T, BC, ROW)
+                rt = _load_f32(r_ptr, offs_l, msk_l) * tl.exp(gap[None, :] + tl.cumsum(prev_l, axis=0))
+                dS_q += _dot(tl.trans(rt), _load_f32(dy_ptr, offs_l, msk_l))
+                gap += tl.sum(_log_decay(w_ptr, offs_l, msk_l), axis=0)
+            dS = dS * tl.exp(gap)[:, None] + dS_q
+
         rows = t0 + m * BC + o_c
         msk = (rows < T)[:, None]
         offs = seq + rows[:, None] * ROW + o_k[None, :]
@@ -334,36 +374,28 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
         k = _load_f32(k_ptr, offs, msk)
         v = _load_f32(v_ptr, offs, msk)
         dy = _load_f32(dy_ptr, offs, msk)
-        w = _load_f32(w_ptr, offs, msk)
         lw = _log_decay(w_ptr, offs, msk)
         prev, nxt = _shifted_log_decays(w_ptr, offs, o_c, rows, T, BC, ROW)
-        ea = tl.exp(tl.cumsum(prev, axis=0))  # from the sub-chunk start to t-1
         eb = tl.exp(tl.cumsum(nxt, axis=0, reverse=True))  # from s+1 to the sub-chunk end
         e_m = tl.exp(tl.sum(lw, axis=0))  # across the whole sub-chunk
-        if m < NC - 1:  # whole-chunk blocks are (re)loaded here to keep them out of the registers
-            start = (m + 1) * BC
-            lw_c = _log_decay(w_ptr, offs_c, msk_c)
-            prev_c, _ = _shifted_log_decays(w_ptr, offs_c, o_t, rows_c, T, BT, ROW)
-            r_c = _load_f32(r_ptr, offs_c, msk_c)
-            dy_c = _load_f32(dy_ptr, offs_c, msk_c)
-            after = tl.cumsum(tl.where(o_t[:, None] - 1 >= start, prev_c, 0.0), axis=0)
-            rt = tl.where(o_t[:, None] >= start, r_c * tl.exp(after), 0.0)
-            rest = tl.sum(tl.where(o_t[:, None] >= start, lw_c, 0.0), axis=0)
-            dS = dS_end * tl.exp(rest)[:, None] + tl.dot(tl.trans(rt), dy_c, input_precision=PREC)
-        else:
-            dS = dS_end
-
-        # paths through the sub-chunk boundaries
-        dr = tl.dot(dy, tl.trans(S), input_precision=PREC) * ea
-        dk = tl.dot(v, tl.trans(dS), input_precision=PREC) * eb
-        dv = tl.dot(k * eb, dS, input_precision=PREC)
-        through = e_m * tl.sum(S * dS, axis=1)
-        q_in = r * dr
-        k_out = k * dk
+        # paths through the sub-chunk boundaries, and the first three sums of dlw
+        dr = _dot(dy, tl.trans(S)) * tl.exp(tl.cumsum(prev, axis=0))
+        dk = _dot(v, tl.trans(dS)) * eb
+        dv = _dot(k * eb, dS)
+        dlw = (e_m * tl.sum(S * dS, axis=1))[None, :] + _dot(later, r * dr) \
+            + _dot(earlier, k * dk)
+        if m < NC - 1:
+            S = S * e_m[:, None] + _dot(tl.trans(k * eb), v)
+        # the u bonus (no decay, no dlw)
+        db = tl.sum(dy * v, axis=1)[:, None]  # d(bonus_t) = dy_t · v_t
+        dr += db * u[None, :] * k
+        dk += db * u[None, :] * r
+        dv += tl.sum(r * u[None, :] * k, axis=1)[:, None] * dy
+        du += tl.sum(db * r * k, axis=0)
         # Diagonal block, keys j = BC-1 .. 0, each pair (t > j) with its own exponent
         # x[t] = Σ_{j<i<t} lw_i, grown by lw_{j+1} per step. acc[i] collects Σ_{s<=i-2} Σ_{t>=i}
         # of the pair terms, so acc[j+1] = pairs crossing j. Helpers inlined (interpreter speed).
-        dPd = tl.dot(dy, tl.trans(v), input_precision=PREC)
+        dPd = _dot(dy, tl.trans(v))
         P = tl.zeros([BC, BC], dtype=tl.float32)
         x = tl.zeros([BC, N], dtype=tl.float32)
         acc = tl.zeros([BC, N], dtype=tl.float32)
@@ -382,22 +414,13 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
             dk += tl.where(o_c[:, None] == j, tl.sum(g, axis=0)[None, :], 0.0)
             P += tl.where(o_c[None, :] == j, tl.sum(re * k_j[None, :], axis=1)[:, None], 0.0)
             acc += tl.where(o_c[:, None] >= j + 2, tl.cumsum(g * k_j[None, :], axis=0, reverse=True), 0.0)
-        dv += tl.dot(tl.trans(P), dy, input_precision=PREC)
-        dlw = (through[None, :] + tl.dot(later, q_in, input_precision=PREC)
-               + tl.dot(earlier, k_out, input_precision=PREC) + tl.dot(shift, acc, input_precision=PREC))
-        dw = tl.where(w <= CEIL, dlw * lw, 0.0)
-
-        db = tl.sum(dy * v, axis=1)[:, None]  # d(bonus_t) = dy_t · v_t
-        dr += db * u[None, :] * k
-        dk += db * u[None, :] * r
-        dv += tl.sum(r * u[None, :] * k, axis=1)[:, None] * dy
-        du += tl.sum(db * r * k, axis=0)
+        dv += _dot(tl.trans(P), dy)
+        dlw += _dot(shift, acc)
+        w = _load_f32(w_ptr, offs, msk)
         _store(dr_ptr, offs, dr, msk)
         _store(dk_ptr, offs, dk, msk)
         _store(dv_ptr, offs, dv, msk)
-        _store(dw_ptr, offs, dw, msk)
-        if m < NC - 1:
-            S = S * e_m[:, None] + tl.dot(tl.trans(k * eb), v, input_precision=PREC)
+        _store(dw_ptr, offs, tl.where(w <= CEIL, dlw * lw, 0.0), msk)
     tl.store(du_ptr + (i_bh * NT + i_c) * N + o_k, du)
 
 
