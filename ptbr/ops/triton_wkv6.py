@@ -32,7 +32,7 @@ B·H is the first grid axis (CUDA allows 2^31 - 1 blocks there, 65535 on the oth
 
 Storage: the forward saves only its inputs. The backward recomputes ``h`` with kernel 1 (one cheap
 sequential sweep) instead of keeping it from the forward: ``h`` costs N²·4/BT bytes per token and
-head (256 B at N = 64, as much as the bf16 r, k, v, w together) in every layer between forward and
+head (256 B at N = 64, half as much as the bf16 r, k, v, w together) in every layer between forward and
 backward, while recomputing it reads k, v, w once more. Transient buffers: ``h`` in the forward,
 ``h`` and ``dh`` in the backward (256 B per token-head each at N = 64).
 
