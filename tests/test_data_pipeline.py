@@ -275,3 +275,35 @@ def test_verify_catches_truncated_and_corrupted_shards(s3_server, dataset: Path,
     (small / "manifest.json").write_text(json.dumps(manifest))
     vocab = run_cli("shards", "verify", str(small), "--quiet")
     assert vocab.returncode == 1 and ">= vocab size 100" in vocab.stderr
+
+
+def test_stream_with_eviction_and_dataloader_workers(s3_server, dataset: Path, expected, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache smaller than the dataset (shards evicted and fetched again) read by 2 loader workers."""
+    import torch
+
+    s3_server.create_bucket("evict")
+    env = s3_server.env()
+    url = "s3://evict/ds"
+    assert_ok(run_cli("shards", "publish", str(dataset), url, "--quiet", env=env))
+    index = json.loads((dataset / "train" / "index.json").read_text())
+    biggest = max(s["raw_data"]["bytes"] + s["zip_data"]["bytes"] for s in index["shards"])
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with isolated_environ():
+        from ptbr.data import build_dataset
+
+        ds = build_dataset(url, "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False, seed=2,
+                           cache_limit=4 * biggest)
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+        ids, rows = [], []
+        for batch in loader:
+            ids.extend(batch["sample_id"].tolist())
+            rows.append(torch.cat([batch["input"], batch["target"][:, -1:]], dim=1).numpy())
+        del ds, loader
+        gc.collect()
+    got = np.concatenate(rows)
+    assert sorted(ids) == list(range(len(expected["train"])))
+    np.testing.assert_array_equal(got, expected["train"][ids])
+    cached = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("shard.*"))
+    assert cached <= 4 * biggest

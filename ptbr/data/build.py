@@ -1,7 +1,7 @@
 """``ptbr shards build``: corpus -> tokenized, packed MDS shards in DIR/train and DIR/val + manifest.
 
 Pipeline: the main process reads documents and keeps a bounded number of batches in flight on a
-pool of spawned tokenizer processes (one per core); results come back in order, so the output
+pool of tokenizer processes (one per core); results come back in order, so the output
 is byte-identical for any worker count. The main process splits, packs and writes shards with
 MDSWriter (zstd, xxh64).
 
@@ -16,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from ptbr import __version__
 from ptbr.data import encode
@@ -43,7 +45,7 @@ from ptbr.data.manifest import (
 )
 from ptbr.data.packing import Packer, choose_dtype
 from ptbr.data.progress import Progress
-from ptbr.data.tokenizer import EOS_TOKEN, load_tokenizer
+from ptbr.data.tokenizer import EOS_TOKEN, TokenizerInfo, load_tokenizer
 from ptbr.errors import DataError
 
 STAGING = ".ptbr-build"
@@ -206,7 +208,9 @@ def _encoded(batches: Iterable[list[str]], workers: int, init_args: tuple) -> It
         encode.init_worker(*init_args, single_thread=False)
         yield from map(encode.encode_batch, batches)
         return
-    ctx = mp.get_context("spawn")
+    # fork is fast and needs no `if __name__ == "__main__"` guard, but is unsafe once other threads
+    # exist (a lock held at fork time stays held in the child): then spawn
+    ctx = mp.get_context("fork" if threading.active_count() == 1 else "spawn")
     with ctx.Pool(workers, encode.init_worker, init_args) as pool:
         pending: deque = deque()
         for batch in batches:
@@ -286,10 +290,16 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     bar.close()
     _check_sizes(stats, splits, sample_len, len(files), settings)
     split_info = {name: w.finish() for name, w in splits.items()}
+    inputs = [{k: v for k, v in d.items() if k != "rel"} for d in described]
+    return _manifest(info, dtype, settings, split_info, inputs, {**stats.to_dict(), "tokens": total_tokens}, key)
+
+
+def _manifest(info: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
+              inputs: list[dict[str, Any]], stats: dict[str, Any], key: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "tool": {"name": "ptbr", "version": __version__},
-        "vocab_size": info.vocab_size, "seq_len": settings.seq_len, "sample_len": sample_len,
+        "vocab_size": info.vocab_size, "seq_len": settings.seq_len, "sample_len": settings.seq_len + 1,
         "eos_id": info.eos_id, "dtype": dtype, "column": COLUMN,
         "compression": settings.compression, "hashes": ["xxh64"], "shard_size_limit": settings.shard_size,
         "tokenizer": {**info.to_dict(), "file": TOKENIZER_COPY},
@@ -297,12 +307,55 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
                   "seed": settings.split_seed},
         "reader": {"text_field": settings.text_field, "txt_docs": settings.txt_docs},
         "splits": split_info,
-        "inputs": [{k: v for k, v in d.items() if k != "rel"} for d in described],
-        "stats": {**stats.to_dict(), "tokens": total_tokens},
+        "inputs": inputs,
+        "stats": stats,
         "build_key": key,
     }
     manifest["dataset_hash"] = dataset_hash(layout_of(manifest),
                                             {k: v["index_sha256"] for k, v in split_info.items()})
+    return manifest
+
+
+def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], tokenizer: str | Path,
+                        settings: BuildSettings, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write already-tokenized streams (split name -> 1-D token ids) as a dataset like ``build_shards``.
+
+    For data made without a corpus: synthetic benchmarks, or tests that need samples whose every
+    token is known. Each stream is packed into samples of seq_len + 1 tokens (the tail is dropped).
+    """
+    settings.check()
+    if not streams or set(streams) - {"train", "val"}:
+        raise DataError(f"streams must be named train and/or val, not {sorted(streams)}")
+    output = Path(output)
+    _, info = load_tokenizer(tokenizer, settings.eos_token)
+    dtype = choose_dtype(info.vocab_size, settings.dtype)
+    for name, stream in streams.items():
+        if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= info.vocab_size):
+            raise DataError(f"{name}: token ids must lie in [0, {info.vocab_size})")
+    key = sha256_json({"settings": asdict(settings), "tokenizer": info.sha256,
+                       "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()}})
+    state = _existing_state(output, key)
+    if state == "current":
+        return parse_manifest((output / MANIFEST).read_bytes(), str(output))
+    if state not in ("absent", "empty", "damaged") and not overwrite:
+        raise DataError(f"{output} is not empty: {state}; pass overwrite=True to replace it")
+    staging = output / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)
+        split_info = {}
+        for name, stream in streams.items():
+            writer = _SplitWriter(name, staging / name, settings.seq_len + 1, dtype, settings)
+            writer.add(np.asarray(stream), 0)
+            if writer.packer.samples_out == 0:
+                raise DataError(f"{name}: {len(stream)} tokens make no sample of {settings.seq_len + 1}")
+            split_info[name] = writer.finish()
+        manifest = _manifest(info, dtype, settings, split_info, [],
+                             {"tokens": int(sum(len(v) for v in streams.values()))}, key)
+        _commit(output, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

@@ -1,7 +1,7 @@
 """Tokenization work done in worker processes: encode, append EOS, assign each document a split.
 
-Kept free of heavy imports because every worker process (spawned, not forked: the parent may hold
-Rust thread pools) imports this module.
+Kept free of heavy imports: a worker started by spawn (when the parent already runs threads)
+imports this module.
 
 Split rule: a document goes to validation iff ``xxh64(utf8(text), seed) < val_fraction * 2**64``.
 It depends only on the document's content, so the split does not change when inputs are
@@ -11,6 +11,7 @@ train/validation leakage through repeated documents).
 
 from __future__ import annotations
 
+import array
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def init_worker(tokenizer_json: str, eos_id: int, dtype: str, threshold: int, se
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     from tokenizers import Tokenizer
 
-    _STATE.update(tok=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=np.dtype(dtype),
+    np_dtype = np.dtype(dtype)
+    typecode = next(c for c in "HILQ" if array.array(c).itemsize == np_dtype.itemsize)
+    _STATE.update(tok=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=np_dtype, typecode=typecode,
                   threshold=threshold, seed=seed)
 
 
@@ -56,14 +59,14 @@ def encode_batch(texts: list[str]) -> EncodedBatch:
     tok, eos_id = _STATE["tok"], _STATE["eos_id"]
     threshold, seed = _STATE["threshold"], _STATE["seed"]
     encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-    ids = [e.ids for e in encodings]
-    lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    tokens = np.empty(int(lens.sum()), dtype=_STATE["dtype"])
-    pos = 0
-    for x, n in zip(ids, lens.tolist()):
-        tokens[pos:pos + n - 1] = x
-        tokens[pos + n - 1] = eos_id
-        pos += n
+    flat = array.array(_STATE["typecode"])  # extending an array from the ids lists is the cheapest copy
+    lens = np.empty(len(encodings), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        ids = e.ids
+        flat.extend(ids)
+        flat.append(eos_id)
+        lens[i] = len(ids) + 1
+    tokens = np.frombuffer(flat, dtype=_STATE["dtype"])
     is_val = np.fromiter((is_val_document(t, threshold, seed) for t in texts), dtype=bool, count=len(texts))
     return EncodedBatch(tokens, lens, is_val)
 

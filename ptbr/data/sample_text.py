@@ -38,6 +38,9 @@ _WORD_TEXT = (
 WORDS = _WORD_TEXT.split()
 
 PUNCT_END = (".", ".", ".", ".", "!", "?", "...")
+SYLLABLES = ("ca", "ção", "men", "te", "pa", "ra", "lo", "bra", "sil", "ei", "ro", "ma", "nhã", "des", "en",
+             "vol", "vi", "do", "cu", "ni", "ci", "pal", "es", "ta", "dual", "for", "mu", "lá", "rio", "gem",
+             "ões", "ân", "ci", "a", "pro", "gra", "ma", "ti", "co", "qui", "lham", "bo", "la", "ú", "ni", "ca")
 
 
 def _weights(n: int) -> list[float]:
@@ -48,6 +51,9 @@ def portuguese_sentence(rng: random.Random, min_words: int = 4, max_words: int =
     """One sentence: capitalised, a comma now and then, a number now and then."""
     n = rng.randint(min_words, max_words)
     words = rng.choices(WORDS, weights=_WEIGHTS, k=n)
+    for i in range(n):  # rarer words made of syllables: an open vocabulary, so BPE learns sub-words
+        if rng.random() < 0.2:
+            words[i] = "".join(rng.choices(SYLLABLES, k=rng.randint(2, 5)))
     if rng.random() < 0.15:
         words.insert(rng.randrange(len(words)), str(rng.randint(1, 2030)))
     if n > 8 and rng.random() < 0.5:

@@ -184,9 +184,21 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
     local = dataset_cache_dir(cache_root, manifest, split)
     _place_index(source, split, local, manifest)
     streaming_kwargs.setdefault("validate_hash", "xxh64")
-    ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
-                      shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
-                      **streaming_kwargs)
+    # streaming's default (8 batches) is far less than one shard of our small samples, and makes the
+    # iterator wait on its "ready" thread every few dozen samples; two shards ahead costs no more disk
+    info = manifest["splits"][split]
+    per_shard = -(-int(info["samples"]) // max(int(info["shards"]), 1))
+    streaming_kwargs.setdefault("predownload", max(8 * batch_size, 2 * per_shard))
+    try:
+        ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
+                          shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
+                          **streaming_kwargs)
+    except ValueError as exc:
+        if "Reused local directory" not in str(exc):
+            raise
+        raise DataError(f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job: "
+                        f"streaming allows one live dataset per cache directory ({local}); drop the other "
+                        f"one first (del + gc.collect()) or use another cache_root") from None
     if ds.num_samples != manifest["splits"][split]["samples"]:
         raise DataError(f"{source}: {split} has {ds.num_samples} samples, manifest says "
                         f"{manifest['splits'][split]['samples']}")

@@ -1,0 +1,299 @@
+"""Data pipeline throughput against bare baselines, on the same text and machine.
+
+1. shard build (read, tokenize in worker processes, split, pack, zstd MDS shards, manifest)
+   tokens/s vs bare ``Tokenizer.encode_batch`` on the same documents already in memory (target >= 0.8x);
+2. streaming tokens/s from a warm cache (TokenDataset through a DataLoader) vs the same samples
+   from a raw numpy memmap through the same DataLoader (target >= 0.5x);
+3. ``ptbr shards publish`` MB/s (hashing, parallel upload, per-object verification, commit) vs bare
+   boto3 ``upload_file`` of the same files to the same local SeaweedFS server, with the same
+   concurrency and transfer settings (target >= 0.9x).
+
+Repeats are interleaved (baseline, candidate, baseline, ...) and medians reported, because the
+machine may be shared. Usage::
+
+    python benchmarks/data.py --mb 32 --json results/data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.common import print_table, write_report  # noqa: E402
+
+
+def make_corpus(root: Path, mb: float, files: int = 4) -> list[str]:
+    from ptbr.data.sample_text import portuguese_documents
+
+    docs: list[str] = []
+    size, seed = 0, 0
+    while size < mb * 1e6:
+        batch = portuguese_documents(2000, seed=seed)
+        seed += 1
+        docs.extend(batch)
+        size += sum(len(d.encode()) for d in batch)
+    root.mkdir(parents=True, exist_ok=True)
+    per = (len(docs) + files - 1) // files
+    for i in range(files):
+        with open(root / f"part{i}.jsonl", "w", encoding="utf-8") as f:
+            for d in docs[i * per:(i + 1) * per]:
+                f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    return docs
+
+
+def read_corpus(path: Path) -> list[str]:
+    from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
+
+    return list(iter_documents(discover_inputs([path]), ReadStats()))
+
+
+def bench_build(args: argparse.Namespace, work: Path, corpus: Path, docs: list[str], tok_path: Path) -> tuple[
+        list[dict[str, Any]], Path]:
+    from tokenizers import Tokenizer
+
+    from ptbr.data.build import BuildSettings, build_shards, parse_size
+
+    tok = Tokenizer.from_file(str(tok_path))
+    batch = 1000
+
+    def bare() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        n = 0
+        for i in range(0, len(docs), batch):
+            n += sum(len(e) for e in tok.encode_batch(docs[i:i + batch], add_special_tokens=False))
+        return time.perf_counter() - t0, n
+
+    out = work / "dataset"
+    settings = BuildSettings(seq_len=args.seq_len, val_fraction=0.005, shard_size=parse_size(args.shard_size))
+
+    def build() -> tuple[float, int]:
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        result = build_shards([str(corpus)], tok_path, out, settings, progress=False, log=lambda _: None)
+        return time.perf_counter() - t0, result.manifest["stats"]["tokens"]
+
+    base, cand = [], []
+    for _ in range(args.repeats):
+        base.append(bare())
+        cand.append(build())
+    b_rate = statistics.median(n / s for s, n in base)
+    c_rate = statistics.median(n / s for s, n in cand)
+    eos = len(docs)
+    rows = [
+        {"case": "Tokenizer.encode_batch (bare, in memory)", "seconds": statistics.median(s for s, _ in base),
+         "tokens": base[0][1], "rate": b_rate, "unit": "tok/s", "ratio": 1.0, "target": ""},
+        {"case": "ptbr shards build (files -> MDS shards)", "seconds": statistics.median(s for s, _ in cand),
+         "tokens": cand[0][1], "rate": c_rate, "unit": "tok/s", "ratio": c_rate / b_rate, "target": ">= 0.8"},
+    ]
+    assert cand[0][1] == base[0][1] + eos, "build and baseline must tokenize the same text"
+    return rows, out
+
+
+class MemmapTokens:
+    """The baseline: samples from a raw (n, seq_len + 1) uint16 memmap, served like TokenDataset."""
+
+    def __init__(self, path: Path) -> None:
+        self.data = np.load(path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        t = torch.from_numpy(self.data[i].astype(np.int64))
+        return {"input": t[:-1], "target": t[1:], "sample_id": i}
+
+
+def bench_stream(args: argparse.Namespace, work: Path, dataset: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from ptbr.data import build_dataset, prepare_streaming_env
+    from ptbr.data.mds import decompress, read_samples
+
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    index = json.loads((dataset / "train" / "index.json").read_text())
+    samples = np.concatenate([
+        read_samples(decompress((dataset / "train" / s["zip_data"]["basename"]).read_bytes(), s["compression"]),
+                     manifest["sample_len"], manifest["dtype"]) for s in index["shards"]])
+    np.save(work / "tokens.npy", samples)
+    memmap = MemmapTokens(work / "tokens.npy")
+
+    prepare_streaming_env()
+
+    def run(ds: Any) -> tuple[float, int]:
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=0)
+        t0 = time.perf_counter()
+        n = 0
+        for batch in loader:
+            n += batch["input"].numel()
+        return time.perf_counter() - t0, n
+
+    results: dict[str, list[tuple[float, int]]] = {"memmap": [], "stream": [], "stream_shuffled": []}
+    for name, shuffle in (("stream", False), ("stream_shuffled", True)):
+        # streaming allows one live dataset per cache directory: one after the other
+        ds = build_dataset(str(dataset), "train", cache_root=str(work / "cache"), batch_size=args.batch_size,
+                           shuffle=shuffle, seed=0)
+        run(ds)  # the first pass warms the cache (copies and decompresses every shard)
+        for _ in range(args.repeats):
+            results["memmap"].append(run(memmap))
+            results[name].append(run(ds))
+        del ds
+        gc.collect()
+    rate = {k: statistics.median(n / s for s, n in v) for k, v in results.items()}
+    label = f"(seq_len {manifest['seq_len']}, batch {args.batch_size})"
+    return [
+        {"case": f"numpy memmap -> DataLoader {label}", "seconds": statistics.median(s for s, _ in results["memmap"]),
+         "tokens": results["memmap"][0][1], "rate": rate["memmap"], "unit": "tok/s", "ratio": 1.0, "target": ""},
+        {"case": f"TokenDataset warm cache {label}", "seconds": statistics.median(s for s, _ in results["stream"]),
+         "tokens": results["stream"][0][1], "rate": rate["stream"], "unit": "tok/s",
+         "ratio": rate["stream"] / rate["memmap"], "target": ">= 0.5"},
+        {"case": f"TokenDataset warm cache, shuffled {label}",
+         "seconds": statistics.median(s for s, _ in results["stream_shuffled"]),
+         "tokens": results["stream_shuffled"][0][1], "rate": rate["stream_shuffled"], "unit": "tok/s",
+         "ratio": rate["stream_shuffled"] / rate["memmap"], "target": ">= 0.5"},
+    ]
+
+
+def publish_dataset(args: argparse.Namespace, work: Path, tok_path: Path) -> Path:
+    """A dataset of ``--publish-mb`` MB (random tokens: zstd cannot shrink them) to upload."""
+    from ptbr.data.build import BuildSettings, parse_size, write_token_dataset
+    from ptbr.data.tokenizer import load_tokenizer
+
+    _, info = load_tokenizer(tok_path)
+    rng = np.random.default_rng(0)
+    n = int(args.publish_mb * 1e6 / 2)
+    streams = {"train": rng.integers(0, info.vocab_size, n, dtype=np.uint16),
+               "val": rng.integers(0, info.vocab_size, n // 100, dtype=np.uint16)}
+    out = work / "publish-dataset"
+    write_token_dataset(out, streams, tok_path, BuildSettings(seq_len=args.seq_len,
+                                                              shard_size=parse_size(args.publish_shard_size)),
+                        overwrite=True)
+    return out
+
+
+def bench_publish(args: argparse.Namespace, work: Path, dataset: Path) -> list[dict[str, Any]]:
+    import os
+
+    from boto3.s3.transfer import TransferConfig
+
+    from ptbr.data.publish import DEFAULT_PART_SIZE, publish
+    from ptbr.local_s3 import LocalS3Server
+
+    files = sorted(p for p in dataset.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    with LocalS3Server(work / "s3") as server:
+        server.create_bucket("bench")
+        os.environ.update(server.env())
+        client = server.client()
+        config = TransferConfig(multipart_threshold=DEFAULT_PART_SIZE, multipart_chunksize=DEFAULT_PART_SIZE,
+                                max_concurrency=args.jobs)
+
+        def bare_parallel(tag: str) -> float:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.jobs) as pool:
+                list(pool.map(lambda p: client.upload_file(str(p), "bench", f"{tag}/{p.relative_to(dataset)}",
+                                                           Config=config), files))
+            return time.perf_counter() - t0
+
+        def bare_sequential(tag: str) -> float:
+            t0 = time.perf_counter()
+            for p in files:
+                client.upload_file(str(p), "bench", f"{tag}/{p.relative_to(dataset)}", Config=config)
+            return time.perf_counter() - t0
+
+        def ptbr_publish(tag: str) -> float:
+            t0 = time.perf_counter()
+            publish(str(dataset), f"s3://bench/{tag}", jobs=args.jobs, progress=False, log=lambda _: None)
+            return time.perf_counter() - t0
+
+        times: dict[str, list[float]] = {"parallel": [], "sequential": [], "publish": []}
+        bare_parallel("warmup")
+        for r in range(args.repeats):
+            times["parallel"].append(bare_parallel(f"bare{r}"))
+            times["publish"].append(ptbr_publish(f"pub{r}"))
+            times["sequential"].append(bare_sequential(f"seq{r}"))
+        t_skip = ptbr_publish("pub0")  # everything present: a re-run only checks
+    mbps = {k: total / 1e6 / statistics.median(v) for k, v in times.items()}
+    n = len(files)
+    return [
+        {"case": f"boto3 upload_file x{n}, {args.jobs} threads (bare)", "seconds": statistics.median(times["parallel"]),
+         "bytes": total, "rate": mbps["parallel"], "unit": "MB/s", "ratio": 1.0, "target": ""},
+        {"case": f"boto3 upload_file x{n}, one after another", "seconds": statistics.median(times["sequential"]),
+         "bytes": total, "rate": mbps["sequential"], "unit": "MB/s", "ratio": mbps["sequential"] / mbps["parallel"],
+         "target": ""},
+        {"case": f"ptbr shards publish ({args.jobs} jobs, verify + commit)",
+         "seconds": statistics.median(times["publish"]), "bytes": total, "rate": mbps["publish"], "unit": "MB/s",
+         "ratio": mbps["publish"] / mbps["parallel"], "target": ">= 0.9"},
+        {"case": "ptbr shards publish re-run (all present, skipped)", "seconds": t_skip, "bytes": total,
+         "rate": total / 1e6 / t_skip, "unit": "MB/s", "ratio": "", "target": ""},
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=32, help="size of the generated corpus (MB of text)")
+    parser.add_argument("--corpus", type=Path, default=None, help="use this corpus instead of generated text")
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--shard-size", default="16mb")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=8, help="publish concurrency (and the bare baseline's)")
+    parser.add_argument("--publish-mb", type=float, default=256, help="size of the dataset to publish")
+    parser.add_argument("--publish-shard-size", default="32mb")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="write the JSON report here")
+    args = parser.parse_args()
+
+    import streaming  # noqa: F401  (import once, outside every timed region)
+
+    from ptbr.data.tokenizer import train_tokenizer
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ptbr-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.corpus:
+            corpus, docs = args.corpus, read_corpus(args.corpus)
+        else:
+            corpus = work / "corpus"
+            docs = make_corpus(corpus, args.mb)
+        text_mb = sum(len(d.encode()) for d in docs) / 1e6
+        t0 = time.perf_counter()
+        tok = train_tokenizer(docs, vocab_size=args.vocab)
+        t_tok = time.perf_counter() - t0
+        tok_path = work / "tokenizer.json"
+        tok.save(str(tok_path))
+        print(f"corpus: {len(docs)} documents, {text_mb:.1f} MB; tokenizer trained in {t_tok:.1f} s "
+              f"(vocab {tok.get_vocab_size()})", flush=True)
+
+        build_rows, dataset = bench_build(args, work, corpus, docs, tok_path)
+        stream_rows = bench_stream(args, work, dataset)
+        publish_rows = bench_publish(args, work, publish_dataset(args, work, tok_path))
+        rows = build_rows + stream_rows + publish_rows
+        print()
+        print_table(rows, ["case", "seconds", "rate", "unit", "ratio", "target"])
+        write_report(args.json, "data", rows, {"corpus_mb": text_mb, "documents": len(docs),
+                                               "tokenizer_train_seconds": t_tok, "vocab": tok.get_vocab_size(),
+                                               "args": {k: str(v) for k, v in vars(args).items()}})
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
