@@ -1,7 +1,6 @@
 """Tokenization work done in worker processes: encode, append EOS, assign each document a split.
 
-Kept free of heavy imports: a worker started by spawn (when the parent already runs threads)
-imports this module.
+Kept free of heavy imports: every (spawned) worker process imports this module.
 
 Split rule: a document goes to validation iff ``xxh64(utf8(text), seed) < val_fraction * 2**64``.
 It depends only on the document's content, so the split does not change when inputs are
