@@ -136,13 +136,12 @@ def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
 
-def head(client: Any, url: S3Url, rel: str, checksums: bool = False) -> dict[str, Any] | None:
+def head(client: Any, url: S3Url, rel: str) -> dict[str, Any] | None:
     """HEAD an object (None when absent)."""
     from botocore.exceptions import ClientError
 
-    kwargs = {"ChecksumMode": "ENABLED"} if checksums else {}
     try:
-        return client.head_object(Bucket=url.bucket, Key=url.key(rel), **kwargs)
+        return client.head_object(Bucket=url.bucket, Key=url.key(rel))
     except ClientError as exc:
         if is_not_found(exc):
             return None

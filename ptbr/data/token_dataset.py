@@ -24,14 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 from streaming import StreamingDataset
-from streaming.base.constant import TICK
-from streaming.base.dataset import _ShardState
 
 from ptbr.errors import DataError
 
-_REMOTE, _LOCAL = int(_ShardState.REMOTE), int(_ShardState.LOCAL)
-_FAST_THREADS = all(hasattr(StreamingDataset, name) for name in ("_prepare_thread", "_ready_thread",
-                                                                   "prepare_shard"))
+try:  # streaming internals used by the fast paths below (tested with mosaicml-streaming 0.13)
+    from streaming.base.constant import TICK
+    from streaming.base.dataset import _ShardState
+
+    _REMOTE, _LOCAL = int(_ShardState.REMOTE), int(_ShardState.LOCAL)
+    _FAST_THREADS = all(hasattr(StreamingDataset, name) for name in ("_prepare_thread", "_ready_thread",
+                                                                       "prepare_shard"))
+except ImportError:  # another layout: streaming's own (slower) threads, and no memory-mapped reads
+    TICK, _REMOTE, _LOCAL, _FAST_THREADS = 0.007, 1, -1, False
 
 
 def _shards_of(bounds: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
