@@ -218,3 +218,20 @@ def test_s3_server_tool_background_start_and_stop(tmp_path: Path) -> None:
     assert not (d / "s3.env").exists() and not (d / "server.json").exists()
     assert not any(Path(f"/tmp/seaweedfs-{k}-grpc-{state['ports'][k + '_grpc']}.sock").exists()
                    for k in ("master", "volume", "filer", "s3"))
+
+
+def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) -> None:
+    from ptbr.data.stream import _prune_old_job_dirs
+
+    uid = os.geteuid()
+    old, recent, mine, other = (tmp_path / f"ptbr-{uid}-old", tmp_path / f"ptbr-{uid}-recent",
+                                tmp_path / f"ptbr-{uid}-mine", tmp_path / "unrelated")
+    for d in (old, recent, mine, other):
+        d.mkdir()
+        (d / "000000_barrier_filelock").write_text("")
+    week_ago = time.time() - 8 * 24 * 3600
+    for d in (old, mine, other):
+        for p in (d / "000000_barrier_filelock", d):
+            os.utime(p, (week_ago, week_ago))
+    _prune_old_job_dirs(tmp_path, keep=mine)
+    assert not old.exists() and recent.exists() and mine.exists() and other.exists()

@@ -130,9 +130,33 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
         os.environ[_ENV_DONE] = key
         if key.startswith("pid"):  # a single process owns it: remove it when the process ends
             atexit.register(shutil.rmtree, tmp, True)
+        _prune_old_job_dirs(Path(base), keep=tmp)
     info["tmpdir"] = os.environ["TMPDIR"]
     info["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
     return info
+
+
+JOB_DIR_MAX_AGE_S = 7 * 24 * 3600
+
+
+def _prune_old_job_dirs(base: Path, keep: Path, max_age_s: float = JOB_DIR_MAX_AGE_S) -> None:
+    """Remove this user's per-job dirs untouched for a week (only streaming's lock files live there).
+
+    Ranks of a job cannot tell when the last of them is done with the directory, so multi-process
+    jobs do not delete theirs at exit; a week-old one belongs to a finished job.
+    """
+    import time
+
+    cutoff = time.time() - max_age_s
+    for d in base.glob(f"ptbr-{os.geteuid()}-*"):
+        try:
+            if d == keep or not d.is_dir() or d.is_symlink():
+                continue
+            newest = max([d.stat().st_mtime, *(p.stat().st_mtime for p in d.iterdir())])
+            if newest < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
 
 
 # --------------------------------------------------------------------------------- dataset
