@@ -262,9 +262,14 @@ class Publisher:
     def _delete(self, rels: list[str]) -> None:
         for i in range(0, len(rels), 1000):
             chunk = rels[i:i + 1000]
-            self.client.delete_objects(Bucket=self.url.bucket,
-                                       Delete={"Objects": [{"Key": self.url.key(r)} for r in chunk],
-                                               "Quiet": True})
+            resp = self.client.delete_objects(Bucket=self.url.bucket,
+                                              Delete={"Objects": [{"Key": self.url.key(r)} for r in chunk],
+                                                      "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise DataError(f"{self.url}: could not delete {len(errors)} object(s), e.g. {first.get('Key')}: "
+                                f"{first.get('Code')} {first.get('Message', '')}".rstrip())
         self.report.deleted += len(rels)
 
     # --------------------------------------------------------------------------- main
