@@ -199,6 +199,7 @@ def test_resume_continues_exactly_and_refuses_iterated_dataset(dataset: Path, tm
                                  shuffle=True, seed=11, num_canonical_nodes=2)
 
         ds = fresh()
+        assert Path(ds._filelock_root).name.startswith("ptbr-")  # streaming's locks in the per-job dir
         order = [it["sample_id"] for it in ds]
         state = ds.state_dict(num_samples=37, from_beginning=False)
         with pytest.raises(DataError, match="already iterated"):

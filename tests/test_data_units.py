@@ -124,13 +124,19 @@ def test_job_tmpdir_is_shared_by_a_job_and_distinct_between_jobs(monkeypatch: py
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     with isolated_environ():
-        info = prepare_streaming_env(clean_shm=False)
-        assert info["tmpdir"] == str(tmp_path / f"ptbr-{os.geteuid()}-slurm77.0") == os.environ["TMPDIR"]
         import tempfile
 
-        assert tempfile.gettempdir() == info["tmpdir"]
-        assert prepare_streaming_env(clean_shm=False)["tmpdir"] == info["tmpdir"]  # idempotent
-    assert os.environ["TMPDIR"] == str(tmp_path)
+        from ptbr.data.stream import streaming_tempdir
+
+        before = tempfile.gettempdir()
+        info = prepare_streaming_env(clean_shm=False)
+        job_dir = str(tmp_path / f"ptbr-{os.geteuid()}-slurm77.0")
+        assert info["tmpdir"] == job_dir == os.environ["PTBR_STREAMING_TMPDIR"]
+        assert os.environ["TMPDIR"] == str(tmp_path) and tempfile.gettempdir() == before  # others unaffected
+        with streaming_tempdir():
+            assert tempfile.gettempdir() == job_dir  # only while streaming builds a dataset
+        assert tempfile.gettempdir() == before
+        assert prepare_streaming_env(clean_shm=False)["tmpdir"] == job_dir  # idempotent
 
 
 HOLDER = """
@@ -224,9 +230,12 @@ def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) ->
     from ptbr.data.stream import _prune_old_job_dirs
 
     uid = os.geteuid()
-    old, recent, mine, other = (tmp_path / f"ptbr-{uid}-old", tmp_path / f"ptbr-{uid}-recent",
-                                tmp_path / f"ptbr-{uid}-mine", tmp_path / "unrelated")
-    for d in (old, recent, mine, other):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old, recent, mine, other, gone, alive = (
+        tmp_path / f"ptbr-{uid}-old", tmp_path / f"ptbr-{uid}-recent", tmp_path / f"ptbr-{uid}-mine",
+        tmp_path / "unrelated", tmp_path / f"ptbr-{uid}-pid{dead.pid}", tmp_path / f"ptbr-{uid}-pid{os.getpid()}")
+    for d in (old, recent, mine, other, gone, alive):
         d.mkdir()
         (d / "000000_barrier_filelock").write_text("")
     week_ago = time.time() - 8 * 24 * 3600
@@ -235,3 +244,4 @@ def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) ->
             os.utime(p, (week_ago, week_ago))
     _prune_old_job_dirs(tmp_path, keep=mine)
     assert not old.exists() and recent.exists() and mine.exists() and other.exists()
+    assert not gone.exists() and alive.exists()

@@ -19,9 +19,11 @@ the manifest, and shards are validated (xxh64) on download.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from ptbr.data.token_dataset import TokenDataset
 
 _ENV_DONE = "PTBR_STREAMING_ENV"
+_TMP_ENV = "PTBR_STREAMING_TMPDIR"
 
 
 def read_manifest(source: str) -> dict[str, Any]:
@@ -107,8 +110,10 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
     * ``LOCAL_WORLD_SIZE`` from LOCAL_SIZE (deepspeed), SLURM_NTASKS_PER_NODE / SLURM_GPUS_ON_NODE
       (srun), OMPI_COMM_WORLD_LOCAL_SIZE (mpirun) when missing; otherwise every rank believes it
       is a node of its own and ranks collide on shared-memory names.
-    * ``TMPDIR`` per job (streaming leaks lock files there and skips their prefixes), shared by
-      all ranks of the job on the node, since streaming's file locks must be common to them.
+    * a temporary directory per job for streaming's file locks (it leaks two per dataset and skips
+      their prefixes), shared by all ranks of the job on the node since the locks must be common
+      to them. Only streaming uses it (see :func:`streaming_tempdir`): the process's TMPDIR stays
+      as it is, so e.g. torch's compile caches keep living across jobs.
     * stale streaming segments in /dev/shm removed, never a live one (see ptbr.data.shm).
     """
     from ptbr.data.shm import clean_stale_streaming_shm
@@ -121,39 +126,60 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
     info["local_world_size"] = (lws, source)
     key = job_key()
     if os.environ.get(_ENV_DONE) != key:
-        base = os.environ.get("PTBR_TMPDIR_BASE") or os.environ.get("TMPDIR") or tempfile.gettempdir()
-        os.environ["PTBR_TMPDIR_BASE"] = base
-        tmp = Path(base) / f"ptbr-{os.geteuid()}-{key}"
+        base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
+        tmp = base / f"ptbr-{os.geteuid()}-{key}"
         tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.environ["TMPDIR"] = str(tmp)
-        tempfile.tempdir = str(tmp)
+        os.environ[_TMP_ENV] = str(tmp)
         os.environ[_ENV_DONE] = key
         if key.startswith("pid"):  # a single process owns it: remove it when the process ends
             atexit.register(shutil.rmtree, tmp, True)
-        _prune_old_job_dirs(Path(base), keep=tmp)
-    info["tmpdir"] = os.environ["TMPDIR"]
+        _prune_old_job_dirs(base, keep=tmp)
+    info["tmpdir"] = os.environ[_TMP_ENV]
     info["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
     return info
+
+
+@contextlib.contextmanager
+def streaming_tempdir() -> Iterator[str]:
+    """Point ``tempfile.gettempdir()`` at the job's directory while a StreamingDataset is created.
+
+    Streaming reads the temporary directory only in its constructor (lock paths are stored in the
+    dataset, and travel with it to DataLoader workers), so the switch can be this narrow.
+    """
+    path = os.environ.get(_TMP_ENV)
+    if not path:
+        prepare_streaming_env()
+        path = os.environ[_TMP_ENV]
+    saved = tempfile.tempdir
+    tempfile.tempdir = path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved
 
 
 JOB_DIR_MAX_AGE_S = 7 * 24 * 3600
 
 
 def _prune_old_job_dirs(base: Path, keep: Path, max_age_s: float = JOB_DIR_MAX_AGE_S) -> None:
-    """Remove this user's per-job dirs untouched for a week (only streaming's lock files live there).
+    """Remove this user's per-job dirs of dead single processes, or untouched for a week.
 
-    Ranks of a job cannot tell when the last of them is done with the directory, so multi-process
-    jobs do not delete theirs at exit; a week-old one belongs to a finished job.
+    Ranks of a multi-process job cannot tell when the last of them is done with the directory, so
+    they do not delete it at exit; a single process does (atexit), unless it ends by os._exit or a
+    signal: then its dead pid gives it away here.
     """
     import time
 
     cutoff = time.time() - max_age_s
-    for d in base.glob(f"ptbr-{os.geteuid()}-*"):
+    prefix = f"ptbr-{os.geteuid()}-"
+    for d in base.glob(prefix + "*"):
         try:
             if d == keep or not d.is_dir() or d.is_symlink():
                 continue
+            key = d.name[len(prefix):]
+            dead_pid = key.startswith("pid") and key[3:].isdigit() and not Path(f"/proc/{key[3:]}").exists()
             newest = max([d.stat().st_mtime, *(p.stat().st_mtime for p in d.iterdir())])
-            if newest < cutoff:
+            if dead_pid or newest < cutoff:
                 shutil.rmtree(d, ignore_errors=True)
         except OSError:
             continue
@@ -214,9 +240,10 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
     per_shard = -(-int(info["samples"]) // max(int(info["shards"]), 1))
     streaming_kwargs.setdefault("predownload", max(8 * batch_size, 2 * per_shard))
     try:
-        ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
-                          shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
-                          **streaming_kwargs)
+        with streaming_tempdir():
+            ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
+                              shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
+                              **streaming_kwargs)
     except ValueError as exc:
         if "Reused local directory" not in str(exc):
             raise
