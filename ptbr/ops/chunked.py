@@ -57,12 +57,15 @@ class _Chunks:
         A_last = A[..., -1:, :]
         half = A_last / 2
         self.A, self.Ae = A, Ae
-        self.span_ok = (A_last.amin(dim=(-1, -2)) >= -SAFE_SPAN)[..., None, None]  # [B,H,nc,1,1]
-        self.unsafe = (~self.span_ok[..., 0, 0]).nonzero(as_tuple=True)
+        span_ok = A_last.amin(dim=(-1, -2)) >= -SAFE_SPAN  # [B,H,nc]
+        self.unsafe = (~span_ok).nonzero(as_tuple=True)
         lim = SAFE_SPAN / 2  # only reached in unsafe chunks, whose factors are then zeroed
         self.e_Ae = torch.exp(Ae.to(cd))  # r side, inter-chunk (exponent <= 0)
-        self.e_q = torch.exp((Ae - half).clamp(max=lim).to(cd)) * self.span_ok  # r side, intra
-        self.e_k = torch.exp((half - A).clamp(max=lim).to(cd)) * self.span_ok  # k side, intra
+        self.e_q = torch.exp((Ae - half).to(cd).clamp_(max=lim))  # r side, intra
+        self.e_k = torch.exp((half - A).to(cd).clamp_(max=lim))  # k side, intra
+        if self.unsafe[0].numel():  # those chunks are done pair by pair instead
+            self.e_q[self.unsafe] = 0.0
+            self.e_k[self.unsafe] = 0.0
         self.e_kd = torch.exp((A_last - A).to(cd))  # k to chunk end (exponent <= 0)
         self.e_last = torch.exp(A_last.to(cd)).transpose(-1, -2)  # [B,H,nc,N,1]
         self.q_inter = r * self.e_Ae
@@ -161,8 +164,8 @@ class _WKV6Chunked(torch.autograd.Function):
         dk = dkg * c.e_k + dkd * c.e_kd + d_bonus * ucd * rc
         du = (d_bonus * rc * kc).sum(dim=(0, 2, 3))
         # Partial derivatives with respect to the cumulative log-decays (in float64).
-        dAe = (dq_inter * c.q_inter + dq * c.q).double()
-        dA = -(dkg * c.kg + dkd * c.kd).double()
+        dAe = dq_inter * c.q_inter + dq * c.q
+        dA = -(dkg * c.kg + dkd * c.kd)
         dA_last = ((S_prev * G_next).sum(-1) * c.e_last[..., 0]).double() + (dkd * c.kd).double().sum(-2)
 
         if c.unsafe[0].numel():
@@ -171,13 +174,13 @@ class _WKV6Chunked(torch.autograd.Function):
                 gr, gk, gAe, gA = torch.autograd.grad(_pairwise_scores(*leaves), leaves, dP[c.unsafe])
             dr = dr.index_put(c.unsafe, gr, accumulate=True)
             dk = dk.index_put(c.unsafe, gk, accumulate=True)
-            dAe = dAe.index_put(c.unsafe, gAe, accumulate=True)
-            dA = dA.index_put(c.unsafe, gA, accumulate=True)
+            dAe = dAe.index_put(c.unsafe, gAe.to(cd), accumulate=True)
+            dA = dA.index_put(c.unsafe, gA.to(cd), accumulate=True)
 
         # A_t = Σ_{j<=t} lw_j, Ae_t = Σ_{j<t} lw_j, A_last = Σ_j lw_j, so
         # dlw_j = Σ_{t>=j} dA_t + Σ_{t>j} dAe_t + dA_last; with D = dA + dAe and Σ_{t>=j} D_t = tot - cumsum + D:
-        D = dA + dAe
-        dlw = D.sum(-2, keepdim=True) - D.cumsum(-2) + dA + dA_last.unsqueeze(-2)
+        D = (dA + dAe).double()
+        dlw = D.sum(-2, keepdim=True) - D.cumsum(-2) + dA.double() + dA_last.unsqueeze(-2)
         dw_full = (dlw * lw.double()).to(cd)  # d(-exp(w))/dw = -exp(w) = lw
         dw = _merge(dw_full, T, w.dtype) * (w.to(cd) <= W_RAW_CEIL).to(w.dtype)
 
