@@ -218,7 +218,7 @@ def main() -> None:
     ap.add_argument("--head-size", type=int, default=64)
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default float32 (bfloat16 with --gpu-suite)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="write the JSON report here")
     ap.add_argument("--gpu-suite", action="store_true",
                     help="Triton vs chunked torch vs fla chunk_rwkv6 at the training shape (needs a GPU)")
