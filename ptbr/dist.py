@@ -76,6 +76,13 @@ def expand_tasks_per_node(spec: str) -> list[int]:
     return counts
 
 
+def deepspeed_hostfile(nodelist: str, slots: int) -> str:
+    """A DeepSpeed/pdsh hostfile (``host slots=N`` per line) for a Slurm node list."""
+    if slots <= 0:
+        raise PtbrError(f"slots per node must be positive, got {slots}")
+    return "".join(f"{host} slots={slots}\n" for host in expand_nodelist(nodelist))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

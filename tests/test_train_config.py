@@ -116,3 +116,17 @@ def test_slurm_list_parsing() -> None:
     assert expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
     assert expand_nodelist("a[8-10]b") == ["a8b", "a9b", "a10b"]
     assert expand_tasks_per_node("4(x2),2") == [4, 4, 2]
+
+
+def test_hostfile_from_slurm_script(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "hostfile"
+    proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist",
+                           "gpu[01-02]", "--slots", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
+    proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist", ""],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no node list" in proc.stderr and "Traceback" not in proc.stderr
