@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptbr.checkpoint.fs import atomic_write_text, fsync_dir, fsync_file
+from ptbr.fsutil import atomic_write_text, fsync_dir, fsync_file
 
 MARKER = "COMPLETE.json"
 STATE = "ptbr_state.json"

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from ptbr.checkpoint.fs import atomic_write_text
 from ptbr.checkpoint.store import MARKER, UNIVERSAL, Checkpoint
 from ptbr.errors import CheckpointError
+from ptbr.fsutil import atomic_write_text
 
 
 def universal_dir(ckpt: Checkpoint) -> Path:

@@ -37,15 +37,14 @@ from ptbr.data.manifest import (
     MANIFEST,
     dataset_hash,
     encode_manifest,
-    fsync_dir,
     layout_of,
     parse_manifest,
-    write_atomic,
 )
 from ptbr.data.packing import Packer, choose_dtype
 from ptbr.data.progress import Progress
 from ptbr.data.tokenizer import EOS_TOKEN, TokenizerInfo, load_tokenizer
 from ptbr.errors import DataError
+from ptbr.fsutil import atomic_write_bytes, fsync_dir
 
 STAGING = ".ptbr-build"
 TOKENIZER_COPY = "tokenizer.json"
@@ -385,4 +384,4 @@ def _commit(output: Path, staging: Path, manifest: dict[str, Any]) -> None:
             os.replace(staging / name, output / name)
     os.replace(staging / TOKENIZER_COPY, output / TOKENIZER_COPY)
     fsync_dir(output)
-    write_atomic(output / MANIFEST, encode_manifest(manifest))
+    atomic_write_bytes(output / MANIFEST, encode_manifest(manifest))

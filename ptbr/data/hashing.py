@@ -20,30 +20,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
+def _file_digest(path: str | Path, h: Any) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return _file_digest(path, hashlib.sha256())
 
 
 def xxh64_file(path: str | Path) -> str:
     """Same digest as ``streaming.base.hashing.get_hash('xxh64', data)`` on the whole file."""
-    h = xxhash.xxh64()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_digest(path, xxhash.xxh64())
 
 
 def xxh3_file(path: str | Path) -> str:
     """Fast content fingerprint of an input file (128-bit, for change detection)."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_digest(path, xxhash.xxh3_128())
 
 
 def canonical_json(obj: Any) -> bytes:

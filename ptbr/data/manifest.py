@@ -12,8 +12,6 @@ their cache directories on it.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from ptbr.data.hashing import sha256_bytes, sha256_json
@@ -48,25 +46,6 @@ def encode_manifest(manifest: dict[str, Any]) -> bytes:
 
 def manifest_sha256(data: bytes) -> str:
     return sha256_bytes(data)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def parse_manifest(data: bytes, source: str) -> dict[str, Any]:

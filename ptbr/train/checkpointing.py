@@ -24,9 +24,9 @@ import torch.distributed as dist
 
 from ptbr import __version__
 from ptbr.checkpoint import store
-from ptbr.checkpoint.fs import atomic_write_text, fsync_file
 from ptbr.checkpoint.universal import ensure_universal
 from ptbr.errors import CheckpointError
+from ptbr.fsutil import atomic_write_text, fsync_file
 from ptbr.train.metrics import info
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Durable file operations: a file is either entirely there or not there at all."""
+"""Durable file operations shared by checkpoints and datasets: a file is either entirely there
+(and on disk) or not there at all."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ def fsync_dir(path: str | Path) -> None:
         fsync_file(path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file, fsync, rename over ``path``, fsync the directory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
