@@ -73,11 +73,25 @@ class _Chunks:
         if self.unsafe[0].numel():
             P = P.index_put(self.unsafe, _pairwise_scores(*self._unsafe_inputs()))
         self.P, self.causal = P, causal
-        self.bonus = (r * u[None, :, None, None, :] * k).sum(-1, keepdim=True)  # [B,H,nc,L,1]
+        self.rk = r * k
+        self.bonus = (self.rk * u[None, :, None, None, :]).sum(-1, keepdim=True)  # [B,H,nc,L,1]
 
     def _unsafe_inputs(self):
         i = self.unsafe
         return self.r[i], self.k[i], self.Ae[i], self.A[i]
+
+
+def _scan(decay: torch.Tensor, delta: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor:
+    """States entering each chunk of S_{c+1} = decay_c ⊙ S_c + delta_c ([B,H,nc,N,1], [B,H,nc,N,N]),
+    written in place into one buffer (no per-chunk list to stack)."""
+    states = torch.empty_like(delta)
+    if initial is None:
+        states[:, :, 0].zero_()
+    else:
+        states[:, :, 0].copy_(initial)
+    for c in range(delta.shape[2] - 1):
+        torch.addcmul(delta[:, :, c], decay[:, :, c], states[:, :, c], out=states[:, :, c + 1])
+    return states
 
 
 def _split(x: torch.Tensor, L: int, nc: int, cd: torch.dtype) -> torch.Tensor:
@@ -96,6 +110,8 @@ def _merge(x: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _log_decay(w: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    """-exp(w) with w clamped at W_RAW_CEIL; its derivative -exp(w) (0 where clamped) comes along
+    in the same pass as ``lw * (w <= ceil)`` is needed by the backward only."""
     return -torch.exp(w.to(cd).clamp(max=W_RAW_CEIL))
 
 
@@ -106,22 +122,20 @@ class _WKV6Chunked(torch.autograd.Function):
         cd = compute_dtype(r, k, v, w, u, *(() if state is None else (state,)))
         L = chunk_size
         nc = max(1, -(-T // L))
-        rc, kc, vc, lw = (_split(x, L, nc, cd) for x in (r, k, v, _log_decay(w, cd)))
+        lw_flat = _log_decay(w, cd)
+        rc, kc, vc, lw = (_split(x, L, nc, cd) for x in (r, k, v, lw_flat))
         c = _Chunks(rc, kc, vc, lw, u.to(cd), L)
 
-        S = rc.new_zeros(B, H, N, N) if state is None else state.to(cd)
         delta = c.kd.transpose(-1, -2) @ vc  # [B,H,nc,N,N]
-        prev = []
-        for decay_c, delta_c in zip(c.e_last.transpose(-1, -2).unbind(2), delta.unbind(2)):
-            prev.append(S)
-            S = decay_c * S + delta_c
-        S_prev = torch.stack(prev, dim=2)  # state entering each chunk
-        y = c.P @ vc + c.bonus * vc + c.q @ S_prev
+        S_prev = _scan(c.e_last.transpose(-1, -2), delta, None if state is None else state.to(cd))
+        S = torch.addcmul(delta[:, :, -1], c.e_last[:, :, -1].transpose(-1, -2), S_prev[:, :, -1])
+        y = torch.addcmul(c.P @ vc, c.bonus, vc).add_(c.q @ S_prev)
 
         ctx.save_for_backward(r, k, v, w, u, S_prev)
         # The chunk tensors are kept rather than recomputed: this is the CPU path, where time is scarcer
         # than memory (about 8 floats per input element).
-        ctx.chunks, ctx.lw = c, lw
+        # d lw / d w = lw where w was not clamped, 0 where it was
+        ctx.chunks, ctx.dlw_dw = c, _split(lw_flat.masked_fill(w.to(cd) > W_RAW_CEIL, 0.0), L, nc, cd)
         ctx.meta = (chunk_size, cd, state is not None, state.dtype if state is not None else None)
         return _merge(y, T, r.dtype), S
 
@@ -129,23 +143,18 @@ class _WKV6Chunked(torch.autograd.Function):
     def backward(ctx, dy, dS_T):
         r, k, v, w, u, S_prev = ctx.saved_tensors
         L, cd, has_state, state_dtype = ctx.meta
-        c, lw = ctx.chunks, ctx.lw
-        del ctx.chunks, ctx.lw
+        c, dlw_dw = ctx.chunks, ctx.dlw_dw
+        del ctx.chunks, ctx.dlw_dw
         rc, kc, vc = c.r, c.k, c.v
         B, T, H, N = r.shape
         nc = S_prev.shape[2]
         dy = _split(dy, L, nc, cd)
 
         # Reverse state recurrence: G_next[c] = dLoss/dS_{c+1}, the state leaving chunk c.
-        G = torch.zeros_like(S_prev[:, :, 0]) if dS_T is None else dS_T.to(cd)
         qdy = c.q.transpose(-1, -2) @ dy  # [B,H,nc,N,N]
         e_last = c.e_last.transpose(-1, -2)  # [B,H,nc,N,1]: scales the rows (keys) of a state
-        nexts = []
-        for decay_c, qdy_c in zip(reversed(e_last.unbind(2)), reversed(qdy.unbind(2))):
-            nexts.append(G)
-            G = decay_c * G + qdy_c
-        d_state0 = G
-        G_next = torch.stack(nexts[::-1], dim=2)
+        G_next = _scan(e_last.flip(2), qdy.flip(2), None if dS_T is None else dS_T.to(cd)).flip(2)
+        d_state0 = torch.addcmul(qdy[:, :, 0], e_last[:, :, 0], G_next[:, :, 0])
 
         dP = (dy @ vc.transpose(-1, -2)) * c.causal
         d_bonus = (dy * vc).sum(-1, keepdim=True)
@@ -157,7 +166,7 @@ class _WKV6Chunked(torch.autograd.Function):
         ucd = u.to(cd)[None, :, None, None, :]
         dr = dq * c.e_Ae + d_bonus * ucd * kc
         dk = dkg * c.e_k + dkd * c.e_kd + d_bonus * ucd * rc
-        du = (d_bonus * rc * kc).sum(dim=(0, 2, 3))
+        du = (d_bonus * c.rk).sum(dim=(0, 2, 3))
         # Partial derivatives with respect to the cumulative log-decays, summed in float64: the terms
         # are large and cancel in the reverse cumulative sum below (the known weak spot of dw).
         dAe = (dq * c.q).double()
@@ -178,8 +187,8 @@ class _WKV6Chunked(torch.autograd.Function):
         # dlw_j = Σ_{t>=j} dA_t + Σ_{t>j} dAe_t + dA_last; with D = dA + dAe and Σ_{t>=j} D_t = tot - cumsum + D:
         D = dA + dAe
         dlw = D.sum(-2, keepdim=True) - D.cumsum(-2) + dA + dA_last.unsqueeze(-2)
-        dw_full = (dlw * lw.double()).to(cd)  # d(-exp(w))/dw = -exp(w) = lw
-        dw = _merge(dw_full, T, w.dtype) * (w.to(cd) <= W_RAW_CEIL).to(w.dtype)
+        dw_full = dlw.to(cd) * dlw_dw  # d(-exp(w))/dw = -exp(w) = lw (0 where w was clamped)
+        dw = _merge(dw_full, T, w.dtype)
 
         return (
             _merge(dr, T, r.dtype),
