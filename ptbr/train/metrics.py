@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptbr.data.progress import fmt_eta
+
 # Dense bf16 peak per device, TFLOP/s (no sparsity), by substring of the CUDA device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "A10G": 125.0,
                     "L40S": 362.0, "L4": 121.0, "A6000": 155.0, "V100": 125.0, "B200": 2250.0}
@@ -41,11 +43,7 @@ def memory_gib() -> float:
 
 
 def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    return fmt_eta(seconds) if math.isfinite(seconds) else "?"
 
 
 class MetricsLogger:
