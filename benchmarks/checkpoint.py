@@ -12,7 +12,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
-from benchmarks.train import build_dataset, model_overrides  # noqa: E402
+from benchmarks.train import build_dataset, model_overrides, sh  # noqa: E402
 
 
 def train(n_ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace, steps: int) -> str:
@@ -33,10 +32,7 @@ def train(n_ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace, s
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_ranks), "-m", "ptbr.train",
            "--config", "configs/train/tiny_cpu.yaml", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
-    return proc.stderr
+    return sh(*cmd, env=env).stderr
 
 
 def seconds(pattern: str, log: str) -> float:

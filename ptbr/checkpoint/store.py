@@ -69,15 +69,22 @@ def tag_for(step: int, attempt: int = 0) -> str:
     return f"step_{step:08d}" + (f".{attempt}" if attempt else "")
 
 
+def parse_checkpoint(path: str | Path) -> Checkpoint | None:
+    """The checkpoint a directory name denotes (``step_00001000`` or ``step_00001000.1``), or None."""
+    path = Path(path)
+    m = _TAG.match(path.name)
+    return Checkpoint(path, int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
 def list_checkpoints(root: str | Path) -> list[Checkpoint]:
     """All checkpoint directories, oldest first (complete or not)."""
     root = Path(root)
     found = []
     if root.is_dir():
         for p in root.iterdir():
-            m = _TAG.match(p.name)
-            if m and p.is_dir():
-                found.append(Checkpoint(p, int(m.group(1)), int(m.group(2) or 0)))
+            ckpt = parse_checkpoint(p)
+            if ckpt and p.is_dir():
+                found.append(ckpt)
     return sorted(found, key=lambda c: (c.step, c.attempt))
 
 
@@ -88,7 +95,7 @@ def new_checkpoint_dir(root: str | Path, step: int) -> Path:
     attempt = 0
     while True:
         path = root / tag_for(step, attempt)
-        if not path.exists() or Checkpoint(path, step, attempt).marker() is None:
+        if not path.exists() or parse_checkpoint(path).marker() is None:
             return path
         attempt += 1
 

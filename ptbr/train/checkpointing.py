@@ -9,6 +9,7 @@ continuing at the exact sample where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -16,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +28,8 @@ from ptbr.checkpoint import store
 from ptbr.checkpoint.universal import ensure_universal
 from ptbr.errors import CheckpointError
 from ptbr.fsutil import atomic_write_text, fsync_file
+from ptbr.train.loop import Progress, Trainer
 from ptbr.train.metrics import info
-
-if TYPE_CHECKING:
-    from ptbr.train.loop import Trainer
 
 
 @dataclass
@@ -58,13 +57,6 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def _checkpoint_at(path: Path) -> store.Checkpoint:
-    m = store._TAG.match(path.name)
-    if not m:
-        raise CheckpointError(f"{path} is not a ptbr checkpoint directory (expected a name like step_00001000)")
-    return store.Checkpoint(path, int(m.group(1)), int(m.group(2) or 0))
-
-
 def _decide(trainer: Trainer, mode: str, allow_fresh_start: bool, allow_config_change: bool) -> ResumePlan | None:
     """Rank 0 only: pick the checkpoint to resume from, or None for a fresh start, or raise."""
     root = trainer.ckpt_root
@@ -90,7 +82,9 @@ def _decide(trainer: Trainer, mode: str, allow_fresh_start: bool, allow_config_c
             info(f"starting fresh; the incomplete checkpoints were moved to {aside}")
             return None
     else:
-        ckpt = _checkpoint_at(Path(mode))
+        ckpt = store.parse_checkpoint(mode)
+        if ckpt is None:
+            raise CheckpointError(f"{mode} is not a ptbr checkpoint directory (expected a name like step_00001000)")
         problems = ckpt.problems()
         if problems:
             raise CheckpointError(f"cannot resume from {mode}: " + "; ".join(problems))
@@ -136,12 +130,10 @@ def load(trainer: Trainer, plan: ResumePlan) -> None:
     if path is None:  # DeepSpeed returns (None, None) instead of raising when it finds nothing
         raise CheckpointError(f"DeepSpeed loaded nothing from {plan.load_dir / plan.tag}")
     s = plan.state
-    p = trainer.progress
-    p.step, p.samples, p.tokens = int(s["step"]), int(s["samples"]), int(s["tokens"])
-    p.skipped_steps, p.nonfinite_in_row = int(s["skipped_steps"]), int(s["nonfinite_in_row"])
-    p.epoch, p.epoch_samples = int(s["data"]["epoch"]), int(s["data"]["sample_in_epoch"])
+    trainer.progress = p = Progress(**{f.name: int(s[f.name]) for f in dataclasses.fields(Progress)})
     trainer.resumed_data_state = dict(s["data"])
     trainer.scheduler.load_state_dict(s["scheduler"])
+    trainer.last_saved_step = p.step
     rng_file = plan.path / "rng" / f"rank_{trainer.env.rank:05d}.pt"
     if not plan.elastic and rng_file.is_file():
         _set_rng(torch.load(rng_file, weights_only=False))
@@ -195,8 +187,7 @@ def save(trainer: Trainer) -> Path:
     if env.is_main:
         try:
             state = {
-                "step": p.step, "samples": p.samples, "tokens": p.tokens, "skipped_steps": p.skipped_steps,
-                "nonfinite_in_row": p.nonfinite_in_row, "data": trainer.data_state(),
+                **dataclasses.asdict(p), "data": trainer.data_state(),
                 "scheduler": trainer.scheduler.state_dict(), "world_size": env.world_size,
                 "zero_stage": trainer.cfg.zero.stage, "precision": trainer.cfg.precision,
                 "global_batch_size": trainer.global_batch, "micro_batch_size": trainer.cfg.batch.micro_batch_size,
@@ -219,4 +210,5 @@ def save(trainer: Trainer) -> Path:
     error = broadcast(error)
     if error:
         raise CheckpointError(f"saving {path} failed: {error}")
+    trainer.last_saved_step = p.step
     return path

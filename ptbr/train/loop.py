@@ -71,12 +71,12 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.resume_mode, self.allow_fresh_start, self.allow_config_change = (
             resume, allow_fresh_start, allow_config_change)
-        self.ckpt_root = Path(cfg.train.run_dir) / "checkpoints"
+        self.run_dir = Path(cfg.train.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
         self.resumed_data_state: dict[str, Any] | None = None
-        self.last_saved_step = -1
+        self.last_saved_step = -1  # set by checkpointing.save / load
         self.last_eval_step = -1
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-        self.run_dir = Path(cfg.train.run_dir)
         self.accum, self.global_batch = cfg.batch.resolve(env.world_size)
         self.progress = Progress()
         self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard)
@@ -196,7 +196,6 @@ class Trainer:
         if plan:
             checkpointing.load(self, plan)
             self.train_ds.load_state_dict(self.resumed_data_state)  # before the first __iter__
-            self.last_saved_step = self.progress.step
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
@@ -205,7 +204,6 @@ class Trainer:
                  f"ZeRO {cfg.zero.stage}, {cfg.precision}, {cfg.model.num_parameters():,} parameters")
         if plan and plan.elastic:
             checkpointing.save(self)  # from now on a native checkpoint at this world size
-            self.last_saved_step = self.progress.step
         loader = self.make_loader()
         iterator = iter(loader)
         samples_log = self.open_sample_log()
@@ -228,8 +226,7 @@ class Trainer:
             return batch
 
         tokens_per_step = self.global_batch * cfg.data.seq_len
-        window = {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
-        run_t0 = time.perf_counter()
+        window = _new_window()
         while self.progress.step < cfg.train.max_steps:
             loss, wait, applied = self.train_step(next_batch)
             p = self.progress
@@ -252,8 +249,8 @@ class Trainer:
             window["steps"] += 1
             window["wait"] += wait
             if p.step % cfg.train.log_every == 0 or p.step == cfg.train.max_steps:
-                self.log_window(window, run_t0)
-                window = {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
+                self.log_window(window)
+                window = _new_window()
             if stop.agreed(self.device):
                 checkpointing.save(self)
                 if env.is_main:
@@ -264,7 +261,6 @@ class Trainer:
                 self.log_eval()
             if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
                 checkpointing.save(self)
-                self.last_saved_step = p.step
         if self.last_eval_step != self.progress.step:
             self.log_eval()
         if self.last_saved_step != self.progress.step:
@@ -292,7 +288,7 @@ class Trainer:
                 f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
                 "after lowering optim.lr or checking the data")
 
-    def log_window(self, w: dict[str, Any], run_t0: float) -> None:
+    def log_window(self, w: dict[str, Any]) -> None:
         cfg, env, p = self.cfg, self.env, self.progress
         stats = torch.tensor([w["loss"], w["n"], w["wait"]], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
@@ -324,6 +320,11 @@ class Trainer:
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens)")
+
+
+def _new_window() -> dict[str, Any]:
+    """Accumulators for one logging interval: start time, steps, summed finite loss, data wait."""
+    return {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
 
 
 def _as_float(x: Any) -> float:
