@@ -215,6 +215,21 @@ def _place_index(source: str, split: str, local: Path, manifest: dict[str, Any])
     os.replace(tmp, target)
 
 
+def default_num_canonical_nodes(shuffle_algo: str, physical_nodes: int) -> int:
+    """The value streaming picks when none is given (``StreamingDataset._resume``): 64 per node for the
+    py1s/py2s shuffles, one per node otherwise. Resolved here, in the process that saves the resume
+    state: streaming resolves it lazily inside whichever process iterates, so with DataLoader workers
+    the main process never learns it and a saved state would carry ``None``, which streaming refuses
+    on the resume."""
+    return (64 if shuffle_algo in ("py1s", "py2s") else 1) * max(1, physical_nodes)
+
+
+def physical_nodes() -> int:
+    """Nodes of this job as streaming counts them (WORLD_SIZE / LOCAL_WORLD_SIZE)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return max(1, world // local_world_size()[0])
+
+
 def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, shuffle: bool, seed: int,
                   num_canonical_nodes: int | None = None, **streaming_kwargs: Any) -> TokenDataset:
     """A TokenDataset over ``split`` of the dataset at ``source`` (s3://bucket/prefix or a directory).
@@ -234,6 +249,9 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
     local = dataset_cache_dir(cache_root, manifest, split)
     _place_index(source, split, local, manifest)
     streaming_kwargs.setdefault("validate_hash", "xxh64")
+    if num_canonical_nodes is None:
+        num_canonical_nodes = default_num_canonical_nodes(streaming_kwargs.get("shuffle_algo", "py1e"),
+                                                          physical_nodes())
     # streaming's default (8 batches) is far less than one shard of our small samples, and makes the
     # iterator wait on its "ready" thread every few dozen samples; two shards ahead costs no more disk
     info = manifest["splits"][split]

@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 
 from ptbr import __version__
-from ptbr.checkpoint import store
+from ptbr.checkpoint import optim_state, store
 from ptbr.checkpoint.universal import ensure_universal
+from ptbr.data.stream import default_num_canonical_nodes
 from ptbr.errors import CheckpointError
 from ptbr.fsutil import atomic_write_text, fsync_file
 from ptbr.train.loop import Progress, Trainer
@@ -130,17 +131,47 @@ def load(trainer: Trainer, plan: ResumePlan) -> None:
     if path is None:  # DeepSpeed returns (None, None) instead of raising when it finds nothing
         raise CheckpointError(f"DeepSpeed loaded nothing from {plan.load_dir / plan.tag}")
     s = plan.state
+    saved_optim = s.get("optimizer")
+    if plan.elastic:  # DeepSpeed's universal load can lose per-group settings (see optim_state)
+        expected = saved_optim["groups"] if saved_optim else trainer.initial_hparams
+        optim_state.repair(trainer.engine, expected, info if trainer.env.is_main else lambda _m: None)
     trainer.progress = p = Progress(**{f.name: int(s[f.name]) for f in dataclasses.fields(Progress)})
-    trainer.resumed_data_state = dict(s["data"])
+    trainer.resumed_data_state = data = dict(s["data"])
+    if not data.get("num_canonical_nodes"):  # written by a version that left streaming's default unresolved
+        data["num_canonical_nodes"] = default_num_canonical_nodes(
+            trainer.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or s["world_size"]))
     trainer.scheduler.load_state_dict(s["scheduler"])
+    _verify_optimizer(trainer, plan, saved_optim)
     trainer.last_saved_step = p.step
     rng_file = plan.path / "rng" / f"rank_{trainer.env.rank:05d}.pt"
     if not plan.elastic and rng_file.is_file():
         _set_rng(torch.load(rng_file, weights_only=False))
     kind = f"elastic ({s['world_size']} -> {trainer.env.world_size} ranks)" if plan.elastic else "native"
+    seconds = time.perf_counter() - t0
+    trainer.metrics.log({"kind": "resume", "step": p.step, "mode": "elastic" if plan.elastic else "native",
+                         "checkpoint": str(plan.path), "saved_world_size": int(s["world_size"]),
+                         "world_size": trainer.env.world_size, "epoch": p.epoch, "sample_in_epoch": p.epoch_samples,
+                         "load_s": seconds})
     if trainer.env.is_main:
         info(f"resumed from {plan.path} at step {p.step} ({kind}), data at epoch {p.epoch} "
-             f"sample {p.epoch_samples}; loaded in {time.perf_counter() - t0:.2f} s")
+             f"sample {p.epoch_samples}; loaded in {seconds:.2f} s")
+
+
+def _verify_optimizer(trainer: Trainer, plan: ResumePlan, saved: dict[str, Any] | None) -> None:
+    """Collective: stop with one line if the loaded optimizer differs from what was saved."""
+    if saved is None:
+        if trainer.env.is_main:
+            info(f"warning: {plan.tag} predates optimizer-state records; the loaded optimizer state is not verified")
+        return
+    problems = optim_state.verify(trainer.engine, saved, trainer.device)
+    gathered: list[Any] = [None] * trainer.env.world_size
+    dist.all_gather_object(gathered, problems)
+    merged = list(dict.fromkeys(p for rank_problems in gathered for p in rank_problems))
+    if merged:
+        kind = "universal (elastic)" if plan.elastic else "native"
+        raise CheckpointError(f"the optimizer state after the {kind} load of {plan.path} does not match the "
+                              f"checkpoint: {'; '.join(merged[:4])}; not training on it (report this with the "
+                              "DeepSpeed version, or resume at the world size that wrote the checkpoint)")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -182,6 +213,7 @@ def save(trainer: Trainer) -> Path:
     torch.save(_rng_state(), rng_file)
     for f in [*_own_files(path, env.rank), rng_file]:
         fsync_file(f)
+    optimizer_summary = optim_state.summarize(trainer.engine, trainer.device)  # collective
     dist.barrier()
     error = None
     if env.is_main:
@@ -192,6 +224,7 @@ def save(trainer: Trainer) -> Path:
                 "zero_stage": trainer.cfg.zero.stage, "precision": trainer.cfg.precision,
                 "global_batch_size": trainer.global_batch, "micro_batch_size": trainer.cfg.batch.micro_batch_size,
                 "grad_accum": trainer.accum, "fingerprint": fingerprint(trainer), "ptbr_version": __version__,
+                "optimizer": optimizer_summary,
                 "saved_at": time.time(),
             }
             atomic_write_text(path / store.STATE, json.dumps(state, indent=1) + "\n")

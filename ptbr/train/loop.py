@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ptbr.checkpoint import optim_state
 from ptbr.dist import DistEnv
 from ptbr.errors import DataError, PtbrError
 from ptbr.model import RWKV6
@@ -120,15 +121,18 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config,
             lr_scheduler=lambda opt: WarmupCosine(opt, cfg.optim, cfg.train.max_steps))
+        self.initial_hparams = optim_state.group_hparams(self.engine)  # as the config defines the groups
         seed_everything(cfg.train.seed + 1000 + self.env.rank)
 
     def data_state(self) -> dict[str, Any]:
         """Streaming's resume state at this optimizer-step boundary (global samples, any world size)."""
-        ds = self.train_ds
-        initial = (self.resumed_data_state or {}).get("initial_physical_nodes", self.env.num_nodes)
+        ds, resumed = self.train_ds, self.resumed_data_state or {}
+        # After a resume the stream keeps the first run's layout (streaming takes it from the loaded
+        # state, inside the process that iterates), whatever this run's defaults would be.
         return {"epoch": self.progress.epoch, "sample_in_epoch": self.progress.epoch_samples,
-                "num_canonical_nodes": ds.num_canonical_nodes, "shuffle_seed": ds.shuffle_seed,
-                "initial_physical_nodes": initial}
+                "num_canonical_nodes": resumed.get("num_canonical_nodes") or ds.num_canonical_nodes,
+                "shuffle_seed": resumed.get("shuffle_seed", ds.shuffle_seed),
+                "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes)}
 
     # ------------------------------------------------------------------ steps
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
