@@ -27,6 +27,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "ptbr.commands.shards_verify"),
     (("train",), "train a model from a YAML config (any launcher: deepspeed, torchrun, srun)",
      "ptbr.commands.train"),
+    (("supervise",), "run torchrun / the deepspeed launcher so the job exits with its ranks' code (75 on "
+     "preemption)", "ptbr.commands.supervise"),
     (("plot",), "turn a run directory's metrics into PNG charts", "ptbr.commands.plot"),
 ]
 

@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from ptbr.errors import PtbrError
 
@@ -128,8 +129,9 @@ def export(d: DistEnv) -> None:
     })
 
 
-def setup(timeout_minutes: int = 30) -> DistEnv:
-    """Detect, export and initialise torch.distributed (NCCL on GPU, gloo on CPU)."""
+def setup(timeout_s: float = 1800.0) -> DistEnv:
+    """Detect, export and initialise torch.distributed (NCCL on GPU, gloo on CPU). ``timeout_s`` bounds
+    how long a collective waits for a rank that is gone (train.collective_timeout_s)."""
     import datetime
 
     import torch
@@ -146,15 +148,50 @@ def setup(timeout_minutes: int = 30) -> DistEnv:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(minutes=timeout_minutes))
+                               timeout=datetime.timedelta(seconds=timeout_s))
     return d
 
 
-def barrier() -> None:
+def control_group(timeout_s: float) -> Any:
+    """A CPU (gloo) process group for the small step-boundary agreements (stop signal, data faults).
+    Its timeout may be longer than the training group's: one rank may be retrying a download while
+    the others wait for it there."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def broadcast(obj: Any, group: Any = None) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def gather(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def barrier(group: Any = None) -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def shutdown(exit_code: int = 0) -> None:
@@ -167,6 +204,17 @@ def shutdown(exit_code: int = 0) -> None:
                 dist.barrier()
             dist.destroy_process_group()
     finally:
+        _run_exit_handlers()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
+
+
+def _run_exit_handlers() -> None:
+    """What a normal interpreter exit would run (os._exit skips it): mosaicml-streaming unlinks its
+    shared memory there, without which Python's resource tracker warns about leaked segments."""
+    import atexit
+    import contextlib
+
+    with contextlib.suppress(Exception):  # exiting anyway; a failing handler must not change the exit code
+        atexit._run_exitfuncs()

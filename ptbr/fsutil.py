@@ -36,3 +36,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def writable_problem(path: str | Path) -> str | None:
+    """Why files cannot be created in ``path`` (created if missing), or None if they can."""
+    path = Path(path).expanduser()
+    probe = path / f".ptbr-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        return exc.strerror or str(exc)
+    return None

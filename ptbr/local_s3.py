@@ -52,6 +52,9 @@ def _all_free(ports: Iterable[int]) -> bool:
         for port in ports:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
+            # as servers bind (Go sets SO_REUSEADDR): connections of a killed server in TIME_WAIT
+            # do not keep its ports from being reused
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         return True
     except OSError:
@@ -151,7 +154,7 @@ class LocalS3Server:
         for sub in ("data", "logs", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         last_error = ""
-        previous = self.ports if self.ports and _all_free(self.ports.values()) else None
+        previous = self.ports if self.ports and self._wait_ports_free(10.0) else None
         for _attempt in range(3):  # a port taken between probing and binding: retry on new ports
             # a restart keeps its ports when it can: the master's state lives in a per-port directory
             self.ports = previous or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
@@ -171,6 +174,15 @@ class LocalS3Server:
                 last_error = str(exc)
                 self.stop()
         raise PtbrError(f"local S3 server did not start: {last_error}")
+
+    def _wait_ports_free(self, timeout: float) -> bool:
+        """A restart keeps its endpoint (clients hold the URL): wait briefly for the old ports."""
+        deadline = time.monotonic() + timeout
+        while not _all_free(self.ports.values()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def _wait_ready(self) -> None:
         import botocore.exceptions

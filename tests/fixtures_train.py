@@ -35,7 +35,7 @@ def ptbr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def build_and_publish(tmp: Path, s3_server, bucket: str, *, docs: int, seq_len: int, vocab: int,
-                      val_fraction: float) -> PublishedDataset:
+                      val_fraction: float, build_args: tuple[str, ...] = ()) -> PublishedDataset:
     corpus = tmp / "corpus"
     corpus.mkdir(parents=True)
     with open(corpus / "docs.jsonl", "w", encoding="utf-8") as f:
@@ -46,7 +46,7 @@ def build_and_publish(tmp: Path, s3_server, bucket: str, *, docs: int, seq_len: 
     ptbr("tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", str(vocab), env=env)
     shards = tmp / "shards"
     ptbr("shards", "build", "--input", str(corpus), "--tokenizer", str(tok), "--output", str(shards),
-         "--seq-len", str(seq_len), "--val-fraction", str(val_fraction), env=env)
+         "--seq-len", str(seq_len), "--val-fraction", str(val_fraction), *build_args, env=env)
     s3_server.create_bucket(bucket)
     url = f"s3://{bucket}/tiny"
     ptbr("shards", "publish", str(shards), url, env=env)

@@ -175,6 +175,37 @@ def test_shm_cleanup_removes_stale_segments_and_never_live_ones() -> None:
                 os.unlink(f"/dev/shm/{name}")
 
 
+MAPPER = """
+import mmap, os, sys, time
+fd = os.open("/dev/shm/" + sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
+os.ftruncate(fd, 4096)
+buf = mmap.mmap(fd, 4096)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_shm_cleanup_removes_leaked_deepspeed_cpu_buffers_only_when_unused() -> None:
+    stale = f"deepspeed_allreduce_buffer_0_127.0.0.1_{os.getpid()}_0"
+    live = f"deepspeed_allreduce_buffer_0_127.0.0.1_{os.getpid()}_1"
+    # a live job maps its buffer (as DeepSpeed's C++ op does)
+    child = subprocess.Popen([sys.executable, "-c", MAPPER, live], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        fd = os.open(f"/dev/shm/{stale}", os.O_CREAT | os.O_RDWR, 0o600)  # what a killed gloo job leaves
+        os.ftruncate(fd, 64)
+        os.close(fd)
+        removed = clean_stale_streaming_shm()
+        assert stale in removed and live not in removed
+        assert os.path.exists(f"/dev/shm/{live}") and not os.path.exists(f"/dev/shm/{stale}")
+    finally:
+        child.kill()
+        child.wait()
+        for name in (stale, live):
+            if os.path.exists(f"/dev/shm/{name}"):
+                os.unlink(f"/dev/shm/{name}")
+
+
 def test_local_s3_server_listens_on_loopback_only(s3_server) -> None:
     import psutil
 

@@ -20,10 +20,14 @@ SHM_DIR = Path("/dev/shm")
 STREAMING_NAMES = ("locals", "barrier", "next_epoch", "cache_usage", "shard_states", "shard_access_times",
                    "resume", "epoch_shape", "epoch_data")
 _PATTERN = re.compile(r"^\d{6}_(" + "|".join(STREAMING_NAMES) + r")$")
+# DeepSpeed's CPU shared-memory all-reduce (gloo runs) keeps a 66 MiB buffer per rank that a killed
+# job leaves behind; the same "nobody maps it" rule makes it safe to remove.
+_DEEPSPEED = re.compile(r"^deepspeed_allreduce_buffer_")
 
 
 def streaming_segments(shm_dir: Path = SHM_DIR) -> list[str]:
-    """Names of streaming's shared-memory segments owned by this user."""
+    """Names of streaming's shared-memory segments (and DeepSpeed's CPU all-reduce buffers) owned by
+    this user."""
     uid = os.geteuid()
     out = []
     try:
@@ -31,7 +35,7 @@ def streaming_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        if _PATTERN.match(entry.name):
+        if _PATTERN.match(entry.name) or _DEEPSPEED.match(entry.name):
             try:
                 if entry.stat(follow_symlinks=False).st_uid == uid:
                     out.append(entry.name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -27,11 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptbr.data.cache import check_cached_shards
+from ptbr.data.faults import download_attempts, install_retry_logging
 from ptbr.data.hashing import sha256_bytes
 from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, parse_manifest
 from ptbr.data.s3 import is_s3
 from ptbr.data.store import open_store
 from ptbr.errors import DataError
+from ptbr.log import info
 
 if TYPE_CHECKING:
     from ptbr.data.token_dataset import TokenDataset
@@ -120,10 +124,10 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
 
     if job_id:
         os.environ["PTBR_JOB_ID"] = job_id
-    info: dict[str, Any] = {}
+    report: dict[str, Any] = {}
     lws, source = local_world_size()
     os.environ["LOCAL_WORLD_SIZE"] = str(lws)
-    info["local_world_size"] = (lws, source)
+    report["local_world_size"] = (lws, source)
     key = job_key()
     if os.environ.get(_ENV_DONE) != key:
         base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
@@ -134,9 +138,9 @@ def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) 
         if key.startswith("pid"):  # a single process owns it: remove it when the process ends
             atexit.register(shutil.rmtree, tmp, True)
         _prune_old_job_dirs(base, keep=tmp)
-    info["tmpdir"] = os.environ[_TMP_ENV]
-    info["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
-    return info
+    report["tmpdir"] = os.environ[_TMP_ENV]
+    report["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
+    return report
 
 
 @contextlib.contextmanager
@@ -231,12 +235,15 @@ def physical_nodes() -> int:
 
 
 def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, shuffle: bool, seed: int,
-                  num_canonical_nodes: int | None = None, **streaming_kwargs: Any) -> TokenDataset:
+                  num_canonical_nodes: int | None = None, download_retry_s: float = 300.0,
+                  download_timeout_s: float = 60.0, **streaming_kwargs: Any) -> TokenDataset:
     """A TokenDataset over ``split`` of the dataset at ``source`` (s3://bucket/prefix or a directory).
 
     Items are ``{"input": int64[seq_len], "target": int64[seq_len], "sample_id": int}``.
     ``streaming_kwargs`` go to StreamingDataset (predownload, cache_limit, shuffle_algo, ...);
-    ``validate_hash`` defaults to "xxh64".
+    ``validate_hash`` defaults to "xxh64". A shard download is retried (streaming's backoff, botocore's
+    adaptive mode) for at least ``download_retry_s`` seconds; cached shards that no longer match the
+    published hashes are deleted first (once per job and node) so that they are downloaded again.
     """
     from ptbr.data.token_dataset import TokenDataset
 
@@ -248,18 +255,23 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
         raise DataError(f"{source}: no split {split!r} (has {', '.join(manifest['splits'])})")
     local = dataset_cache_dir(cache_root, manifest, split)
     _place_index(source, split, local, manifest)
+    check_cached_shards(local, json.loads((local / INDEX).read_text(encoding="utf-8")), job_key(), info)
+    install_retry_logging()
     streaming_kwargs.setdefault("validate_hash", "xxh64")
+    streaming_kwargs.setdefault("download_retry", download_attempts(download_retry_s))
+    streaming_kwargs.setdefault("download_timeout", download_timeout_s)
     if num_canonical_nodes is None:
         num_canonical_nodes = default_num_canonical_nodes(streaming_kwargs.get("shuffle_algo", "py1e"),
                                                           physical_nodes())
     # streaming's default (8 batches) is far less than one shard of our small samples, and makes the
     # iterator wait on its "ready" thread every few dozen samples; two shards ahead costs no more disk
-    info = manifest["splits"][split]
-    per_shard = -(-int(info["samples"]) // max(int(info["shards"]), 1))
+    split_info = manifest["splits"][split]
+    per_shard = -(-int(split_info["samples"]) // max(int(split_info["shards"]), 1))
     streaming_kwargs.setdefault("predownload", max(8 * batch_size, 2 * per_shard))
     try:
         with streaming_tempdir():
-            ds = TokenDataset(manifest=manifest, remote=_join(source, split), local=str(local), batch_size=batch_size,
+            ds = TokenDataset(manifest=manifest, source=source, retry_window_s=download_retry_s,
+                              remote=_join(source, split), local=str(local), batch_size=batch_size,
                               shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
                               **streaming_kwargs)
     except ValueError as exc:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future
 from time import sleep
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from streaming import StreamingDataset
 
+from ptbr.data.faults import data_error
 from ptbr.errors import DataError
 
 try:  # streaming internals used by the fast paths below (tested with mosaicml-streaming 0.13)
@@ -61,8 +64,11 @@ def _window_stop(it: Any, predownload: int | None, start: int) -> int | None:
 class TokenDataset(StreamingDataset):
     """Samples of ``seq_len + 1`` tokens served as ``{"input", "target", "sample_id"}``."""
 
-    def __init__(self, *, manifest: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *, manifest: dict[str, Any], source: str = "", retry_window_s: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.source = source or str(kwargs.get("remote") or kwargs.get("local"))
+        self.retry_window_s = retry_window_s
         self.manifest = manifest
         self.seq_len = int(manifest["seq_len"])
         self.vocab_size = int(manifest["vocab_size"])
@@ -73,7 +79,10 @@ class TokenDataset(StreamingDataset):
         shard_id, offset = self.spanner[sample_id]
         view = self._local_view(shard_id)
         if view is None:  # not in the cache yet: streaming's path downloads (and validates) the shard
-            tokens = super().get_item(sample_id, retry)["tokens"]
+            try:
+                tokens = super().get_item(sample_id, retry)["tokens"]
+            except Exception as exc:
+                raise self._data_error(exc) from exc
         else:
             if self.cache_limit:  # only eviction reads the access times (LRU)
                 self._shard_access_times[shard_id] = time.time_ns()
@@ -169,6 +178,34 @@ class TokenDataset(StreamingDataset):
                 sleep(TICK)
             it.ready_index += 1
         it.on_exit()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Streaming's iterator; a download that failed for good (here or in a background thread)
+        surfaces as a one-line DataSourceError / CorruptDataError.
+
+        When one of streaming's download threads fails, streaming 0.13 ends the epoch's iteration as
+        if it were complete (and leaves the shard PREPARING, so the next epoch would wait on it for
+        ever): here that is an error, never a silent end of epoch."""
+        self._thread_fault = None
+        try:
+            yield from super().__iter__()
+        except Exception as exc:
+            raise self._data_error(self._thread_fault or exc) from exc
+        if self._thread_fault is not None:
+            raise self._data_error(self._thread_fault)
+
+    def on_exception(self, future: Future) -> None:
+        """A background thread's exception: stop the other threads (as streaming does) and keep it for
+        :meth:`__iter__` to report, instead of re-raising it inside a Future callback (which only logs
+        a traceback)."""
+        exc = future.exception()
+        if exc is not None:
+            self._thread_fault = exc
+            self._event.set()
+
+    def _data_error(self, exc: BaseException) -> BaseException:
+        err = data_error(exc, self.source, self.retry_window_s)
+        return err if err is not None else exc
 
     def __getstate__(self) -> dict[str, Any]:
         """Memory maps are per process (DataLoader workers started by spawn rebuild them)."""

@@ -9,28 +9,31 @@ continuing at the exact sample where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ptbr import __version__
 from ptbr.checkpoint import optim_state, store
 from ptbr.checkpoint.universal import ensure_universal
 from ptbr.data.stream import default_num_canonical_nodes
-from ptbr.errors import CheckpointError
+from ptbr.dist import broadcast, gather
+from ptbr.errors import CheckpointError, CheckpointWriteError
 from ptbr.fsutil import atomic_write_text, fsync_file
-from ptbr.train.loop import Progress, Trainer
+from ptbr.train.loop import Trainer
 from ptbr.train.metrics import info
+from ptbr.train.state import Progress
 
 
 @dataclass
@@ -49,13 +52,6 @@ def fingerprint(trainer: Trainer) -> dict[str, str]:
         json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     model = hashlib.sha256(json.dumps(cfg.model.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
     return {"model": model, "seq_len": str(cfg.data.seq_len), "dataset": str(dataset)}
-
-
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _decide(trainer: Trainer, mode: str, allow_fresh_start: bool, allow_config_change: bool) -> ResumePlan | None:
@@ -164,9 +160,7 @@ def _verify_optimizer(trainer: Trainer, plan: ResumePlan, saved: dict[str, Any] 
             info(f"warning: {plan.tag} predates optimizer-state records; the loaded optimizer state is not verified")
         return
     problems = optim_state.verify(trainer.engine, saved, trainer.device)
-    gathered: list[Any] = [None] * trainer.env.world_size
-    dist.all_gather_object(gathered, problems)
-    merged = list(dict.fromkeys(p for rank_problems in gathered for p in rank_problems))
+    merged = list(dict.fromkeys(p for rank_problems in gather(problems) for p in rank_problems))
     if merged:
         kind = "universal (elastic)" if plan.elastic else "native"
         raise CheckpointError(f"the optimizer state after the {kind} load of {plan.path} does not match the "
@@ -196,8 +190,66 @@ def _own_files(path: Path, rank: int) -> list[Path]:
     return mine
 
 
+@contextlib.contextmanager
+def _capture_write_errors(engine: Any, errors: list[str]) -> Iterator[None]:
+    """Let DeepSpeed finish its save (and its collectives) when one of this rank's file writes fails:
+    every write goes through ``engine.checkpoint_engine.save``; a failure is recorded, not raised, so
+    that the ranks can agree on the outcome afterwards instead of leaving the others in a barrier."""
+    ce = engine.checkpoint_engine
+    original = ce.save
+
+    def guarded(state_dict: Any, path: str) -> Any:
+        try:
+            return original(state_dict, path)
+        except Exception as exc:  # noqa: BLE001 - reported collectively by save()
+            errors.append(f"{Path(path).name}: {_reason(exc)}")
+            return None
+
+    ce.save = guarded
+    try:
+        yield
+    finally:
+        del ce.save  # back to the class's method
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split())[:200]
+
+
+def estimated_bytes(trainer: Trainer) -> int:
+    """What the next checkpoint will take: the newest complete one's size, else model + optimizer
+    states (weights in the training precision, fp32 master weights and two Adam moments)."""
+    newest = store.newest_usable(trainer.ckpt_root, lambda _m: None)
+    if newest is not None and (marker := newest.marker()):
+        return int(sum(marker["files"].values()))
+    weight_bytes = 4 if trainer.cfg.precision == "fp32" else 2
+    return trainer.cfg.model.num_parameters() * (weight_bytes + 12)
+
+
+def newest_committed(trainer: Trainer) -> Path | None:
+    ckpt = store.newest_usable(trainer.ckpt_root, lambda _m: None)
+    return ckpt.path if ckpt else None
+
+
+def _write_failure_message(trainer: Trainer, path: Path, errors: list[str]) -> str:
+    need = estimated_bytes(trainer)
+    free = shutil.disk_usage(trainer.ckpt_root).free if trainer.ckpt_root.exists() else 0
+    full = "the filesystem is full: " if free < need or any("No space" in e for e in errors) else ""
+    last = newest_committed(trainer)
+    return (f"could not write checkpoint {path} ({full}{errors[0]}); a checkpoint needs about "
+            f"{need / 2**20:,.1f} MiB and {free / 2**20:,.1f} MiB are free there; the incomplete checkpoint "
+            f"was removed; the last committed checkpoint is {last or 'none'}: free space (or lower "
+            "train.keep_checkpoints) and run again, --resume auto continues from it")
+
+
 def save(trainer: Trainer) -> Path:
-    """Collective: write, verify and commit a checkpoint of the current step."""
+    """Collective: write, verify and commit a checkpoint of the current step.
+
+    A write that fails on any rank (disk full, quota, I/O error) is agreed on by all ranks: the
+    incomplete directory is removed, nothing committed is touched, and every rank raises the same
+    one-line :class:`CheckpointWriteError`."""
     env, p = trainer.env, trainer.progress
     root = trainer.ckpt_root
     path = None
@@ -207,16 +259,20 @@ def save(trainer: Trainer) -> Path:
         shutil.rmtree(path, ignore_errors=True)  # an incomplete leftover of a killed save
     path = Path(broadcast(str(path)))
     t0 = time.perf_counter()
-    trainer.engine.save_checkpoint(str(root), tag=path.name, client_state={}, save_latest=False)
-    (path / "rng").mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with _capture_write_errors(trainer.engine, errors):
+        trainer.engine.save_checkpoint(str(root), tag=path.name, client_state={}, save_latest=False)
     rng_file = path / "rng" / f"rank_{env.rank:05d}.pt"
-    torch.save(_rng_state(), rng_file)
-    for f in [*_own_files(path, env.rank), rng_file]:
-        fsync_file(f)
+    try:
+        rng_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), rng_file)
+        for f in [*_own_files(path, env.rank), rng_file]:
+            fsync_file(f)
+    except (OSError, RuntimeError) as exc:
+        errors.append(f"{rng_file.name}: {_reason(exc)}")
     optimizer_summary = optim_state.summarize(trainer.engine, trainer.device)  # collective
-    dist.barrier()
-    error = None
-    if env.is_main:
+    errors = [e for rank_errors in gather(errors) for e in rank_errors]
+    if not errors and env.is_main:
         try:
             state = {
                 **dataclasses.asdict(p), "data": trainer.data_state(),
@@ -235,13 +291,24 @@ def save(trainer: Trainer) -> Path:
                 info(f"debug: pausing {pause} s before committing {path.name}")
                 time.sleep(pause)
             store.commit(path, env.world_size)
-            removed = store.apply_retention(root, trainer.cfg.train.keep_checkpoints)
-            info(f"checkpoint {path.name} committed in {time.perf_counter() - t0:.2f} s"
-                 + (f", removed {', '.join(r.name for r in removed)}" if removed else ""))
+        except OSError as exc:
+            if store.parse_checkpoint(path).marker() is None:  # not committed: a write failed
+                errors.append(f"{exc.filename and Path(exc.filename).name or path.name}: {_reason(exc)}")
+            else:  # committed; only the ``latest`` pointer could not be moved (it is a hint)
+                info(f"warning: checkpoint {path.name} is committed but {root / store.LATEST} was not updated: "
+                     f"{_reason(exc)}")
         except Exception as exc:  # noqa: BLE001 - reported collectively below
-            error = f"{type(exc).__name__}: {exc}"
-    error = broadcast(error)
-    if error:
-        raise CheckpointError(f"saving {path} failed: {error}")
+            errors.append(f"{type(exc).__name__}: {exc}")
+    errors = broadcast(errors)
+    if errors:
+        message = None
+        if env.is_main:
+            shutil.rmtree(path, ignore_errors=True)
+            message = _write_failure_message(trainer, path, errors)
+        raise CheckpointWriteError(broadcast(message))
+    if env.is_main:
+        removed = store.apply_retention(root, trainer.cfg.train.keep_checkpoints)
+        info(f"checkpoint {path.name} committed in {time.perf_counter() - t0:.2f} s"
+             + (f", removed {', '.join(r.name for r in removed)}" if removed else ""))
     trainer.last_saved_step = p.step
     return path

@@ -28,6 +28,10 @@ class DataConfig(StrictModel):
     predownload: int | None = Field(default=None, gt=0)
     val_split: str = "val"
     train_split: str = "train"
+    download_retry_s: float = Field(default=300.0, ge=0,
+                                    description="keep retrying a failing shard download for at least this long "
+                                                "(streaming's backoff doubles: up to about twice as long)")
+    download_timeout_s: float = Field(default=60.0, gt=0, description="read timeout of one download attempt")
 
 
 class OptimConfig(StrictModel):
@@ -98,6 +102,9 @@ class TrainLoopConfig(StrictModel):
     grad_checkpointing: bool = False
     tensorboard: bool = True
     peak_tflops: float | None = Field(default=None, gt=0, description="per device; default: detected")
+    collective_timeout_s: float = Field(default=1800.0, gt=0,
+                                        description="a collective waiting longer for a rank (dead, hung, lost "
+                                                    "node) fails, and the job ends")
 
 
 class DebugConfig(StrictModel):

@@ -26,24 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, join the process group, train; exit through ``dist.shutdown``."""
-    from ptbr import dist
+    from ptbr import dist, supervise
     from ptbr.errors import PtbrError
     from ptbr.train.config import TrainConfig
+    from ptbr.train.preempt import StopRequest
 
     env = dist.detect()
+    supervise.announce(env.rank)
+    stop = StopRequest()  # from the start: a preemption during set-up is honoured at the first step
     try:
         cfg = TrainConfig.load(args.config, args.overrides)
     except PtbrError as exc:
         if env.is_main:
             print(f"ptbr: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    env = dist.setup()
+        return supervise.report(env.rank, exc.exit_code)
+    env = dist.setup(cfg.train.collective_timeout_s)
     code = 0
     try:
         from ptbr.train.loop import Trainer
 
         code = Trainer(cfg, env, resume=args.resume, allow_fresh_start=args.allow_fresh_start,
-                       allow_config_change=args.allow_config_change).run()
+                       allow_config_change=args.allow_config_change, stop=stop).run()
     except PtbrError as exc:
         if env.is_main:
             print(f"ptbr: error: {exc}", file=sys.stderr)
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         traceback.print_exc()
         code = 1
-    dist.shutdown(code)
+    dist.shutdown(supervise.report(env.rank, code))
     return code  # not reached: shutdown exits the process
 
 

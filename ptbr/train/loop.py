@@ -1,7 +1,9 @@
 """The training loop: config -> data -> model -> DeepSpeed engine -> steps, metrics, evaluation.
 
-Every rank runs the same code. User errors (bad config, missing data, wrong tokenizer) are found
-before any compute and raised as one-line :class:`~ptbr.errors.PtbrError`.
+Every rank runs the same code. User errors (bad config, missing data, wrong tokenizer, unwritable
+directories) are found before any compute and raised as one-line :class:`~ptbr.errors.PtbrError`.
+At every step boundary the ranks agree on stopping (a preemption signal, a data source that failed
+for good) so that all of them save the same checkpoint and leave with the same exit code.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import json
 import math
 import os
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ptbr import dist as ptbr_dist
 from ptbr.checkpoint import optim_state
+from ptbr.data.faults import classify, retry_bound_s
 from ptbr.dist import DistEnv
-from ptbr.errors import DataError, PtbrError
+from ptbr.errors import ConfigError, CorruptDataError, DataError, DataSourceError, PtbrError
+from ptbr.fsutil import writable_problem
 from ptbr.model import RWKV6
+from ptbr.train.batches import BatchStream, loader_worker_init
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
 from ptbr.train.loss import lm_loss
 from ptbr.train.metrics import MetricsLogger, device_peak_tflops, format_eta, info, memory_gib
 from ptbr.train.optim import WarmupCosine, build_optimizer
+from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest, agree
+from ptbr.train.state import Progress
+
+_FAULTS = {CorruptDataError.exit_code: CorruptDataError, DataSourceError.exit_code: DataSourceError}
 
 
 class NonFiniteError(PtbrError):
@@ -37,16 +48,14 @@ class NonFiniteError(PtbrError):
 
 
 @dataclass
-class Progress:
-    """What the run has done so far; saved in checkpoints and restored on resume."""
+class LogWindow:
+    """Accumulators for one logging interval."""
 
-    step: int = 0  # optimizer steps taken (applied or skipped)
-    samples: int = 0  # global training samples consumed
-    tokens: int = 0  # global training tokens consumed
-    skipped_steps: int = 0
-    nonfinite_in_row: int = 0
-    epoch: int = 0  # streaming epoch being read
-    epoch_samples: int = 0  # global samples consumed in that epoch
+    t0: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    loss: float = 0.0  # sum of finite losses of applied steps
+    n: int = 0  # how many
+    wait: float = 0.0  # seconds waiting for data
 
 
 def seed_everything(seed: int) -> None:
@@ -68,8 +77,10 @@ def check_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, resume: str = "auto", allow_fresh_start: bool = False,
-                 allow_config_change: bool = False):
+                 allow_config_change: bool = False, stop: StopRequest | None = None):
         self.cfg, self.env = cfg, env
+        self.stop = stop or StopRequest()
+        self.stream: BatchStream | None = None
         self.resume_mode, self.allow_fresh_start, self.allow_config_change = (
             resume, allow_fresh_start, allow_config_change)
         self.run_dir = Path(cfg.train.run_dir)
@@ -80,11 +91,26 @@ class Trainer:
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.accum, self.global_batch = cfg.batch.resolve(env.world_size)
         self.progress = Progress()
-        self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard)
         self.peak_tflops = cfg.train.peak_tflops or device_peak_tflops()
         self.flops_per_token = cfg.model.flops_per_token()
+        # One rank may retry a download while the others wait at the step boundary: that wait may last
+        # the whole retry window, longer than a training collective should ever take.
+        self.control = ptbr_dist.control_group(
+            cfg.train.collective_timeout_s + retry_bound_s(cfg.data.download_retry_s, cfg.data.download_timeout_s))
+        self.check_writable()
+        self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard)
 
     # ------------------------------------------------------------------ set-up
+    def check_writable(self) -> None:
+        """Collective: the run and cache directories must take files on every rank, before any work."""
+        cfg = self.cfg
+        mine = [f"{key}={path} cannot be written ({why}); point it at a writable directory"
+                for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_dir))
+                if (why := writable_problem(path))]
+        problems = [p for rank_problems in ptbr_dist.gather(mine, self.control) for p in rank_problems]
+        if problems:
+            raise ConfigError(problems[0])
+
     def setup_data(self) -> None:
         from ptbr.data import build_dataset, prepare_streaming_env, read_manifest
 
@@ -93,18 +119,41 @@ class Trainer:
         check_dataset(cfg, self.manifest)
         prepare_streaming_env()
         common = dict(cache_root=os.path.expanduser(cfg.data.cache_dir), batch_size=cfg.batch.micro_batch_size,
-                      num_canonical_nodes=cfg.data.num_canonical_nodes)
+                      num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
+                      download_timeout_s=cfg.data.download_timeout_s)
         extra = {"predownload": cfg.data.predownload} if cfg.data.predownload else {}
         self.train_ds = build_dataset(cfg.data.source, cfg.data.train_split, shuffle=cfg.data.shuffle,
                                       seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common, **extra)
         self.val_ds = build_dataset(cfg.data.source, cfg.data.val_split, shuffle=False, seed=cfg.train.seed,
                                     **common)
+        self.eval_tokens = self.load_eval_samples()
+
+    def load_eval_samples(self) -> torch.Tensor:
+        """This rank's share of the validation samples, read once at start (int32 [k, seq_len+1]), so that
+        evaluations never wait on the data source. Every rank gets the same number of rows: indices past
+        ``eval_samples`` are padding (see :meth:`evaluate`)."""
+        n = min(self.cfg.train.eval_samples, len(self.val_ds))
+        world, rank = self.env.world_size, self.env.rank
+        rows, fault = [], None
+        try:
+            for j in range(-(-n // world)):
+                item = self.val_ds[min(rank + world * j, n - 1)]
+                rows.append(torch.cat([item["input"], item["target"][-1:]]).to(torch.int32))
+        except Exception as exc:  # noqa: BLE001 - data-source failures are agreed on below
+            fault = classify(exc, self.cfg.data.source)
+            if fault is None:
+                raise
+        _, fault = self.agree(False, fault)
+        if fault:
+            raise fault
+        return torch.stack(rows)
 
     def make_loader(self) -> torch.utils.data.DataLoader:
+        workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(
-            self.train_ds, batch_size=self.cfg.batch.micro_batch_size, num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=self.cfg.data.num_workers > 0)
+            self.train_ds, batch_size=self.cfg.batch.micro_batch_size, num_workers=workers,
+            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
+            worker_init_fn=loader_worker_init if workers > 0 else None)
 
     def setup_model(self, load_universal: bool = False) -> None:
         import deepspeed
@@ -134,20 +183,27 @@ class Trainer:
                 "shuffle_seed": resumed.get("shuffle_seed", ds.shuffle_seed),
                 "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes)}
 
+    def open_batch_stream(self) -> BatchStream:
+        sample_log = None
+        if self.cfg.debug.record_samples:  # per-rank sample ids of every step, for the data tests
+            d = self.run_dir / "samples"
+            d.mkdir(parents=True, exist_ok=True)
+            sample_log = open(d / f"rank_{self.env.rank:05d}.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        launch_id = ptbr_dist.broadcast(time.time_ns())  # tells re-done steps apart after a resume
+        return BatchStream(self.make_loader(), self.progress, self.cfg.batch.micro_batch_size * self.env.world_size,
+                           self.cfg.data.source, sample_log, launch_id)
+
     # ------------------------------------------------------------------ steps
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["input"].to(self.device, non_blocking=True)
         y = batch["target"].to(self.device, non_blocking=True)
         return lm_loss(self.engine(x), y, l2wrap=self.cfg.optim.l2wrap)
 
-    def train_step(self, next_batch) -> tuple[float, float, bool]:
-        """One optimizer step (``accum`` micro-batches). Returns (mean local loss, data wait s, applied)."""
-        losses, wait = [], 0.0
+    def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, bool]:
+        """One optimizer step over ``accum`` micro-batches. Returns (mean local loss, applied)."""
+        losses = []
         inject = self.progress.step in self.cfg.debug.nonfinite_loss_at_steps
-        for _ in range(self.accum):
-            t0 = time.perf_counter()
-            batch = next_batch()
-            wait += time.perf_counter() - t0
+        for batch in batches:
             loss = self.forward_loss(batch)
             if inject and self.env.is_main:
                 loss = loss * float("nan")  # fault injection for the guard tests
@@ -156,31 +212,39 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
-        applied = bool(self.engine.was_step_applied())
-        return float(torch.stack(losses).mean()), wait, applied
+        return float(torch.stack(losses).mean()), bool(self.engine.was_step_applied())
+
+    def agree(self, stop: bool, fault: PtbrError | None) -> tuple[bool, PtbrError | None]:
+        """Collective: whether any rank was signalled, and the worst data fault of any rank (the same
+        error, with the failing rank's message, on every rank)."""
+        stop, code = agree(stop, fault.exit_code if fault else 0, self.control)
+        if not code:
+            return stop, None
+        reports = ptbr_dist.gather((fault.exit_code, str(fault)) if fault else None, self.control)
+        message = next(msg for c, msg in (r for r in reports if r) if c == code)
+        return stop, _FAULTS.get(code, DataError)(message)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean token NLL over the first ``eval_samples`` validation sequences. Every rank runs the same
-        number of equally sized batches (ZeRO-3 gathers parameters collectively); padding slots carry
+        number of equally sized batches (ZeRO-3 gathers parameters collectively); padding rows carry
         weight 0, so the result does not depend on the world size."""
         n = min(self.cfg.train.eval_samples, len(self.val_ds))
         world, rank, mb = self.env.world_size, self.env.rank, self.cfg.batch.micro_batch_size
-        per_rank = -(-n // world)
-        mine = [rank + world * j for j in range(per_rank)]
+        ids = torch.tensor([rank + world * j for j in range(len(self.eval_tokens))])
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.engine.eval()
-        for start in range(0, per_rank, mb):
-            idx = mine[start:start + mb]
-            idx += [idx[-1]] * (mb - len(idx))  # keep every batch the same size
-            items = [self.val_ds[i if i < n else 0] for i in idx]
-            x = torch.stack([torch.as_tensor(it["input"]) for it in items]).to(self.device)
-            y = torch.stack([torch.as_tensor(it["target"]) for it in items]).to(self.device)
+        for start in range(0, len(ids), mb):
+            rows = torch.arange(start, min(start + mb, len(ids)))
+            pad = mb - len(rows)
+            weight = torch.cat([(ids[rows] < n).to(torch.float64), torch.zeros(pad, dtype=torch.float64)])
+            rows = torch.cat([rows, rows[-1:].expand(pad)])  # keep every batch the same size
+            tokens = self.eval_tokens[rows].long().to(self.device)
+            x, y = tokens[:, :-1], tokens[:, 1:]
             logits = self.engine(x).float()
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            nll = nll.view(len(idx), -1).double().sum(-1)
-            weight = torch.tensor([1.0 if i < n else 0.0 for i in idx], dtype=torch.float64, device=self.device)
-            # the same index may appear twice only as padding; real indices are unique across ranks
+            nll = nll.view(mb, -1).double().sum(-1)
+            weight = weight.to(self.device)
             total += torch.stack([(nll * weight).sum(), weight.sum() * y.shape[1]])
         self.engine.train()
         dist.all_reduce(total)
@@ -189,97 +253,112 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
-        from ptbr.train import checkpointing
-        from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest
+        try:
+            return self._run()
+        finally:
+            if self.stream is not None:
+                self.stream.close()  # stops the loader workers before the process exits
+            self.metrics.close()
+            self.stop.restore()
 
-        cfg, env = self.cfg, self.env
-        stop = StopRequest()
+    def _run(self) -> int:
+        from ptbr.train import checkpointing
+
+        cfg, p = self.cfg, self.progress
         self.setup_data()
         plan = checkpointing.plan_resume(self, self.resume_mode, self.allow_fresh_start, self.allow_config_change)
         self.setup_model(load_universal=bool(plan and plan.elastic))
         if plan:
             checkpointing.load(self, plan)
+            p = self.progress
             self.train_ds.load_state_dict(self.resumed_data_state)  # before the first __iter__
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
-            info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
-                 f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
-                 f"ZeRO {cfg.zero.stage}, {cfg.precision}, {cfg.model.num_parameters():,} parameters")
+        self.announce()
         if plan and plan.elastic:
             checkpointing.save(self)  # from now on a native checkpoint at this world size
-        loader = self.make_loader()
-        iterator = iter(loader)
-        samples_log = self.open_sample_log()
-        launch_id = checkpointing.broadcast(time.time_ns())  # tells re-done steps apart after a resume
-        micro_global = cfg.batch.micro_batch_size * env.world_size
-
-        def next_batch() -> dict[str, torch.Tensor]:
-            nonlocal iterator
-            try:
-                batch = next(iterator)
-            except StopIteration:  # end of epoch: streaming starts the next one on a new iterator
-                self.progress.epoch += 1
-                self.progress.epoch_samples = 0
-                iterator = iter(loader)
-                batch = next(iterator)
-            self.progress.epoch_samples += micro_global
-            if samples_log:
-                samples_log.write(json.dumps({"launch": launch_id, "step": self.progress.step,
-                                              "ids": [int(i) for i in batch["sample_id"]]}) + "\n")
-            return batch
-
-        tokens_per_step = self.global_batch * cfg.data.seq_len
-        window = _new_window()
-        while self.progress.step < cfg.train.max_steps:
-            loss, wait, applied = self.train_step(next_batch)
-            p = self.progress
-            p.step += 1
-            p.samples += self.global_batch
-            p.tokens += tokens_per_step
-            if applied:
-                p.nonfinite_in_row = 0
-                if math.isfinite(loss):
-                    window["loss"] += loss
-                    window["n"] += 1
-            else:
-                p.skipped_steps += 1
-                p.nonfinite_in_row += 1
-                if env.is_main:
-                    info(f"step {p.step}: non-finite loss or gradient, update skipped "
-                         f"({p.nonfinite_in_row} in a row, {p.skipped_steps} in total)")
-                if p.nonfinite_in_row >= cfg.train.max_nonfinite_in_row:
-                    raise NonFiniteError(self.nonfinite_message())
-            window["steps"] += 1
-            window["wait"] += wait
+        self.stream = stream = self.open_batch_stream()
+        window = LogWindow()
+        while p.step < cfg.train.max_steps:
+            batches, wait, fault = stream.next_step(self.accum)
+            stop_now, fault = self.agree(self.stop.requested, fault)
+            if fault:
+                self.stop_on_fault(fault)
+            if stop_now:
+                return self.stop_preempted()
+            loss, applied = self.train_step(batches)
+            stream.commit(p.step, batches)
+            self.account(loss, applied, wait, window)
             if p.step % cfg.train.log_every == 0 or p.step == cfg.train.max_steps:
                 self.log_window(window)
-                window = _new_window()
-            if stop.agreed(self.device):
-                checkpointing.save(self)
-                if env.is_main:
-                    info(f"preempted: checkpoint of step {p.step} committed, exiting with {PREEMPTED_EXIT_CODE}")
-                self.metrics.close()
-                return PREEMPTED_EXIT_CODE
+                window = LogWindow()
             if cfg.train.eval_every and p.step % cfg.train.eval_every == 0 and p.step < cfg.train.max_steps:
                 self.log_eval()
             if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
                 checkpointing.save(self)
-        if self.last_eval_step != self.progress.step:
+        if self.last_eval_step != p.step:
             self.log_eval()
-        if self.last_saved_step != self.progress.step:
+        if self.last_saved_step != p.step:
             checkpointing.save(self)
-        self.metrics.close()
-        stop.restore()
         return 0
 
-    def open_sample_log(self):
-        """Per-rank record of the sample ids each step read (debug.record_samples), for the data tests."""
-        if not self.cfg.debug.record_samples:
-            return None
-        d = self.run_dir / "samples"
-        d.mkdir(parents=True, exist_ok=True)
-        return open(d / f"rank_{self.env.rank:05d}.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    def announce(self) -> None:
+        from ptbr.train import checkpointing
+
+        cfg, env = self.cfg, self.env
+        if not env.is_main:
+            return
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
+        info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
+             f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
+             f"ZeRO {cfg.zero.stage}, {cfg.precision}, {cfg.model.num_parameters():,} parameters")
+        need, free = checkpointing.estimated_bytes(self), shutil.disk_usage(self.run_dir).free
+        if free < need * 2:  # the next checkpoint is written before the oldest kept one is removed
+            info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free; a checkpoint needs about "
+                 f"{need / 2**30:.2f} GiB and the next save writes one before it removes an old one")
+
+    def account(self, loss: float, applied: bool, wait: float, window: LogWindow) -> None:
+        """Progress counters and the non-finite guard after one optimizer step."""
+        p = self.progress
+        p.step += 1
+        p.samples += self.global_batch
+        p.tokens += self.global_batch * self.cfg.data.seq_len
+        if applied:
+            p.nonfinite_in_row = 0
+            if math.isfinite(loss):
+                window.loss += loss
+                window.n += 1
+        else:
+            p.skipped_steps += 1
+            p.nonfinite_in_row += 1
+            if self.env.is_main:
+                info(f"step {p.step}: non-finite loss or gradient, update skipped "
+                     f"({p.nonfinite_in_row} in a row, {p.skipped_steps} in total)")
+            if p.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
+                raise NonFiniteError(self.nonfinite_message())
+        window.steps += 1
+        window.wait += wait
+
+    def stop_preempted(self) -> int:
+        from ptbr.train import checkpointing
+
+        if self.last_saved_step != self.progress.step:
+            checkpointing.save(self)
+        if self.env.is_main:
+            info(f"preempted: checkpoint of step {self.progress.step} committed, exiting with {PREEMPTED_EXIT_CODE}")
+        return PREEMPTED_EXIT_CODE
+
+    def stop_on_fault(self, fault: PtbrError) -> None:
+        """A data source failed for good on some rank: save what the run holds (saving needs no data),
+        then end with the fault's exit code and one line naming the failure and the resume point."""
+        from ptbr.train import checkpointing
+
+        try:
+            if self.last_saved_step != self.progress.step:
+                checkpointing.save(self)
+            saved = f"step {self.progress.step} is saved in {checkpointing.newest_committed(self)}"
+        except PtbrError as exc:
+            last = checkpointing.newest_committed(self)
+            saved = f"no checkpoint could be written ({exc}); the last committed one is {last or 'none'}"
+        raise type(fault)(f"{fault}; {saved}; the run continues from there with --resume auto")
 
     def nonfinite_message(self) -> str:
         from ptbr.checkpoint.store import newest_usable
@@ -292,15 +371,15 @@ class Trainer:
                 f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
                 "after lowering optim.lr or checking the data")
 
-    def log_window(self, w: dict[str, Any]) -> None:
+    def log_window(self, w: LogWindow) -> None:
         cfg, env, p = self.cfg, self.env, self.progress
-        stats = torch.tensor([w["loss"], w["n"], w["wait"]], dtype=torch.float64, device=self.device)
+        stats = torch.tensor([w.loss, w.n, w.wait], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
-        elapsed = max(time.perf_counter() - w["t0"], 1e-9)
+        elapsed = max(time.perf_counter() - w.t0, 1e-9)
         loss = float(stats[0] / stats[1]) if stats[1] > 0 else float("nan")
-        tokens = w["steps"] * self.global_batch * cfg.data.seq_len
+        tokens = w.steps * self.global_batch * cfg.data.seq_len
         tps = tokens / elapsed
-        step_time = elapsed / w["steps"]
+        step_time = elapsed / w.steps
         record = {
             "kind": "train", "step": p.step, "tokens": p.tokens, "loss": loss,
             "lr": float(self.engine.get_lr()[0]), "grad_norm": _as_float(self.engine.get_global_grad_norm()),
@@ -324,11 +403,6 @@ class Trainer:
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens)")
-
-
-def _new_window() -> dict[str, Any]:
-    """Accumulators for one logging interval: start time, steps, summed finite loss, data wait."""
-    return {"t0": time.perf_counter(), "steps": 0, "loss": 0.0, "wait": 0.0, "n": 0}
 
 
 def _as_float(x: Any) -> float:

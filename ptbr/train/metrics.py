@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ptbr.data.progress import fmt_eta
+from ptbr.log import info  # noqa: F401 - re-exported for the training modules
 
 # Dense bf16 peak per device, TFLOP/s (no sparsity), by substring of the CUDA device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "A10G": 125.0,
@@ -86,8 +86,3 @@ class MetricsLogger:
             self._file.close()
         if self._tb:
             self._tb.close()
-
-
-def info(message: str) -> None:
-    """A log line on stderr, prefixed so it is easy to grep in a multi-rank job log."""
-    print(f"[ptbr] {message}", file=sys.stderr, flush=True)

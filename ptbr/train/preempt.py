@@ -1,15 +1,22 @@
-"""Preemption: SIGUSR1 / SIGTERM only set a flag; ranks agree on it at a step boundary, save, exit.
+"""Preemption and step-boundary agreement.
 
-Slurm sends SIGTERM (or ``--signal=USR1@T`` earlier) before killing a job. Acting inside the
-handler would race the training step and the collectives, so the handler only records the signal;
-the flag is all-reduced after every optimizer step so that all ranks stop at the same step. A second
-signal during the save changes nothing (the flag is already set), and the save itself is atomic.
+SIGUSR1 / SIGTERM only set a flag. Slurm sends SIGTERM (or ``--signal=USR1@T`` earlier) before
+killing a job; acting inside the handler would race the training step and the collectives. At every
+step boundary the ranks agree (:func:`agree`, one tiny all-reduce on a CPU control group) on whether
+any of them was signalled or lost its data source, so that all of them stop at the same step and
+save the same checkpoint. A second signal during the save changes nothing, and the save is atomic.
+
+The signal may reach every process of the job at once (Slurm signals the whole step; a terminal
+or ``kill -- -PGID`` the whole group): DataLoader workers ignore it (:func:`ignore_stop_signals`)
+and are stopped by their rank; launchers run under ``ptbr supervise`` keep it blocked, so only the
+ranks act on it (see :mod:`ptbr.supervise`).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,20 +31,33 @@ class StopRequest:
         self._previous = {}
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        # a supervised launcher blocks the signals (its children inherit the mask): the ranks take them
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    def _handle(self, signum: int, frame) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             print(f"[ptbr] received {signal.Signals(signum).name}: will checkpoint and exit after this step",
                   file=sys.stderr, flush=True)
         self.signum = signum
 
-    def agreed(self, device: torch.device) -> bool:
-        """True on every rank if any rank received a stop signal (one tiny all-reduce)."""
-        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_stop_signals() -> None:
+    """For helper processes (DataLoader workers): the rank handles preemption and stops them."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def agree(stop: bool, fault_code: int, group: Any = None) -> tuple[bool, int]:
+    """Collective: (did any rank get a stop signal, the highest fault exit code of any rank or 0)."""
+    flags = torch.tensor([int(stop), fault_code], dtype=torch.int64)
+    if dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+    return bool(flags[0]), int(flags[1])
