@@ -35,7 +35,7 @@ def sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
 
 def build_dataset(tmp: Path, seq_len: int, vocab: int) -> Path:
     """Tokenizer and shards from the embedded Portuguese-like text generator (local directory)."""
-    from ptbr.data.sample_text import portuguese_documents
+    from ptbr.devtools.sample_text import portuguese_documents
 
     corpus = tmp / "corpus"
     corpus.mkdir()

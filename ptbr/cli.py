@@ -17,7 +17,7 @@ from ptbr.errors import PtbrError
 
 # (command, help, module). Nested groups use a tuple of names.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("info",), "show presets, parameter counts and available WKV backends", "ptbr.commands.info"),
+    (("info",), "show presets, parameter counts and available WKV backends", "ptbr.commands.show_info"),
     (("tokenizer", "train"), "train a byte-level BPE tokenizer on a corpus", "ptbr.commands.tokenizer_train"),
     (("shards", "build"), "tokenize a corpus into MDS shards (train/val) with a manifest",
      "ptbr.commands.shards_build"),

@@ -84,10 +84,51 @@ def deepspeed_hostfile(nodelist: str, slots: int) -> str:
     return "".join(f"{host} slots={slots}\n" for host in expand_nodelist(nodelist))
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def _int_env(env: dict[str, str], *names: str) -> tuple[str, int] | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            head = value.split("(")[0].split(",")[0]  # SLURM forms like "4(x2)" or "4,4"
+            if head.isdigit() and int(head) > 0:
+                return name, int(head)
+    return None
+
+
+def local_world_size(env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Processes of this job on this node, and which variable said so (mosaicml-streaming needs it as
+    LOCAL_WORLD_SIZE, which only torchrun sets)."""
+    env = dict(os.environ if env is None else env)
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 1, "WORLD_SIZE<=1"
+    found = _int_env(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                     "MPI_LOCALNRANKS", "SLURM_GPUS_ON_NODE")
+    if found is None:
+        raise PtbrError("cannot tell how many ranks run on this node: set LOCAL_WORLD_SIZE (torchrun does; "
+                        "the deepspeed launcher sets LOCAL_SIZE; srun needs --ntasks-per-node)")
+    name, value = found
+    if world % value:
+        raise PtbrError(f"{name}={value} does not divide WORLD_SIZE={world}; set LOCAL_WORLD_SIZE to the "
+                        f"number of ranks per node")
+    return value, name
 
 
 def _slurm_env(env: dict[str, str]) -> DistEnv:
@@ -112,7 +153,8 @@ def detect(env: dict[str, str] | None = None) -> DistEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
         launcher = "deepspeed" if "LOCAL_SIZE" in env and "LOCAL_WORLD_SIZE" not in env else "torchrun"
         world = int(env["WORLD_SIZE"])
-        local_world = int(env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or world)
+        found = _int_env(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE")
+        local_world = found[1] if found else world
         return DistEnv(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), local_world,
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), launcher)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
@@ -158,51 +200,44 @@ def control_group(timeout_s: float) -> Any:
     the others wait for it there."""
     import datetime
 
-    import torch.distributed as dist
+    import torch.distributed as tdist
 
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         return None
-    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def broadcast(obj: Any, group: Any = None) -> Any:
     """Rank 0's ``obj`` on every rank."""
-    import torch.distributed as dist
+    import torch.distributed as tdist
 
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0, group=group)
+    tdist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
 def gather(obj: Any, group: Any = None) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
-    import torch.distributed as dist
+    import torch.distributed as tdist
 
-    if not dist.is_initialized():
+    if not tdist.is_initialized():
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
+    out: list[Any] = [None] * tdist.get_world_size(group)
+    tdist.all_gather_object(out, obj, group=group)
     return out
-
-
-def barrier(group: Any = None) -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier(group=group)
 
 
 def shutdown(exit_code: int = 0) -> None:
     """Leave without the exit-time abort gloo sometimes produces: barrier, destroy, flush, _exit."""
-    import torch.distributed as dist
+    import torch.distributed as tdist
 
     try:
-        if dist.is_available() and dist.is_initialized():
+        if tdist.is_available() and tdist.is_initialized():
             if exit_code == 0:
-                dist.barrier()
-            dist.destroy_process_group()
+                tdist.barrier()
+            tdist.destroy_process_group()
     finally:
         _run_exit_handlers()
         sys.stdout.flush()

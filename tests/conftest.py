@@ -16,6 +16,17 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("PTBR_TEST_THREADS", "2")))
 
 
+SERVER_FIXTURES = {"s3_server", "tiny_dataset"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tiers: a test that needs the S3 server is ``slow`` (so are the multi-process modules, marked in
+    the module); ``bash tools/test.sh -m "not slow"`` is the fast tier for day-to-day work."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
@@ -23,8 +34,8 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real SeaweedFS S3 server on 127.0.0.1 (ptbr.local_s3), shared by the session, killed at the end."""
-    from ptbr.local_s3 import LocalS3Server
+    """A real SeaweedFS S3 server on 127.0.0.1 (ptbr.devtools.local_s3), shared by the session, killed at the end."""
+    from ptbr.devtools.local_s3 import LocalS3Server
 
     server = LocalS3Server(tmp_path_factory.mktemp("s3server")).start()
     yield server

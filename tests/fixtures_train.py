@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ptbr.data.sample_text import portuguese_documents
+from ptbr.devtools.sample_text import portuguese_documents
 from tests.train_harness import REPO, run_env
 
 VOCAB = 512  # the tiny model's vocabulary (configs/model/tiny.yaml)

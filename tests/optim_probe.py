@@ -17,8 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ptbr.checkpoint import optim_state
-from ptbr.config import RWKV6Config
-from ptbr.model import RWKV6
+from ptbr.model import RWKV6, RWKV6Config
 from ptbr.train.config import OptimConfig
 from ptbr.train.optim import build_optimizer
 

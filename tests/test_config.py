@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptbr.config import PRESETS, RWKV6Config, apply_overrides
+from ptbr.config import apply_overrides
 from ptbr.errors import ConfigError
+from ptbr.model import PRESETS, RWKV6Config, count_parameters
 
 EXPECTED = {
     "140m": (12, 768, 145_443_840),
@@ -20,10 +21,10 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_parameter_counts_are_exact(name: str) -> None:
     L, C, total = EXPECTED[name]
-    cfg = RWKV6Config.from_preset(name)
+    cfg = RWKV6Config.load(name)
     assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.head_size) == (L, C, 32000, 64)
     assert cfg.dim_ffn == int(3.5 * C) // 32 * 32
-    assert cfg.num_parameters() == total
+    assert count_parameters(cfg) == total
     # DESIGN.md closed form: 2VC + 4C + L(6C^2 + 2CF + 464C)
     F = cfg.dim_ffn
     assert total == 2 * 32000 * C + 4 * C + L * (6 * C * C + 2 * C * F + 464 * C)
@@ -31,7 +32,7 @@ def test_preset_parameter_counts_are_exact(name: str) -> None:
 
 def test_yaml_presets_match_code_presets() -> None:
     for name in PRESETS:
-        assert RWKV6Config.from_yaml(f"configs/model/{name}.yaml") == RWKV6Config.from_preset(name)
+        assert RWKV6Config.from_yaml(f"configs/model/{name}.yaml") == RWKV6Config.load(name)
 
 
 def test_counting_does_not_allocate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +45,7 @@ def test_counting_does_not_allocate(monkeypatch: pytest.MonkeyPatch) -> None:
         return t
 
     monkeypatch.setattr(torch, "empty", spy)
-    RWKV6Config.from_preset("1b5").num_parameters()
+    count_parameters(RWKV6Config.load("1b5"))
     assert seen and all(d == "meta" for d in seen)
 
 
@@ -61,7 +62,7 @@ def test_counting_does_not_allocate(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_invalid_model_config_names_key_and_rule(data: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
-        RWKV6Config.from_dict(data, "m.yaml")
+        RWKV6Config.load(data, "m.yaml")
     assert needle in str(info.value)
     assert str(info.value).startswith("m.yaml: ")
     assert "\n" not in str(info.value)

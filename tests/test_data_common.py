@@ -20,7 +20,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-from ptbr.data.sample_text import portuguese_documents
+from ptbr.devtools.sample_text import portuguese_documents
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ptbr.data.sample_text import portuguese_documents
+from ptbr.devtools.sample_text import portuguese_documents
 from tests.test_data_common import assert_ok, assert_one_line_error, run_cli
 
 NO_IMDS = {"AWS_EC2_METADATA_DISABLED": "true"}  # never let boto3 probe the instance-metadata address

@@ -308,3 +308,29 @@ def test_stream_with_eviction_and_dataloader_workers(s3_server, dataset: Path, e
     np.testing.assert_array_equal(got, expected["train"][ids])
     cached = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("shard.*"))
     assert cached <= 4 * biggest
+
+
+def test_a_failed_download_is_an_error_not_the_end_of_the_epoch(dataset: Path, tmp_path: Path) -> None:
+    """streaming 0.13 ends an epoch silently when a download thread fails; TokenDataset must raise, with one
+    line naming the missing shard (a contract that an upgrade of streaming must keep)."""
+
+    from ptbr.errors import CorruptDataError
+
+    source = tmp_path / "source"
+    shutil.copytree(dataset, source)
+    index = json.loads((source / "train" / "index.json").read_text())
+    assert len(index["shards"]) >= 3
+    (source / "train" / index["shards"][1]["zip_data"]["basename"]).unlink()  # gone at the source
+    with isolated_environ():
+        from ptbr.data import build_dataset, prepare_streaming_env
+
+        prepare_streaming_env()
+        ds = build_dataset(str(source), "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False,
+                           seed=0, download_retry_s=0)
+        read = []
+        with pytest.raises(CorruptDataError) as info:
+            read.extend(it["sample_id"] for it in ds)
+        assert "shard.00001" in str(info.value) and "missing" in str(info.value) and "\n" not in str(info.value)
+        assert len(read) < ds.num_samples
+        del ds
+        gc.collect()

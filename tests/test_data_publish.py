@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from ptbr.data.build import BuildSettings, build_shards
-from ptbr.data.sample_text import portuguese_documents
 from ptbr.data.tokenizer import train_tokenizer
+from ptbr.devtools.local_s3 import LocalS3Server
+from ptbr.devtools.sample_text import portuguese_documents
 from ptbr.errors import DataError
-from ptbr.local_s3 import LocalS3Server
 from tests.test_data_common import REPO, assert_ok, assert_one_line_error, isolated_environ, run_cli
+
+pytestmark = pytest.mark.slow  # real multi-process runs / servers
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ import zstandard
 from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
 from ptbr.data.encode import is_val_document, val_threshold
 from ptbr.data.packing import Packer, choose_dtype
-from ptbr.data.sample_text import portuguese_documents
 from ptbr.data.shm import clean_stale_streaming_shm
-from ptbr.data.stream import job_key, local_world_size, prepare_streaming_env
-from ptbr.errors import DataError
+from ptbr.data.stream import job_key, prepare_streaming_env
+from ptbr.devtools.sample_text import portuguese_documents
+from ptbr.dist import local_world_size
+from ptbr.errors import DataError, PtbrError
 from tests.test_data_common import REPO, isolated_environ
 
 
@@ -100,10 +101,10 @@ def test_local_world_size_errors(monkeypatch: pytest.MonkeyPatch) -> None:
               "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(DataError, match="LOCAL_WORLD_SIZE"):
+    with pytest.raises(PtbrError, match="LOCAL_WORLD_SIZE"):
         local_world_size()
     monkeypatch.setenv("LOCAL_SIZE", "3")
-    with pytest.raises(DataError, match="does not divide"):
+    with pytest.raises(PtbrError, match="does not divide"):
         local_world_size()
 
 

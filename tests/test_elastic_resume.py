@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ptbr.checkpoint import store
-from tests.train_harness import describe, read_metrics, samples_by_step, torchrun, train_args, train_losses
+from ptbr.checkpoint import layout
+from tests.train_harness import describe, resumes, samples_by_step, torchrun, train_args, train_losses
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def resume_from(source: Path, tag: str, run_dir: Path, world: int, dataset, *ove
 
 
 def state_of(run_dir: Path, tag: str) -> dict:
-    return json.loads((run_dir / "checkpoints" / tag / store.STATE).read_text())
+    return json.loads((run_dir / "checkpoints" / tag / layout.STATE).read_text())
 
 
 def after(steps: dict[int, list[int]] | dict[int, float], first: int) -> dict:
@@ -75,16 +75,14 @@ def after(steps: dict[int, list[int]] | dict[int, float], first: int) -> dict:
 def test_elastic_resume_follows_the_uninterrupted_run(uninterrupted, tiny_dataset, tmp_path, stage, before, world):
     source, reference = uninterrupted(stage, before), uninterrupted(stage, world)
     run_dir = tmp_path / "run"
-    resume_from(source, store.tag_for(RESUME_AT), run_dir, world, tiny_dataset, f"zero.stage={stage}",
+    resume_from(source, layout.tag_for(RESUME_AT), run_dir, world, tiny_dataset, f"zero.stage={stage}",
                 f"data.num_workers={WORKERS[world]}")
 
-    resumes = [r for r in read_metrics(run_dir) if r["kind"] == "resume"]
-    assert [(r["step"], r["mode"], r["saved_world_size"], r["world_size"]) for r in resumes] == [
-        (RESUME_AT, "elastic", before, world)]
+    assert resumes(run_dir) == [(RESUME_AT, "elastic", before, world)]
 
     # the optimizer came back as it was saved: RWKV-LM groups with their own settings, Adam step 20
-    saved = state_of(source, store.tag_for(RESUME_AT))["optimizer"]
-    again = state_of(run_dir, store.tag_for(RESUME_AT, 1))  # written right after the elastic load
+    saved = state_of(source, layout.tag_for(RESUME_AT))["optimizer"]
+    again = state_of(run_dir, layout.tag_for(RESUME_AT, 1))  # written right after the elastic load
     assert again["world_size"] == world
     assert again["optimizer"]["groups"] == saved["groups"]
     groups = {g["name"]: g for g in saved["groups"]}
@@ -106,12 +104,12 @@ def test_same_size_resume_with_the_presets_loader_workers_is_bit_exact(uninterru
     the resume that crashed in every loader worker before; now bit-exact against the reference."""
     reference = uninterrupted(2, 2)
     run_dir = tmp_path / "run"
-    resume_from(reference, store.tag_for(RESUME_AT), run_dir, 2, tiny_dataset, "zero.stage=2",
+    resume_from(reference, layout.tag_for(RESUME_AT), run_dir, 2, tiny_dataset, "zero.stage=2",
                 "data.num_workers=4")
-    assert [r["mode"] for r in read_metrics(run_dir) if r["kind"] == "resume"] == ["native"]
+    assert [mode for _, mode, _, _ in resumes(run_dir)] == ["native"]
     assert samples_by_step(run_dir) == after(samples_by_step(reference), RESUME_AT)
     assert train_losses(run_dir) == after(train_losses(reference), RESUME_AT + 1)  # bit-exact floats
-    data = state_of(reference, store.tag_for(RESUME_AT))["data"]
+    data = state_of(reference, layout.tag_for(RESUME_AT))["data"]
     assert data["num_canonical_nodes"] == 1  # streaming's default for one node, resolved and saved
 
 
@@ -126,5 +124,5 @@ def test_resume_with_workers_for_other_stream_settings(tiny_dataset, tmp_path, o
         proc = torchrun(world, train_args(run_dir, tiny_dataset.url, *settings), tiny_dataset.env)
         assert proc.returncode == 0, describe(proc)
     run_dir = tmp_path / "run"
-    resume_from(source, store.tag_for(RESUME_AT), run_dir, 1, tiny_dataset, *common[len(COMMON):])
+    resume_from(source, layout.tag_for(RESUME_AT), run_dir, 1, tiny_dataset, *common[len(COMMON):])
     assert samples_by_step(run_dir) == after(samples_by_step(reference), RESUME_AT)

@@ -21,14 +21,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ptbr.checkpoint import store
+from ptbr.checkpoint import layout
 from ptbr.data.hashing import xxh64_file
 from tests.fixtures_train import SEQ_LEN, VOCAB, build_and_publish
 from tests.train_harness import (
     REPO,
     free_port,
     last_step,
-    read_metrics,
+    resumes,
     samples_by_step,
     start_ranks,
     torchrun,
@@ -47,7 +47,7 @@ COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0",
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from ptbr.local_s3 import LocalS3Server
+    from ptbr.devtools.local_s3 import LocalS3Server
 
     server = LocalS3Server(tmp_path_factory.mktemp("faults_s3")).start()
     yield server
@@ -91,20 +91,28 @@ def signal_every_process(root: psutil.Process, sig: int) -> None:
             p.send_signal(sig)
 
 
-def test_s3_outage_within_the_retry_window_is_survived(s3, dataset, reference, tmp_path) -> None:
+def run_through_an_outage(s3, dataset, tmp_path: Path, retry_s: float, *, restart: bool) -> tuple[list, Path, str]:
+    """2 ranks (as srun starts them); the S3 server is killed at step 5 and, with ``restart``, started
+    again (same ports, same data) once a rank has retried. Returns (exit codes, run dir, job log)."""
     run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
-    args = train_args(run_dir, dataset.url, *COMMON, "data.download_retry_s=60")
+    args = train_args(run_dir, dataset.url, *COMMON, f"data.download_retry_s={retry_s}")
     procs = start_ranks(2, args, dataset.env, log_dir)
     try:
         wait_for(lambda: last_step(run_dir) >= 5, what="step 5")
         s3.stop()  # kill -9 of the whole server
-        wait_for(lambda: "shard download attempt" in logs(log_dir), timeout=120, what="a retry")
-        time.sleep(2)
-        s3.start()  # same ports, same data
-        assert wait_all(procs, timeout=300) == [0, 0]
+        if restart:
+            wait_for(lambda: "shard download attempt" in logs(log_dir), timeout=120, what="a retry")
+            time.sleep(2)
+            s3.start()
+        codes = wait_all(procs, timeout=300)
     finally:
         s3.start()
-    text = logs(log_dir)
+    return codes, run_dir, logs(log_dir)
+
+
+def test_s3_outage_within_the_retry_window_is_survived(s3, dataset, reference, tmp_path) -> None:
+    codes, run_dir, text = run_through_an_outage(s3, dataset, tmp_path, 60, restart=True)
+    assert codes == [0, 0]
     assert "data source: shard download attempt 1 of" in text and "retrying" in text
     assert error_lines(text) == []
     assert samples_by_step(run_dir) == samples_by_step(reference)
@@ -112,27 +120,19 @@ def test_s3_outage_within_the_retry_window_is_survived(s3, dataset, reference, t
 
 
 def test_s3_outage_beyond_the_retry_window_saves_and_exits_69(s3, dataset, reference, tmp_path) -> None:
-    run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
-    args = train_args(run_dir, dataset.url, *COMMON, "data.download_retry_s=3")
-    procs = start_ranks(2, args, dataset.env, log_dir)
-    try:
-        wait_for(lambda: last_step(run_dir) >= 5, what="step 5")
-        s3.stop()
-        assert wait_all(procs, timeout=300) == [69, 69]
-    finally:
-        s3.start()
-    text = logs(log_dir)
+    codes, run_dir, text = run_through_an_outage(s3, dataset, tmp_path, 3, restart=False)
+    assert codes == [69, 69]
     [line] = error_lines(text)  # rank 0 only, one line
-    saved = store.newest_usable(run_dir / "checkpoints", print)
+    saved = layout.newest_usable(run_dir / "checkpoints", print)
     assert saved is not None and saved.step > 5  # the run had trained on cached shards, then saved
     assert f"is unreachable at {s3.endpoint_url}" in line and "shard." in line
     assert f"step {saved.step} is saved in {saved.path}" in line and "--resume auto" in line
     assert_clean(text)
 
     # the source is back: the run continues from that checkpoint and reads exactly what it would have
-    proc = torchrun(2, args, dataset.env)
+    proc = torchrun(2, train_args(run_dir, dataset.url, *COMMON, "data.download_retry_s=3"), dataset.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [r["step"] for r in read_metrics(run_dir) if r["kind"] == "resume"] == [saved.step]
+    assert [step for step, *_ in resumes(run_dir)] == [saved.step]
     assert samples_by_step(run_dir) == samples_by_step(reference)
 
 
@@ -212,14 +212,14 @@ def test_full_disk_during_a_save_is_one_line_and_resumable(dataset, tmp_path) ->
         ckpts = run_dir / "checkpoints"
         assert "could not write checkpoint" in line and "the filesystem is full" in line
         assert f"the last committed checkpoint is {ckpts / 'step_00000010'}" in line and "MiB" in line
-        assert [c.tag for c in store.list_checkpoints(ckpts)] == ["step_00000010"]  # the partial one is gone
+        assert [c.tag for c in layout.list_checkpoints(ckpts)] == ["step_00000010"]  # the partial one is gone
         assert_clean(text)
 
         filler.unlink()  # space freed: the run continues from step 10
         proc = torchrun(2, args, dataset.env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert [r["step"] for r in read_metrics(run_dir) if r["kind"] == "resume"] == [10]
-        assert store.newest_usable(ckpts, print).step == 30
+        assert [step for step, *_ in resumes(run_dir)] == [10]
+        assert layout.newest_usable(ckpts, print).step == 30
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
@@ -276,7 +276,7 @@ def test_group_wide_sigterm_with_loader_workers_preempts_cleanly(dataset, tmp_pa
         codes = [proc.wait(timeout=120)]
     assert set(codes) == {75}, logs(log_dir)[-3000:]
     text = logs(log_dir)
-    saved = store.newest_usable(run_dir / "checkpoints", print)
+    saved = layout.newest_usable(run_dir / "checkpoints", print)
     assert saved is not None and saved.step >= 5
     assert f"preempted: checkpoint of step {saved.step} committed" in text
     assert_clean(text)

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptbr.checkpoint import store
+from ptbr.checkpoint import layout
 from tests.train_harness import (
     REPO,
     describe,
     last_step,
     read_metrics,
+    resumes,
     samples_by_step,
     start_ranks,
     torchrun,
@@ -27,13 +28,15 @@ from tests.train_harness import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real multi-process runs / servers
+
 STEPS = 40
 COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=10",
           "precision=fp32", "debug.record_samples=true")
 
 
 def committed(run_dir: Path, step: int) -> bool:
-    return (run_dir / "checkpoints" / store.tag_for(step) / store.MARKER).is_file()
+    return (run_dir / "checkpoints" / layout.tag_for(step) / layout.MARKER).is_file()
 
 
 def kill_all(procs) -> None:
@@ -55,7 +58,7 @@ def reference(tiny_dataset, tmp_path_factory) -> Path:
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=store.tag_for(STEPS))
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=layout.tag_for(STEPS))
 
 
 def test_kill9_of_a_rank_then_autoresume_is_bit_exact(reference, tiny_dataset, tmp_path) -> None:
@@ -70,7 +73,7 @@ def test_kill9_of_a_rank_then_autoresume_is_bit_exact(reference, tiny_dataset, t
 
     proc = torchrun(2, [*args, "--resume", "auto"], tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
-    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000010'} at step 10 (native)" in proc.stderr
+    assert resumes(run_dir) == [(10, "native", 2, 2)]
     assert train_losses(run_dir) == train_losses(reference)  # bit-exact floats
     assert samples_by_step(run_dir) == samples_by_step(reference)
     ours, theirs = final_weights(run_dir), final_weights(reference)
@@ -88,13 +91,13 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tiny_dataset, t
              timeout=180, what="the save of step 20")
     kill_all(procs)
     ck20 = run_dir / "checkpoints" / "step_00000020"
-    assert ck20.is_dir() and not (ck20 / store.MARKER).exists()  # written, never committed
+    assert ck20.is_dir() and not (ck20 / layout.MARKER).exists()  # written, never committed
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000010"
 
     proc = torchrun(2, train_args(run_dir, tiny_dataset.url, *COMMON), tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
     assert "skipping checkpoint step_00000020: step_00000020 has no COMPLETE.json" in proc.stderr
-    assert "at step 10 (native)" in proc.stderr
+    assert resumes(run_dir) == [(10, "native", 2, 2)]
     assert committed(run_dir, STEPS)
 
 
@@ -111,7 +114,7 @@ def test_sigterm_saves_and_exits_with_the_requeue_code(tiny_dataset, tmp_path) -
     for p in procs:  # a second signal in the middle of the save changes nothing
         os.kill(p.pid, signal.SIGTERM)
     assert wait_all(procs, timeout=120) == [75, 75]
-    latest = store.newest_usable(run_dir / "checkpoints", print)
+    latest = layout.newest_usable(run_dir / "checkpoints", print)
     assert latest is not None and latest.step >= 5
     assert "received SIGTERM: will checkpoint and exit after this step" in log0.read_text()
 
@@ -119,7 +122,7 @@ def test_sigterm_saves_and_exits_with_the_requeue_code(tiny_dataset, tmp_path) -
                         f"train.max_steps={latest.step + 3}")
     proc = torchrun(2, resume, tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
-    assert f"at step {latest.step} (native)" in proc.stderr
+    assert resumes(run_dir) == [(latest.step, "native", 2, 2)]
     assert committed(run_dir, latest.step + 3)
 
 
@@ -127,7 +130,7 @@ def test_evaluation_does_not_depend_on_world_size(reference, tiny_dataset, tmp_p
     """Resume the reference's final checkpoint at 1 rank and evaluate it again (no training steps)."""
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    src = reference / "checkpoints" / store.tag_for(STEPS)
+    src = reference / "checkpoints" / layout.tag_for(STEPS)
     subprocess.run(["cp", "-r", str(src), str(run_dir / "checkpoints")], check=True)
     proc = torchrun(1, train_args(run_dir, tiny_dataset.url, *COMMON), tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
@@ -140,7 +143,7 @@ def test_evaluation_does_not_depend_on_world_size(reference, tiny_dataset, tmp_p
 def test_truncated_newest_checkpoint_falls_back(reference, tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-r", str(reference), str(run_dir)], check=True)
-    newest = run_dir / "checkpoints" / store.tag_for(STEPS)
+    newest = run_dir / "checkpoints" / layout.tag_for(STEPS)
     shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
@@ -148,7 +151,7 @@ def test_truncated_newest_checkpoint_falls_back(reference, tiny_dataset, tmp_pat
                     tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
     assert f"skipping checkpoint {newest.name}: {newest.name}/{shard.name} has" in proc.stderr
-    assert "at step 30 (native)" in proc.stderr
+    assert resumes(run_dir)[-1] == (30, "native", 2, 2)
 
 
 def test_refuses_to_silently_start_over(reference, tiny_dataset, tmp_path) -> None:

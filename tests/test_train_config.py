@@ -51,7 +51,7 @@ def test_batch_resolution() -> None:
 def test_deepspeed_config_is_derived() -> None:
     cfg = TrainConfig.load(TINY_YAML, ["zero.stage=3", "precision=bf16", "optim.grad_clip=0.5",
                                        "deepspeed.zero_optimization.reduce_bucket_size=1000"])
-    ds = build_ds_config(cfg, world_size=2, cuda=False)
+    ds = build_ds_config(cfg, *cfg.batch.resolve(2), cuda=False)
     assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
     assert ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["zero_optimization"]["stage"] == 3

@@ -20,15 +20,14 @@ from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from ptbr.ops import resolve_backend, wkv6
 from ptbr.ops import triton_wkv6 as tw
-from ptbr.ops.wkv6 import triton_interpreting
 from tests.wkv_utils import make_inputs, rel_rms, run_with_grads
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(
-        not triton_interpreting(), reason="Triton interpreter is off (a GPU is present): the cuda variant runs")),
-    pytest.param("cuda", marks=needs_cuda),
+        not tw.interpreting(), reason="Triton interpreter is off (a GPU is present): the cuda variant runs")),
+    pytest.param("cuda", marks=[needs_cuda, pytest.mark.gpu]),
 ]
 GRADS = {"r", "k", "v", "w", "u", "state"}
 KERNELS = ("_fwd_state_kernel", "_fwd_output_kernel", "_bwd_state_kernel", "_bwd_grad_kernel")
@@ -294,6 +293,7 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch) -> None:
 
 
 @needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 63, 64, 1000, 4097])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_production_shapes(T: int, dtype: torch.dtype) -> None:
@@ -308,6 +308,7 @@ def test_cuda_production_shapes(T: int, dtype: torch.dtype) -> None:
 
 
 @needs_cuda
+@pytest.mark.gpu
 def test_cuda_offsets_beyond_int32() -> None:
     """B·T·H·N > 2^31 elements: the last sequence must still be right (int64 offsets)."""
     B, T, H, N = 2048, 1100, 16, 64
@@ -332,7 +333,7 @@ def test_cuda_offsets_beyond_int32() -> None:
 def test_kernels_compile_for_h100_without_a_gpu() -> None:
     """Triton's real compiler (to an sm_90 cubin) accepts every kernel: what the interpreter can't check."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "ptbr.ops.triton_compile_check", "--arch", "90",
+    proc = subprocess.run([sys.executable, "-m", "ptbr.devtools.triton_compile_check", "--arch", "90",
                            "--head-size", "64", "--dtype", "bf16"], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parent.parent, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

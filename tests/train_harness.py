@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ptbr.dist import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = str(REPO / "configs" / "train" / "tiny_cpu.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -108,6 +103,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def train_losses(run_dir: Path) -> dict[int, float]:
     """Per-step training loss (the latest record for each step, as after a resume)."""
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
+
+
+def resumes(run_dir: Path) -> list[tuple[int, str, int, int]]:
+    """(step, "native" | "elastic", saved world size, world size) of every resume of the run."""
+    return [(r["step"], r["mode"], r["saved_world_size"], r["world_size"])
+            for r in read_metrics(run_dir) if r["kind"] == "resume"]
 
 
 def last_step(run_dir: Path) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the local SeaweedFS S3 server (ptbr.local_s3.LocalS3Server) for the quickstart and tests.
+"""Run the local SeaweedFS S3 server (ptbr.devtools.local_s3.LocalS3Server) for the quickstart and tests.
 
     python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr           # foreground, Ctrl-C stops
     python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr --background
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ptbr.devtools.local_s3 import LocalS3Server, stop_saved  # noqa: E402
 from ptbr.errors import PtbrError  # noqa: E402
-from ptbr.local_s3 import LocalS3Server, stop_saved  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

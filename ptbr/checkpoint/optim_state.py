@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
 # hyperparameters that must survive a save/load; ``lr`` is not among them: the schedule sets it
 CHECKED_HPARAMS = ("name", "weight_decay", "lr_scale", "betas", "eps")
@@ -91,7 +91,7 @@ def local_fragments(engine: Any) -> Iterator[Fragment]:
             for p in flat.params:
                 part = int(p.partition_numel())
                 group = opt._get_param_partition_group(p)
-                begin = dist.get_rank(group=group) * part
+                begin = tdist.get_rank(group=group) * part
                 valid = max(0, min(part, int(p.ds_numel) - begin))  # the tail of the last rank is padding
                 if valid:
                     views = {"fp32": flat.tensor.narrow(0, offset, valid), **_state_views(state, offset, valid)}
@@ -154,10 +154,10 @@ def _checksums(engine: Any, device: torch.device) -> dict[str, dict[str, list[fl
             v = t.detach().to("cpu", torch.float64)
             acc[row[f.name], j] += torch.stack([v.sum(), (v * weight).sum(), v.abs().sum()])
             present[j] = 1
-    if dist.is_initialized():
+    if tdist.is_initialized():
         acc, present = acc.to(device), present.to(device)
-        dist.all_reduce(acc)
-        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+        tdist.all_reduce(acc)
+        tdist.all_reduce(present, op=tdist.ReduceOp.MAX)
         acc, present = acc.cpu(), present.cpu()
     return {n: {k: acc[row[n], j].tolist() for j, k in enumerate(keys) if present[j] > 0} for n in names}
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptbr.checkpoint.store import MARKER, UNIVERSAL, Checkpoint
+from ptbr.checkpoint.layout import MARKER, STATE, UNIVERSAL, Checkpoint
 from ptbr.errors import CheckpointError
 from ptbr.fsutil import atomic_write_text
 
@@ -40,7 +40,7 @@ def ensure_universal(ckpt: Checkpoint, log) -> Path:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise CheckpointError(f"could not convert {ckpt.path} to the universal format: {tail[0]}")
-    for name in ("ptbr_state.json",):
+    for name in (STATE,):
         shutil.copy2(ckpt.path / name, tmp / name)
     (tmp.parent / "latest_universal").unlink(missing_ok=True)  # written by the tool; we keep our own
     shutil.rmtree(out, ignore_errors=True)

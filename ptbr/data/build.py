@@ -39,16 +39,16 @@ from ptbr.data.manifest import (
     encode_manifest,
     layout_of,
     parse_manifest,
+    stored_file,
 )
 from ptbr.data.packing import Packer, choose_dtype
-from ptbr.data.progress import Progress
+from ptbr.data.progress import ProgressBar
 from ptbr.data.tokenizer import EOS_TOKEN, TokenizerInfo, load_tokenizer
 from ptbr.errors import DataError
 from ptbr.fsutil import atomic_write_bytes, fsync_dir
 
 STAGING = ".ptbr-build"
 TOKENIZER_COPY = "tokenizer.json"
-OWNED = ("train", "val", MANIFEST, TOKENIZER_COPY, STAGING)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _build_key(settings: BuildSettings, tokenizer_sha: str, inputs: list[dict[st
 def _describe_inputs(files: list[InputFile], progress: bool) -> list[dict[str, Any]]:
     total = sum(f.size for f in files)
     out = []
-    with Progress("hashing inputs", total, rate_unit="files", enabled=progress and total > 256 << 20) as bar:
+    with ProgressBar("hashing inputs", total, rate_unit="files", enabled=progress and total > 256 << 20) as bar:
         done = 0
         for f in files:
             out.append({"path": f.name, "rel": f.rel, "bytes": f.size, "xxh3_128": xxh3_file(f.path)})
@@ -147,12 +147,12 @@ def _difference(manifest: dict[str, Any]) -> str:
 
 
 def _intact(output: Path, manifest: dict[str, Any]) -> bool:
-    for split, info in manifest["splits"].items():
+    for split, split_meta in manifest["splits"].items():
         index = output / split / INDEX
-        if not index.is_file() or sha256_file(index) != info.get("index_sha256"):
+        if not index.is_file() or sha256_file(index) != split_meta.get("index_sha256"):
             return False
         for shard in json.loads(index.read_text())["shards"]:
-            data = shard["zip_data"] or shard["raw_data"]
+            data = stored_file(shard)
             p = output / split / data["basename"]
             if not p.is_file() or p.stat().st_size != data["bytes"]:
                 return False
@@ -196,7 +196,7 @@ class _SplitWriter:
         return {"samples": samples, "tokens": samples * self.packer.sample_len, "documents": self.documents,
                 "stream_tokens": self.packer.tokens_in, "dropped_tokens": self.packer.leftover,
                 "shards": len(shards),
-                "bytes": sum((s["zip_data"] or s["raw_data"])["bytes"] for s in shards),
+                "bytes": sum(stored_file(s)["bytes"] for s in shards),
                 "index_sha256": sha256_file(index)}
 
 
@@ -234,11 +234,11 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     """Build (or confirm up to date) the dataset in ``output``; see the module docstring."""
     settings.check()
     output = Path(output)
-    tok, info = load_tokenizer(tokenizer, settings.eos_token)
-    dtype = choose_dtype(info.vocab_size, settings.dtype)
+    tok, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
+    dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
     files = discover_inputs(inputs)
     described = _describe_inputs(files, progress)
-    key = _build_key(settings, info.sha256, described)
+    key = _build_key(settings, tok_meta.sha256, described)
     state = _existing_state(output, key)
     if state == "current":
         manifest = parse_manifest((output / MANIFEST).read_bytes(), str(output))
@@ -255,9 +255,9 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     staging.mkdir(parents=True)
     try:
         shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)  # before anything in output is replaced
-        if sha256_file(staging / TOKENIZER_COPY) != info.sha256:
+        if sha256_file(staging / TOKENIZER_COPY) != tok_meta.sha256:
             raise DataError(f"{tokenizer} changed while the build was starting; run it again")
-        manifest = _run_build(files, described, tok, info, dtype, settings, staging, key,
+        manifest = _run_build(files, described, tok, tok_meta, dtype, settings, staging, key,
                               workers or default_workers(), progress)
         _commit(output, staging, manifest)
     finally:
@@ -265,7 +265,7 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     return BuildResult(output, manifest, False)
 
 
-def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any, info: Any, dtype: str,
+def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any, tok_meta: Any, dtype: str,
                settings: BuildSettings, staging: Path, key: str, workers: int,
                progress: bool) -> dict[str, Any]:
     sample_len = settings.seq_len + 1
@@ -274,10 +274,10 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     if settings.val_fraction > 0:
         splits["val"] = _SplitWriter("val", staging / "val", sample_len, dtype, settings)
     threshold = encode.val_threshold(settings.val_fraction)
-    init_args = (tok.to_str(), info.eos_id, dtype, threshold, settings.split_seed)
+    init_args = (tok.to_str(), tok_meta.eos_id, dtype, threshold, settings.split_seed)
     docs = iter_documents(files, stats, text_field=settings.text_field, txt_docs=settings.txt_docs)
     total_tokens = 0
-    bar = Progress("shards build", sum(f.size for f in files), rate_unit="tok", enabled=progress)
+    bar = ProgressBar("shards build", sum(f.size for f in files), rate_unit="tok", enabled=progress)
     for enc in _encoded(encode.batched(docs), workers, init_args):
         total_tokens += len(enc.tokens)
         if "val" in splits and enc.is_val.any():
@@ -291,18 +291,18 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     _check_sizes(stats, splits, sample_len, len(files), settings)
     split_info = {name: w.finish() for name, w in splits.items()}
     inputs = [{k: v for k, v in d.items() if k != "rel"} for d in described]
-    return _manifest(info, dtype, settings, split_info, inputs, {**stats.to_dict(), "tokens": total_tokens}, key)
+    return _manifest(tok_meta, dtype, settings, split_info, inputs, {**stats.to_dict(), "tokens": total_tokens}, key)
 
 
-def _manifest(info: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
+def _manifest(tok_meta: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
               inputs: list[dict[str, Any]], stats: dict[str, Any], key: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "tool": {"name": "ptbr", "version": __version__},
-        "vocab_size": info.vocab_size, "seq_len": settings.seq_len, "sample_len": settings.seq_len + 1,
-        "eos_id": info.eos_id, "dtype": dtype, "column": COLUMN,
+        "vocab_size": tok_meta.vocab_size, "seq_len": settings.seq_len, "sample_len": settings.seq_len + 1,
+        "eos_id": tok_meta.eos_id, "dtype": dtype, "column": COLUMN,
         "compression": settings.compression, "hashes": ["xxh64"], "shard_size_limit": settings.shard_size,
-        "tokenizer": {**info.to_dict(), "file": TOKENIZER_COPY},
+        "tokenizer": {**tok_meta.to_dict(), "file": TOKENIZER_COPY},
         "split": {"rule": encode.SPLIT_RULE, "val_fraction": settings.val_fraction,
                   "seed": settings.split_seed},
         "reader": {"text_field": settings.text_field, "txt_docs": settings.txt_docs},
@@ -327,12 +327,12 @@ def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], toke
     if not streams or set(streams) - {"train", "val"}:
         raise DataError(f"streams must be named train and/or val, not {sorted(streams)}")
     output = Path(output)
-    _, info = load_tokenizer(tokenizer, settings.eos_token)
-    dtype = choose_dtype(info.vocab_size, settings.dtype)
+    _, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
+    dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
     for name, stream in streams.items():
-        if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= info.vocab_size):
-            raise DataError(f"{name}: token ids must lie in [0, {info.vocab_size})")
-    key = sha256_json({"settings": asdict(settings), "tokenizer": info.sha256,
+        if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= tok_meta.vocab_size):
+            raise DataError(f"{name}: token ids must lie in [0, {tok_meta.vocab_size})")
+    key = sha256_json({"settings": asdict(settings), "tokenizer": tok_meta.sha256,
                        "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()}})
     state = _existing_state(output, key)
     if state == "current":
@@ -351,7 +351,7 @@ def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], toke
             if writer.packer.samples_out == 0:
                 raise DataError(f"{name}: {len(stream)} tokens make no sample of {settings.seq_len + 1}")
             split_info[name] = writer.finish()
-        manifest = _manifest(info, dtype, settings, split_info, [],
+        manifest = _manifest(tok_meta, dtype, settings, split_info, [],
                              {"tokens": int(sum(len(v) for v in streams.values()))}, key)
         _commit(output, staging, manifest)
     finally:

@@ -24,12 +24,12 @@ LOCK = ".ptbr-cache.lock"
 MARKER = ".ptbr-cache-checked"
 
 
-def _bad(path: Path, info: dict[str, Any]) -> str | None:
+def _bad(path: Path, entry: dict[str, Any]) -> str | None:
     """Why the cached file does not match its index entry (None: it matches)."""
     size = path.stat().st_size
-    if size != int(info["bytes"]):
-        return f"{size} bytes, {info['bytes']} expected"
-    want = (info.get("hashes") or {}).get("xxh64")
+    if size != int(entry["bytes"]):
+        return f"{size} bytes, {entry['bytes']} expected"
+    want = (entry.get("hashes") or {}).get("xxh64")
     if want and xxh64_file(path) != want:
         return "xxh64 mismatch"
     return None
@@ -44,9 +44,9 @@ def check_cached_shards(split_dir: str | Path, index: dict[str, Any], job: str,
         marker = split_dir / MARKER
         if marker.is_file() and marker.read_text(encoding="utf-8") == job:
             return []
-        files = [(split_dir / info["basename"], info) for shard in index.get("shards", [])
-                 for info in (shard.get("raw_data"), shard.get("zip_data")) if info]
-        present = [(p, info) for p, info in files if p.is_file()]
+        files = [(split_dir / entry["basename"], entry) for shard in index.get("shards", [])
+                 for entry in (shard.get("raw_data"), shard.get("zip_data")) if entry]
+        present = [(p, entry) for p, entry in files if p.is_file()]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4) as pool:
             verdicts = list(pool.map(lambda item: _bad(*item), present))

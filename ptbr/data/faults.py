@@ -96,6 +96,10 @@ def classify(exc: BaseException, source: str = "the data source") -> PtbrError |
     if _CREDENTIALS.search(text):
         return DataError(f"{source} refused the credentials ({safe_endpoint()}): check AWS_ACCESS_KEY_ID / "
                          "AWS_SECRET_ACCESS_KEY or the AWS profile of the job")
+    if isinstance(exc, FileNotFoundError) or "No such file or directory" in text:  # a directory source
+        name = getattr(exc, "filename", None) or "a shard"
+        return CorruptDataError(f"{name} is missing at {source} although its index lists it: rebuild or republish "
+                                f"the dataset, or run 'ptbr shards verify {source}'")
     if m := _NOT_FOUND.search(text):
         what = m.group(1) or "a shard"
         return CorruptDataError(f"{what} is missing at {source} although its index lists it: republish the "

@@ -23,7 +23,6 @@ MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 INDEX = "index.json"
 COLUMN = "tokens"
-SPLITS = ("train", "val")
 REQUIRED = ("format", "format_version", "vocab_size", "seq_len", "sample_len", "eos_id", "dtype",
             "tokenizer", "splits", "dataset_hash")
 
@@ -46,6 +45,16 @@ def encode_manifest(manifest: dict[str, Any]) -> bytes:
 
 def manifest_sha256(data: bytes) -> str:
     return sha256_bytes(data)
+
+
+def success_matches(success: bytes | None, manifest_bytes: bytes) -> bool:
+    """The commit marker is there and names this manifest (``_SUCCESS`` = sha256(manifest.json))."""
+    return success is not None and success.decode(errors="replace").strip() == manifest_sha256(manifest_bytes)
+
+
+def stored_file(shard: dict[str, Any]) -> dict[str, Any]:
+    """The file of an index.json shard entry that is actually stored (compressed when it is)."""
+    return shard.get("zip_data") or shard["raw_data"]
 
 
 def parse_manifest(data: bytes, source: str) -> dict[str, Any]:

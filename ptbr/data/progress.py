@@ -11,20 +11,21 @@ import time
 from typing import Any, TextIO
 
 
+def _scaled(n: float, base: int, units: tuple[str, ...]) -> str:
+    """``n`` in the largest unit that keeps it below ``base`` (whole numbers in the first unit)."""
+    for i, unit in enumerate(units):
+        if abs(n) < base or i == len(units) - 1:
+            return f"{n:.0f}{unit}" if i == 0 else f"{n:.1f}{unit}"
+        n /= base
+    raise AssertionError("unreachable")
+
+
 def human(n: float, unit: str = "") -> str:
-    for prefix in ("", "k", "M", "G", "T"):
-        if abs(n) < 1000 or prefix == "T":
-            return f"{n:.0f}{prefix}{unit}" if prefix == "" else f"{n:.1f}{prefix}{unit}"
-        n /= 1000
-    return f"{n}{unit}"
+    return _scaled(n, 1000, tuple(p + unit for p in ("", "k", "M", "G", "T")))
 
 
 def human_bytes(n: float) -> str:
-    for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or prefix == "TiB":
-            return f"{n:.0f} {prefix}" if prefix == "B" else f"{n:.1f} {prefix}"
-        n /= 1024
-    return f"{n} B"
+    return _scaled(n, 1024, (" B", " KiB", " MiB", " GiB", " TiB"))
 
 
 def fmt_eta(seconds: float) -> str:
@@ -34,7 +35,7 @@ def fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-class Progress:
+class ProgressBar:
     """Bytes-based progress (for the ETA) with an extra rate, e.g. tokens/s."""
 
     def __init__(self, desc: str, total_bytes: int, *, rate_unit: str = "tok", enabled: bool = True,
@@ -82,7 +83,7 @@ class Progress:
                 self.stream.write("\n")
                 self.stream.flush()
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc: Any) -> None:

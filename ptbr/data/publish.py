@@ -30,8 +30,8 @@ import xxhash
 
 from ptbr.data import s3
 from ptbr.data.hashing import sha256_bytes
-from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, manifest_sha256, parse_manifest
-from ptbr.data.progress import Progress
+from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, manifest_sha256, parse_manifest, stored_file
+from ptbr.data.progress import ProgressBar
 from ptbr.errors import DataError
 
 CLAIM = "_PUBLISHING"
@@ -99,15 +99,15 @@ def plan_objects(local: Path, manifest: dict[str, Any]) -> tuple[list[LocalObjec
     meta: list[LocalObject] = []
     if (local / "tokenizer.json").is_file():
         meta.append(LocalObject("tokenizer.json", local / "tokenizer.json", (local / "tokenizer.json").stat().st_size))
-    for split, info in manifest["splits"].items():
+    for split, split_meta in manifest["splits"].items():
         index_path = local / split / INDEX
         if not index_path.is_file():
             raise DataError(f"{local}: {split}/{INDEX} is missing; rebuild with 'ptbr shards build'")
         data = index_path.read_bytes()
-        if sha256_bytes(data) != info["index_sha256"]:
+        if sha256_bytes(data) != split_meta["index_sha256"]:
             raise DataError(f"{local}: {split}/{INDEX} does not match manifest.json; rebuild the dataset")
         for shard in json.loads(data)["shards"]:
-            d = shard["zip_data"] or shard["raw_data"]
+            d = stored_file(shard)
             p = local / split / d["basename"]
             if not p.is_file() or p.stat().st_size != d["bytes"]:
                 raise DataError(f"{local}: shard {split}/{d['basename']} is missing or truncated; "
@@ -138,7 +138,7 @@ class _ProgressSubscriber:
 class _Counter:
     """Bytes sent and objects verified, shared by the transfer threads; drives the progress line."""
 
-    def __init__(self, bar: Progress) -> None:
+    def __init__(self, bar: ProgressBar) -> None:
         self.bytes = 0
         self.objects = 0
         self.bar = bar
@@ -164,13 +164,17 @@ class Publisher:
         self.report = PublishReport(url=str(url))
 
     # ------------------------------------------------------------------ prefix ownership
+    def _committed(self, existing: dict[str, int], msha: str) -> bool:
+        """The prefix's ``_SUCCESS`` names the manifest whose sha256 is ``msha``."""
+        success = s3.get_bytes(self.client, self.url, SUCCESS) if SUCCESS in existing else None
+        return success is not None and success.decode(errors="replace").strip() == msha
+
     def _read_remote_state(self, msha: str, dhash: str) -> tuple[dict[str, int], str | None]:
         """Objects under the prefix, and why they do not belong to this dataset (None if they do)."""
         existing = s3.list_objects(self.client, self.url)
         if not existing:
             return existing, None
-        success = s3.get_bytes(self.client, self.url, SUCCESS) if SUCCESS in existing else None
-        if success is not None and success.decode(errors="replace").strip() == msha:
+        if self._committed(existing, msha):
             return existing, None
         claim = s3.get_bytes(self.client, self.url, CLAIM) if CLAIM in existing else None
         claimed = _json_or_none(claim) or {}
@@ -182,7 +186,7 @@ class Publisher:
             return existing, None
         if remote_manifest and remote_manifest.get("dataset_hash"):
             what = f"dataset {str(remote_manifest['dataset_hash'])[:16]}"
-            what += "" if success is not None else " (never committed)"
+            what += "" if SUCCESS in existing else " (never committed)"
         elif claimed.get("dataset_hash"):
             what = f"an unfinished upload of dataset {str(claimed['dataset_hash'])[:16]}"
         else:
@@ -201,7 +205,7 @@ class Publisher:
 
         config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                 max_concurrency=self.jobs, use_threads=True)
-        bar = Progress(f"publish {phase}", sum(o.size for o in objects), rate_unit="objects",
+        bar = ProgressBar(f"publish {phase}", sum(o.size for o in objects), rate_unit="objects",
                        enabled=self.progress)
         counter = _Counter(bar)
 
@@ -292,9 +296,8 @@ class Publisher:
             if foreign and not self.force:
                 raise DataError(f"{self.url} already holds {foreign}; pass --force to replace it, "
                                 f"or publish to another prefix")
-            success = s3.get_bytes(self.client, self.url, SUCCESS) if SUCCESS in existing else None
-            committed = success is not None and success.decode(errors="replace").strip() == msha
-            if success is not None and not committed:
+            committed = self._committed(existing, msha)
+            if SUCCESS in existing and not committed:
                 self._delete([SUCCESS])  # readers must not trust the prefix while it changes
             self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(CLAIM),
                                    Body=json.dumps({"dataset_hash": dhash, "manifest_sha256": msha}).encode())
@@ -313,8 +316,7 @@ class Publisher:
                 self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(SUCCESS),
                                        Body=(msha + "\n").encode())
                 self.report.uploaded += 1
-            check = s3.get_bytes(self.client, self.url, SUCCESS)
-            if check is None or check.decode().strip() != msha:
+            if not self._committed({SUCCESS: 0}, msha):
                 raise DataError(f"{self.url}/{SUCCESS} did not read back as written")
             self.client.delete_object(Bucket=self.url.bucket, Key=self.url.key(CLAIM))
         self.report.seconds = time.perf_counter() - t0

@@ -23,10 +23,6 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    def size(self, rel: str) -> int | None:
-        p = self.root / rel
-        return p.stat().st_size if p.is_file() else None
-
 
 class S3Store:
     def __init__(self, url: str, client: Any | None = None, *, max_pool_connections: int = 10) -> None:
@@ -40,12 +36,6 @@ class S3Store:
     def get(self, rel: str) -> bytes | None:
         with s3.s3_errors(f"reading {self.url}/{rel}", self.url):
             return s3.get_bytes(self.client, self.url, rel)
-
-    def size(self, rel: str) -> int | None:
-        with s3.s3_errors(f"reading {self.url}/{rel}", self.url):
-            h = s3.head(self.client, self.url, rel)
-        return None if h is None else int(h["ContentLength"])
-
 
 def open_store(source: str | os.PathLike[str], **kwargs: Any) -> LocalStore | S3Store:
     return S3Store(str(source), **kwargs) if s3.is_s3(source) else LocalStore(source)

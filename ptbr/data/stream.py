@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from ptbr.data.cache import check_cached_shards
 from ptbr.data.faults import download_attempts, install_retry_logging
 from ptbr.data.hashing import sha256_bytes
-from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, parse_manifest
+from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, parse_manifest, success_matches
 from ptbr.data.s3 import is_s3
 from ptbr.data.store import open_store
+from ptbr.dist import local_world_size
 from ptbr.errors import DataError
 from ptbr.log import info
 
@@ -58,40 +59,13 @@ def read_manifest(source: str) -> dict[str, Any]:
         if success is None:
             raise DataError(f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
                             f"re-run 'ptbr shards publish'")
-        if success.decode(errors="replace").strip() != sha256_bytes(data):
+        if not success_matches(success, data):
             raise DataError(f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
                             f"interrupted); re-run 'ptbr shards publish'")
     return parse_manifest(data, source)
 
 
 # ------------------------------------------------------------------------------ environment
-def _int_env(*names: str) -> tuple[str, int] | None:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            head = value.split("(")[0].split(",")[0]  # SLURM forms like "4(x2)" or "4,4"
-            if head.isdigit() and int(head) > 0:
-                return name, int(head)
-    return None
-
-
-def local_world_size() -> tuple[int, str]:
-    """Processes of this job on this node, and which variable said so."""
-    found = _int_env("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                     "MPI_LOCALNRANKS", "SLURM_GPUS_ON_NODE")
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return 1, "WORLD_SIZE<=1"
-    if found is None:
-        raise DataError("cannot tell how many ranks run on this node: set LOCAL_WORLD_SIZE (torchrun does; "
-                        "the deepspeed launcher sets LOCAL_SIZE; srun needs --ntasks-per-node)")
-    name, value = found
-    if world % value:
-        raise DataError(f"{name}={value} does not divide WORLD_SIZE={world}; set LOCAL_WORLD_SIZE to the "
-                        f"number of ranks per node")
-    return value, name
-
-
 def job_key() -> str:
     """An id shared by the ranks of one job on a node and distinct between concurrent jobs."""
     if os.environ.get("PTBR_JOB_ID"):

@@ -95,7 +95,68 @@ def load_tokenizer(path: str | Path, eos_token: str = EOS_TOKEN) -> tuple[Tokeni
                 specials[entry["content"]] = int(entry["id"])
     except (ValueError, KeyError, TypeError):
         pass
-    info = TokenizerInfo(path=str(path), sha256=sha256_bytes(data),
+    meta = TokenizerInfo(path=str(path), sha256=sha256_bytes(data),
                          vocab_size=tok.get_vocab_size(with_added_tokens=True), eos_token=eos_token,
                          eos_id=eos_id, special_tokens=specials)
-    return tok, info
+    return tok, meta
+
+
+@dataclass
+class TokenizerReport:
+    """What :func:`train_tokenizer_from_corpus` read and wrote."""
+
+    tokenizer: TokenizerInfo
+    stats: Any  # ptbr.data.corpus.ReadStats
+    files: int
+
+
+def train_tokenizer_from_corpus(inputs: list[str], output: str | Path, *, vocab_size: int, min_frequency: int = 2,
+                                extra_special_tokens: Iterable[str] = (), text_field: str = "text",
+                                txt_docs: str = "file", max_bytes: int | None = None, overwrite: bool = False,
+                                progress: bool = True) -> TokenizerReport:
+    """Train on the documents of ``inputs`` (files or directories) and write ``output`` atomically.
+
+    Stops reading after ``max_bytes`` raw input bytes (a sample is enough for BPE). An existing
+    output without ``overwrite``, no documents, or an unreadable input is a one-line DataError.
+    """
+    import sys
+
+    from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
+    from ptbr.data.progress import ProgressBar
+    from ptbr.fsutil import atomic_write_text
+
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite to replace it")
+    files = discover_inputs(inputs)
+    total = sum(f.size for f in files)
+    stats = ReadStats()
+    bar = ProgressBar("tokenizer: reading", min(total, max_bytes or total), rate_unit="docs", enabled=progress)
+    failure: list[BaseException] = []
+
+    def documents():
+        try:
+            for text in iter_documents(files, stats, text_field=text_field, txt_docs=txt_docs):
+                yield text
+                bar.update(stats.bytes_read, stats.documents)
+                if max_bytes is not None and stats.bytes_read >= max_bytes:
+                    break
+        except BaseException as exc:  # surfaces through the Rust trainer as a generic error
+            failure.append(exc)
+            raise
+
+    try:
+        tok = train_tokenizer(documents(), vocab_size=vocab_size, min_frequency=min_frequency,
+                              special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
+                              show_progress=progress and sys.stderr.isatty())
+    except Exception:
+        if failure:
+            raise failure[0] from None
+        raise
+    bar.close()
+    if stats.documents == 0:
+        raise DataError(f"no documents found in {len(files)} input file(s) (all empty?)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, tok.to_str())
+    _, meta = load_tokenizer(out)
+    return TokenizerReport(meta, stats, len(files))

@@ -18,9 +18,19 @@ from typing import Any
 import xxhash
 
 from ptbr.data.hashing import sha256_bytes
-from ptbr.data.manifest import COLUMN, INDEX, MANIFEST, SUCCESS, dataset_hash, layout_of, parse_manifest
+from ptbr.data.manifest import (
+    COLUMN,
+    INDEX,
+    MANIFEST,
+    SUCCESS,
+    dataset_hash,
+    layout_of,
+    parse_manifest,
+    stored_file,
+    success_matches,
+)
 from ptbr.data.mds import decompress, read_samples
-from ptbr.data.progress import Progress
+from ptbr.data.progress import ProgressBar
 from ptbr.data.s3 import is_s3
 from ptbr.data.store import LocalStore, S3Store
 from ptbr.errors import DataError
@@ -42,14 +52,14 @@ class VerifyReport:
 @dataclass
 class _Shard:
     split: str
-    info: dict[str, Any]
+    entry: dict[str, Any]
 
 
 def _check_shard(store: LocalStore | S3Store, shard: _Shard, manifest: dict[str, Any]) -> tuple[list[str], int]:
     """Problems of one shard, and its byte size."""
-    info = shard.info
-    zipped = info.get("zip_data")
-    stored = zipped or info["raw_data"]
+    entry = shard.entry
+    zipped = entry.get("zip_data")
+    stored = stored_file(entry)
     name = f"{shard.split}/{stored['basename']}"
     data = store.get(name)
     if data is None:
@@ -62,10 +72,10 @@ def _check_shard(store: LocalStore | S3Store, shard: _Shard, manifest: dict[str,
         return [f"{name}: content hash mismatch (xxh64 {xxhash.xxh64(data).hexdigest()} != {want}; corrupted)"], \
             len(data)
     try:
-        raw = decompress(data, info.get("compression")) if zipped else data
+        raw = decompress(data, entry.get("compression")) if zipped else data
     except Exception as exc:
         return [f"{name}: cannot decompress ({exc.__class__.__name__})"], len(data)
-    raw_info = info["raw_data"]
+    raw_info = entry["raw_data"]
     if len(raw) != raw_info["bytes"]:
         problems.append(f"{name}: decompressed size {len(raw)} != {raw_info['bytes']}")
     want_raw = raw_info.get("hashes", {}).get("xxh64")
@@ -75,8 +85,8 @@ def _check_shard(store: LocalStore | S3Store, shard: _Shard, manifest: dict[str,
         samples = read_samples(raw, manifest["sample_len"], manifest["dtype"])
     except ValueError as exc:
         return [*problems, f"{name}: malformed MDS shard ({exc})"], len(data)
-    if len(samples) != info["samples"]:
-        problems.append(f"{name}: holds {len(samples)} samples, index says {info['samples']}")
+    if len(samples) != entry["samples"]:
+        problems.append(f"{name}: holds {len(samples)} samples, index says {entry['samples']}")
     if samples.size:
         top = int(samples.max())
         if top >= manifest["vocab_size"]:
@@ -86,11 +96,11 @@ def _check_shard(store: LocalStore | S3Store, shard: _Shard, manifest: dict[str,
 
 
 def _check_index(split: str, data: bytes | None, manifest: dict[str, Any], report: VerifyReport) -> list[_Shard]:
-    info = manifest["splits"][split]
+    entry = manifest["splits"][split]
     if data is None:
         report.problems.append(f"{split}/{INDEX}: missing")
         return []
-    if sha256_bytes(data) != info.get("index_sha256"):
+    if sha256_bytes(data) != entry.get("index_sha256"):
         report.problems.append(f"{split}/{INDEX}: does not match manifest.json (index_sha256 differs)")
     try:
         shards = json.loads(data)["shards"]
@@ -105,10 +115,10 @@ def _check_index(split: str, data: bytes | None, manifest: dict[str, Any], repor
                                    f"{s.get('column_names')} {s.get('column_encodings')}, expected "
                                    f"[{COLUMN!r}] [{encoding!r}]")
         total += int(s.get("samples", 0))
-    if total != info.get("samples"):
-        report.problems.append(f"{split}: indexes hold {total} samples, manifest says {info.get('samples')}")
-    if len(shards) != info.get("shards"):
-        report.problems.append(f"{split}: index lists {len(shards)} shards, manifest says {info.get('shards')}")
+    if total != entry.get("samples"):
+        report.problems.append(f"{split}: indexes hold {total} samples, manifest says {entry.get('samples')}")
+    if len(shards) != entry.get("shards"):
+        report.problems.append(f"{split}: index lists {len(shards)} shards, manifest says {entry.get('shards')}")
     return [_Shard(split, s) for s in shards]
 
 
@@ -128,7 +138,7 @@ def verify(source: str, *, jobs: int = 4, progress: bool = True,
     success = store.get(SUCCESS)
     if success is None and store.remote:
         report.problems.append(f"{SUCCESS}: missing (the publish never committed; re-run 'ptbr shards publish')")
-    elif success is not None and success.decode(errors="replace").strip() != sha256_bytes(mbytes):
+    elif success is not None and not success_matches(success, mbytes):
         report.problems.append(f"{SUCCESS}: does not match manifest.json (holds "
                                f"{success.decode(errors='replace').strip()[:16]}, manifest hashes to "
                                f"{sha256_bytes(mbytes)[:16]})")
@@ -140,13 +150,13 @@ def verify(source: str, *, jobs: int = 4, progress: bool = True,
         shards.extend(_check_index(split, data, manifest, report))
     if dataset_hash(layout_of(manifest), index_hashes) != manifest["dataset_hash"]:
         report.problems.append("dataset_hash does not recompute from the manifest and indexes")
-    total = sum((s.info.get("zip_data") or s.info["raw_data"])["bytes"] for s in shards)
-    with Progress("verify", total, rate_unit="shards", enabled=progress) as bar, ThreadPoolExecutor(jobs) as pool:
+    total = sum(stored_file(s.entry)["bytes"] for s in shards)
+    with ProgressBar("verify", total, rate_unit="shards", enabled=progress) as bar, ThreadPoolExecutor(jobs) as pool:
         for shard, (problems, size) in zip(shards, pool.map(lambda s: _check_shard(store, s, manifest), shards)):
             report.problems.extend(problems)
             report.shards += 1
             report.bytes += size
-            report.samples += int(shard.info.get("samples", 0))
+            report.samples += int(shard.entry.get("samples", 0))
             bar.update(report.bytes, report.shards)
     return report
 

@@ -1,6 +1,6 @@
-"""RWKV-6 language model."""
+"""RWKV-6 language model: its configuration (presets, sizes) and the network."""
 
-from ptbr.config import RWKV6Config
-from ptbr.model.rwkv6 import RWKV6, LayerState
+from ptbr.model.config import PRESETS, RWKV6Config
+from ptbr.model.rwkv6 import RWKV6, LayerState, count_parameters
 
-__all__ = ["RWKV6", "RWKV6Config", "LayerState"]
+__all__ = ["PRESETS", "RWKV6", "RWKV6Config", "LayerState", "count_parameters"]

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ptbr.config import RWKV6Config
+from ptbr.model.config import RWKV6Config
 from ptbr.ops import wkv6
 
 GROUPNORM_EPS = 1e-5 * 8**2  # RWKV-LM: 1e-5 * head_size_divisor**2
@@ -219,3 +219,10 @@ class RWKV6(nn.Module):
             )
             for _ in range(cfg.n_layer)
         ]
+
+
+def count_parameters(cfg: RWKV6Config) -> int:
+    """Exact parameter count, computed on the meta device (no weights are allocated)."""
+    with torch.device("meta"):
+        model = RWKV6(cfg, init_weights=False)
+    return sum(p.numel() for p in model.parameters())

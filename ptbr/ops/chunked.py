@@ -21,17 +21,12 @@ so they leave the final state untouched.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from ptbr.ops.contract import W_RAW_CEIL
 from ptbr.ops.reference import compute_dtype
 
-# exp(-128) is 0 in float32: clamping the log-decay there changes no float32 result, but keeps
-# it finite when exp(w_raw) overflows (an -inf would turn the cumulative sums into inf - inf).
-LOG_DECAY_FLOOR = -128.0
-W_RAW_CEIL = math.log(-LOG_DECAY_FLOOR)
 SAFE_SPAN = 80.0
 DEFAULT_CHUNK = 32
 
@@ -201,13 +196,6 @@ class _WKV6Chunked(torch.autograd.Function):
         )
 
 
-def wkv6_chunked(
-    r: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    u: torch.Tensor,
-    state: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+        state: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     return _WKV6Chunked.apply(r, k, v, w, u, state, chunk_size)

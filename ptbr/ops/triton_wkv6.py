@@ -76,8 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ptbr.ops.chunked import W_RAW_CEIL
-from ptbr.ops.wkv6 import check_inputs, check_triton_inputs
+from ptbr.ops.contract import W_RAW_CEIL, check_inputs
 
 CHUNK = 64  # BT: steps per chunk (one program of the output and gradient kernels)
 SUB_CHUNK = 16  # BC: diagonal block size, also the smallest tl.dot dimension a GPU accepts
@@ -87,9 +86,28 @@ if DOT_PRECISION not in DOT_PRECISIONS:
     raise ValueError(f"PTBR_WKV_DOT_PRECISION must be one of {DOT_PRECISIONS}, got {DOT_PRECISION!r}")
 
 
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_HEAD_SIZES = (16, 32, 64, 128)
+
+
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, read at import)."""
     return bool(triton.knobs.runtime.interpret)
+
+
+def check_triton_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> None:
+    """What the kernels need beyond ``contract.check_inputs``: dtypes, head size, a CUDA device."""
+    for name, x in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u)):
+        if x.dtype not in TRITON_DTYPES:
+            raise ValueError(f"wkv6: backend='triton' takes float16, bfloat16 or float32 inputs, but {name} is "
+                             f"{x.dtype} (use backend='reference' or 'torch' for float64)")
+    N = r.shape[-1]
+    if N not in TRITON_HEAD_SIZES:
+        raise ValueError(f"wkv6: backend='triton' supports head size N in {TRITON_HEAD_SIZES}, "
+                         f"got r with N = {N}")
+    if r.device.type != "cuda" and not (r.device.type == "cpu" and interpreting()):
+        raise ValueError(f"wkv6: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), "
+                         f"but r is on {r.device}")
 
 
 PREC = tl.constexpr(DOT_PRECISION)
@@ -503,19 +521,18 @@ class _WKV6Triton(torch.autograd.Function):
             return _backward(r, k, v, w, u, s0, dy.contiguous(), None if dsT is None else dsT.contiguous())
 
 
-def wkv6_triton(
-    r: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    u: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+        state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 WKV with Triton kernels: ``(y [B,T,H,N] in r.dtype, final state [B,H,N,N] float32)``.
 
-    Differentiable in r, k, v, w, u and the initial state. Inputs are checked here too, so a direct
-    call fails with the same ValueError as ``wkv6(..., backend="triton")``.
+    Differentiable in r, k, v, w, u and the initial state. A direct call checks its inputs like
+    ``wkv6(..., backend="triton")`` does.
     """
     check_inputs(r, k, v, w, u, state)
+    return wkv6_triton_prechecked(r, k, v, w, u, state)
+
+
+def wkv6_triton_prechecked(r, k, v, w, u, state=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend as ``wkv6`` calls it: the common contract is already checked."""
     check_triton_inputs(r, k, v, w, u)
     return _WKV6Triton.apply(r, k, v, w, u, state)

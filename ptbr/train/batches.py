@@ -15,10 +15,10 @@ from typing import IO
 
 import torch
 
+from ptbr.checkpoint.run_state import Progress
 from ptbr.data.faults import classify
 from ptbr.errors import PtbrError
 from ptbr.train.preempt import ignore_stop_signals
-from ptbr.train.state import Progress
 
 Batch = dict[str, torch.Tensor]
 

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ptbr.config import PRESETS, RWKV6Config, StrictModel, apply_overrides, load_yaml, validate
+from ptbr.config import StrictModel, apply_overrides, load_yaml, validate
 from ptbr.errors import ConfigError
+from ptbr.model.config import RWKV6Config, model_spec
 
 
 class DataConfig(StrictModel):
@@ -116,20 +117,6 @@ class DebugConfig(StrictModel):
     record_samples: bool = Field(default=False, description="write each rank's sample ids to RUN_DIR/samples")
 
 
-def _expand_model(model: str | dict[str, Any]) -> dict[str, Any]:
-    """``model: 140m`` (a preset), ``model: configs/model/x.yaml`` (a file) or a mapping that may
-    name a ``preset`` -> explicit model keys, validated later as part of the whole config."""
-    if isinstance(model, str):
-        model = load_yaml(model) if model.endswith((".yaml", ".yml")) else {"preset": model}
-    model = dict(model)
-    preset = model.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        model = {**PRESETS[preset], **model}
-    return model
-
-
 class TrainConfig(StrictModel):
     model: RWKV6Config
     data: DataConfig
@@ -144,15 +131,16 @@ class TrainConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _model_section(cls, data: Any) -> Any:
+        """``model:`` may name a preset or a file (see ptbr.model.config.model_spec)."""
         if isinstance(data, dict) and isinstance(data.get("model"), dict | str):
-            data = {**data, "model": _expand_model(data["model"])}
+            data = {**data, "model": model_spec(data["model"], "model", key="preset")}
         return data
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         data = load_yaml(path)
-        if isinstance(data.get("model"), str):  # so that model.* overrides apply to a preset or file
-            data["model"] = _expand_model(data["model"])
+        if isinstance(data.get("model"), str | dict):  # before the overrides: model.* applies to a preset too
+            data["model"] = model_spec(data["model"], str(path), key="model.preset")
         return validate(cls, apply_overrides(data, overrides or []), str(path))
 
     def to_yaml_dict(self) -> dict[str, Any]:

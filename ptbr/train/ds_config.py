@@ -18,8 +18,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def build_ds_config(cfg: TrainConfig, world_size: int, cuda: bool) -> dict[str, Any]:
-    accum, global_batch = cfg.batch.resolve(world_size)
+def build_ds_config(cfg: TrainConfig, accum: int, global_batch: int, cuda: bool) -> dict[str, Any]:
+    """``accum`` and ``global_batch`` as ``cfg.batch.resolve(world_size)`` gives them."""
     zero: dict[str, Any] = {"stage": cfg.zero.stage, "contiguous_gradients": True, "overlap_comm": cuda,
                             "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7}
     if cfg.zero.offload_optimizer:

@@ -20,23 +20,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
-from ptbr import dist as ptbr_dist
-from ptbr.checkpoint import optim_state
+from ptbr import dist
+from ptbr.checkpoint import Checkpointer, Progress, RunState, fingerprint, optim_state
 from ptbr.data.faults import classify, retry_bound_s
+from ptbr.data.stream import default_num_canonical_nodes
 from ptbr.dist import DistEnv
 from ptbr.errors import ConfigError, CorruptDataError, DataError, DataSourceError, PtbrError
 from ptbr.fsutil import writable_problem
-from ptbr.model import RWKV6
+from ptbr.log import info
+from ptbr.model import RWKV6, count_parameters
 from ptbr.train.batches import BatchStream, loader_worker_init
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
 from ptbr.train.loss import lm_loss
-from ptbr.train.metrics import MetricsLogger, device_peak_tflops, format_eta, info, memory_gib
+from ptbr.train.metrics import MetricsLogger, device_peak_tflops, format_eta, memory_gib
 from ptbr.train.optim import WarmupCosine, build_optimizer
 from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest, agree
-from ptbr.train.state import Progress
 
 _FAULTS = {CorruptDataError.exit_code: CorruptDataError, DataSourceError.exit_code: DataSourceError}
 
@@ -86,7 +87,6 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.resumed_data_state: dict[str, Any] | None = None
-        self.last_saved_step = -1  # set by checkpointing.save / load
         self.last_eval_step = -1
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.accum, self.global_batch = cfg.batch.resolve(env.world_size)
@@ -95,10 +95,15 @@ class Trainer:
         self.flops_per_token = cfg.model.flops_per_token()
         # One rank may retry a download while the others wait at the step boundary: that wait may last
         # the whole retry window, longer than a training collective should ever take.
-        self.control = ptbr_dist.control_group(
+        self.control = dist.control_group(
             cfg.train.collective_timeout_s + retry_bound_s(cfg.data.download_retry_s, cfg.data.download_timeout_s))
         self.check_writable()
         self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard)
+        weight_bytes = 4 if cfg.precision == "fp32" else 2
+        self.checkpointer = Checkpointer(
+            self.ckpt_root, env, keep=cfg.train.keep_checkpoints, device=self.device, zero_stage=cfg.zero.stage,
+            precision=cfg.precision, model_bytes=count_parameters(cfg.model) * (weight_bytes + 12),
+            pause_before_commit_s=cfg.debug.pause_before_commit_s, pause_at_steps=cfg.debug.pause_at_steps)
 
     # ------------------------------------------------------------------ set-up
     def check_writable(self) -> None:
@@ -107,7 +112,7 @@ class Trainer:
         mine = [f"{key}={path} cannot be written ({why}); point it at a writable directory"
                 for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_dir))
                 if (why := writable_problem(path))]
-        problems = [p for rank_problems in ptbr_dist.gather(mine, self.control) for p in rank_problems]
+        problems = [p for rank_problems in dist.gather(mine, self.control) for p in rank_problems]
         if problems:
             raise ConfigError(problems[0])
 
@@ -164,7 +169,7 @@ class Trainer:
         model.set_wkv_backend(cfg.train.wkv_backend)
         model.gradient_checkpointing = cfg.train.grad_checkpointing
         optimizer = build_optimizer(model, cfg.optim)
-        ds_config = build_ds_config(cfg, self.env.world_size, self.device.type == "cuda")
+        ds_config = build_ds_config(cfg, self.accum, self.global_batch, self.device.type == "cuda")
         if load_universal:  # elastic resume: optimizer state re-partitioned for this world size
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -183,13 +188,48 @@ class Trainer:
                 "shuffle_seed": resumed.get("shuffle_seed", ds.shuffle_seed),
                 "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes)}
 
+    def run_state(self) -> RunState:
+        return RunState(self.progress, self.data_state(), self.fingerprint(), self.global_batch,
+                        self.cfg.batch.micro_batch_size, self.accum)
+
+    def fingerprint(self) -> dict[str, str]:
+        return fingerprint(self.cfg.model.model_dump(), self.cfg.data.seq_len, self.manifest)
+
+    def save(self) -> Path:
+        return self.checkpointer.save(self.run_state())
+
+    def resume(self) -> bool:
+        """Collective: pick the checkpoint to continue from, build the engine, load it. False: a fresh run."""
+        plan = self.checkpointer.plan(self.resume_mode, fingerprint=self.fingerprint(),
+                                      global_batch_size=self.global_batch, allow_fresh_start=self.allow_fresh_start,
+                                      allow_config_change=self.allow_config_change)
+        self.setup_model(load_universal=bool(plan and plan.elastic))
+        self.checkpointer.engine = self.engine
+        if plan is None:
+            return False
+        t0 = time.perf_counter()
+        state = self.checkpointer.load(plan)
+        self.progress = p = state.progress
+        data = self.resumed_data_state = state.data
+        if not data.get("num_canonical_nodes"):  # written by a version that left streaming's default unresolved
+            data["num_canonical_nodes"] = default_num_canonical_nodes(
+                self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
+        self.train_ds.load_state_dict(data)  # before the first __iter__
+        self.metrics.log({"kind": "resume", "step": p.step, "mode": "elastic" if plan.elastic else "native",
+                          "checkpoint": str(plan.path), "saved_world_size": int(plan.record["world_size"]),
+                          "world_size": self.env.world_size, "epoch": p.epoch, "sample_in_epoch": p.epoch_samples,
+                          "load_s": time.perf_counter() - t0})
+        if plan.elastic:
+            self.save()  # from now on a native checkpoint at this world size
+        return True
+
     def open_batch_stream(self) -> BatchStream:
         sample_log = None
         if self.cfg.debug.record_samples:  # per-rank sample ids of every step, for the data tests
             d = self.run_dir / "samples"
             d.mkdir(parents=True, exist_ok=True)
             sample_log = open(d / f"rank_{self.env.rank:05d}.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        launch_id = ptbr_dist.broadcast(time.time_ns())  # tells re-done steps apart after a resume
+        launch_id = dist.broadcast(time.time_ns())  # tells re-done steps apart after a resume
         return BatchStream(self.make_loader(), self.progress, self.cfg.batch.micro_batch_size * self.env.world_size,
                            self.cfg.data.source, sample_log, launch_id)
 
@@ -220,7 +260,7 @@ class Trainer:
         stop, code = agree(stop, fault.exit_code if fault else 0, self.control)
         if not code:
             return stop, None
-        reports = ptbr_dist.gather((fault.exit_code, str(fault)) if fault else None, self.control)
+        reports = dist.gather((fault.exit_code, str(fault)) if fault else None, self.control)
         message = next(msg for c, msg in (r for r in reports if r) if c == code)
         return stop, _FAULTS.get(code, DataError)(message)
 
@@ -247,7 +287,7 @@ class Trainer:
             weight = weight.to(self.device)
             total += torch.stack([(nll * weight).sum(), weight.sum() * y.shape[1]])
         self.engine.train()
-        dist.all_reduce(total)
+        tdist.all_reduce(total)
         loss = float(total[0] / total[1])
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(total[1])}
 
@@ -262,22 +302,13 @@ class Trainer:
             self.stop.restore()
 
     def _run(self) -> int:
-        from ptbr.train import checkpointing
-
-        cfg, p = self.cfg, self.progress
+        cfg = self.cfg
         self.setup_data()
-        plan = checkpointing.plan_resume(self, self.resume_mode, self.allow_fresh_start, self.allow_config_change)
-        self.setup_model(load_universal=bool(plan and plan.elastic))
-        if plan:
-            checkpointing.load(self, plan)
-            p = self.progress
-            self.train_ds.load_state_dict(self.resumed_data_state)  # before the first __iter__
+        self.resume()
         self.announce()
-        if plan and plan.elastic:
-            checkpointing.save(self)  # from now on a native checkpoint at this world size
         self.stream = stream = self.open_batch_stream()
         window = LogWindow()
-        while p.step < cfg.train.max_steps:
+        while self.progress.step < cfg.train.max_steps:
             batches, wait, fault = stream.next_step(self.accum)
             stop_now, fault = self.agree(self.stop.requested, fault)
             if fault:
@@ -285,32 +316,42 @@ class Trainer:
             if stop_now:
                 return self.stop_preempted()
             loss, applied = self.train_step(batches)
-            stream.commit(p.step, batches)
-            self.account(loss, applied, wait, window)
-            if p.step % cfg.train.log_every == 0 or p.step == cfg.train.max_steps:
-                self.log_window(window)
-                window = LogWindow()
-            if cfg.train.eval_every and p.step % cfg.train.eval_every == 0 and p.step < cfg.train.max_steps:
-                self.log_eval()
-            if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
-                checkpointing.save(self)
-        if self.last_eval_step != p.step:
+            stream.commit(self.progress.step, batches)
+            window = self.after_step(loss, applied, wait, window)
+        if self.last_eval_step != self.progress.step:
             self.log_eval()
-        if self.last_saved_step != p.step:
-            checkpointing.save(self)
+        if self.checkpointer.last_saved_step != self.progress.step:
+            self.save()
         return 0
 
-    def announce(self) -> None:
-        from ptbr.train import checkpointing
+    def after_step(self, loss: float, applied: bool, wait: float, window: LogWindow) -> LogWindow:
+        """Counters, the non-finite guard, and what is due at this step: a log line, an evaluation, a save."""
+        cfg = self.cfg
+        self.account(loss, applied, wait, window)
+        step = self.progress.step
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            self.log_window(window)
+            window = LogWindow()
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+            self.log_eval()
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+            self.save()
+        return window
 
+    def announce(self) -> None:
         cfg, env = self.cfg, self.env
         if not env.is_main:
             return
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
+        self.metrics.log({"kind": "start", "step": self.progress.step, "world_size": env.world_size,
+                          "launcher": env.launcher, "num_nodes": env.num_nodes, "zero_stage": cfg.zero.stage,
+                          "precision": cfg.precision, "parameters": count_parameters(cfg.model),
+                          "micro_batch_size": cfg.batch.micro_batch_size, "grad_accum": self.accum,
+                          "global_batch_size": self.global_batch, "seq_len": cfg.data.seq_len})
         info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
              f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
-             f"ZeRO {cfg.zero.stage}, {cfg.precision}, {cfg.model.num_parameters():,} parameters")
-        need, free = checkpointing.estimated_bytes(self), shutil.disk_usage(self.run_dir).free
+             f"ZeRO {cfg.zero.stage}, {cfg.precision}, {count_parameters(cfg.model):,} parameters")
+        need, free = self.checkpointer.estimated_bytes(), shutil.disk_usage(self.run_dir).free
         if free < need * 2:  # the next checkpoint is written before the oldest kept one is removed
             info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free; a checkpoint needs about "
                  f"{need / 2**30:.2f} GiB and the next save writes one before it removes an old one")
@@ -338,10 +379,8 @@ class Trainer:
         window.wait += wait
 
     def stop_preempted(self) -> int:
-        from ptbr.train import checkpointing
-
-        if self.last_saved_step != self.progress.step:
-            checkpointing.save(self)
+        if self.checkpointer.last_saved_step != self.progress.step:
+            self.save()
         if self.env.is_main:
             info(f"preempted: checkpoint of step {self.progress.step} committed, exiting with {PREEMPTED_EXIT_CODE}")
         return PREEMPTED_EXIT_CODE
@@ -349,22 +388,18 @@ class Trainer:
     def stop_on_fault(self, fault: PtbrError) -> None:
         """A data source failed for good on some rank: save what the run holds (saving needs no data),
         then end with the fault's exit code and one line naming the failure and the resume point."""
-        from ptbr.train import checkpointing
-
         try:
-            if self.last_saved_step != self.progress.step:
-                checkpointing.save(self)
-            saved = f"step {self.progress.step} is saved in {checkpointing.newest_committed(self)}"
+            if self.checkpointer.last_saved_step != self.progress.step:
+                self.save()
+            saved = f"step {self.progress.step} is saved in {self.checkpointer.newest().path}"
         except PtbrError as exc:
-            last = checkpointing.newest_committed(self)
-            saved = f"no checkpoint could be written ({exc}); the last committed one is {last or 'none'}"
+            last = self.checkpointer.newest()
+            saved = f"no checkpoint could be written ({exc}); the last committed one is {last.path if last else 'none'}"
         raise type(fault)(f"{fault}; {saved}; the run continues from there with --resume auto")
 
     def nonfinite_message(self) -> str:
-        from ptbr.checkpoint.store import newest_usable
-
         streak_start = self.progress.step - self.progress.nonfinite_in_row
-        good = newest_usable(self.ckpt_root, lambda _msg: None, max_step=streak_start)
+        good = self.checkpointer.newest(max_step=streak_start)
         where = (f"the last good checkpoint is {good.path}; resume from it with --resume {good.path}"
                  if good else "no checkpoint was written before the first of them")
         return (f"stopping: {self.progress.nonfinite_in_row} optimizer steps in a row had a non-finite loss or "
@@ -374,7 +409,7 @@ class Trainer:
     def log_window(self, w: LogWindow) -> None:
         cfg, env, p = self.cfg, self.env, self.progress
         stats = torch.tensor([w.loss, w.n, w.wait], dtype=torch.float64, device=self.device)
-        dist.all_reduce(stats)
+        tdist.all_reduce(stats)
         elapsed = max(time.perf_counter() - w.t0, 1e-9)
         loss = float(stats[0] / stats[1]) if stats[1] > 0 else float("nan")
         tokens = w.steps * self.global_batch * cfg.data.seq_len

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from ptbr.data.progress import fmt_eta
-from ptbr.log import info  # noqa: F401 - re-exported for the training modules
 
 # Dense bf16 peak per device, TFLOP/s (no sparsity), by substring of the CUDA device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "A10G": 125.0,

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the Slurm scripts requeue on it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -58,6 +58,6 @@ def ignore_stop_signals() -> None:
 def agree(stop: bool, fault_code: int, group: Any = None) -> tuple[bool, int]:
     """Collective: (did any rank get a stop signal, the highest fault exit code of any rank or 0)."""
     flags = torch.tensor([int(stop), fault_code], dtype=torch.int64)
-    if dist.is_initialized():
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+    if tdist.is_initialized():
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX, group=group)
     return bool(flags[0]), int(flags[1])

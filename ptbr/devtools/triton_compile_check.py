@@ -1,6 +1,6 @@
 """Compile the Triton WKV6 kernels for a CUDA target without a GPU (a check the interpreter cannot do).
 
-    python -m ptbr.ops.triton_compile_check --arch 90 --head-size 64 --dtype bf16 --num-warps 4
+    python -m ptbr.devtools.triton_compile_check --arch 90 --head-size 64 --dtype bf16 --num-warps 4
 
 Runs Triton's real compiler (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) for each
 kernel at the given head size, so errors that only the GPU path raises (tl.dot shapes, layouts,

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ptbr.dist import free_ports
 from ptbr.errors import PtbrError
 
 DEFAULT_REGION = "us-east-1"
@@ -59,20 +60,6 @@ def _all_free(ports: Iterable[int]) -> bool:
         return True
     except OSError:
         return False
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()

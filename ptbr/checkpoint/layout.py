@@ -1,9 +1,10 @@
-"""Where checkpoints live and which of them can be trusted.
+"""The on-disk layout of checkpoints: names, discovery, integrity (read-only).
 
 Layout under ``RUN_DIR/checkpoints``::
 
-    step_00001000/            DeepSpeed's files for every rank, plus
-        ptbr_state.json       progress, data-stream position, config hash, world size, ZeRO stage
+    step_00001000/            DeepSpeed's files for every rank (see MODEL_STATES / OPTIM_STATES), plus
+        ptbr_state.json       progress, data-stream position, config fingerprint, world size, ZeRO
+                              stage, optimizer record (see ptbr.checkpoint.optim_state)
         rng/rank_00003.pt     per-rank RNG states
         COMPLETE.json         written last: every file with its size. No marker = incomplete.
     latest                    name of the newest complete checkpoint (tmp + fsync + rename)
@@ -11,24 +12,43 @@ Layout under ``RUN_DIR/checkpoints``::
 
 A checkpoint counts only if its marker exists and every file it lists still has its recorded
 size, so a kill at any moment, or a file truncated later, can never be mistaken for a good one.
+Everything that knows these names is in this module; writing is :class:`ptbr.checkpoint.Checkpointer`'s.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from ptbr.fsutil import atomic_write_text, fsync_dir, fsync_file
 
 MARKER = "COMPLETE.json"
 STATE = "ptbr_state.json"
 LATEST = "latest"
 UNIVERSAL = "universal"
+RNG_DIR = "rng"
 _TAG = re.compile(r"^step_(\d{8})(?:\.(\d+))?$")
+# DeepSpeed's files: model weights (ZeRO-1/2: one file; ZeRO-3: one per rank) and optimizer partitions
+MODEL_STATES = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_\d+_model_states\.pt$")
+OPTIM_STATES = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def rng_file(path: Path, rank: int) -> Path:
+    return path / RNG_DIR / f"rank_{rank:05d}.pt"
+
+
+def files_of_rank(path: Path, rank: int) -> list[Path]:
+    """The files DeepSpeed wrote for ``rank`` in checkpoint directory ``path`` (rank 0 also owns the
+    shared ZeRO-1/2 model states)."""
+    mine = []
+    for f in path.iterdir():
+        if not f.is_file():
+            continue
+        m = MODEL_STATES.match(f.name) or OPTIM_STATES.match(f.name)
+        if m and (m.group(1) is not None and int(m.group(1)) == rank or m.group(1) is None and rank == 0):
+            mine.append(f)
+    return mine
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,16 @@ class Checkpoint:
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+
+    def model_state_files(self) -> list[Path]:
+        """DeepSpeed's model-state files, in rank order (one for ZeRO-1/2, one per rank for ZeRO-3)."""
+        found = [(int(m.group(1) or 0), f) for f in self.path.iterdir() if (m := MODEL_STATES.match(f.name))]
+        return [f for _, f in sorted(found)]
+
+    def optim_state_files(self) -> list[Path]:
+        """DeepSpeed's optimizer partitions (fp32 master weights and moments), in rank order."""
+        found = [(int(m.group(1)), f) for f in self.path.iterdir() if (m := OPTIM_STATES.match(f.name))]
+        return [f for _, f in sorted(found)]
 
     def problems(self) -> list[str]:
         """Why this checkpoint cannot be used (empty list: it is complete and intact)."""
@@ -103,31 +133,17 @@ def new_checkpoint_dir(root: str | Path, step: int) -> Path:
 def expected_files_present(path: Path, world_size: int) -> list[str]:
     """DeepSpeed wrote model states and one optimizer-state file per rank; every file is non-empty."""
     issues = []
-    names = [p.name for p in path.rglob("*") if p.is_file()]
-    if not any(n.endswith("model_states.pt") for n in names):
+    names = [p.name for p in path.iterdir() if p.is_file()]
+    if not any(MODEL_STATES.match(n) for n in names):
         issues.append("no model states file")
+    ranks = {int(m.group(1)) for n in names if (m := OPTIM_STATES.match(n))}
     for rank in range(world_size):
-        if not any(re.search(rf"zero_pp_rank_{rank}_mp_rank_\d+_optim_states\.pt$", n) for n in names):
+        if rank not in ranks:
             issues.append(f"no optimizer state of rank {rank}")
-        if not (path / "rng" / f"rank_{rank:05d}.pt").is_file():
+        if not rng_file(path, rank).is_file():
             issues.append(f"no RNG state of rank {rank}")
     issues += [f"{p.relative_to(path)} is empty" for p in path.rglob("*") if p.is_file() and p.stat().st_size == 0]
     return issues
-
-
-def commit(path: Path, world_size: int) -> None:
-    """Rank 0, after every rank has written and fsynced: verify, write the marker, move ``latest``."""
-    issues = expected_files_present(path, world_size)
-    if issues:
-        raise RuntimeError(f"checkpoint {path} is incomplete, not committing it: " + "; ".join(issues))
-    files = {}
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARKER):
-        fsync_file(f)
-        files[str(f.relative_to(path))] = f.stat().st_size
-    for d in {f.parent for f in path.rglob("*")} | {path}:
-        fsync_dir(d)
-    atomic_write_text(path / MARKER, json.dumps({"files": files}, indent=1) + "\n")
-    atomic_write_text(path.parent / LATEST, path.name + "\n")
 
 
 def newest_usable(root: str | Path, warn, max_step: int | None = None) -> Checkpoint | None:
@@ -140,23 +156,3 @@ def newest_usable(root: str | Path, warn, max_step: int | None = None) -> Checkp
             return ckpt
         warn(f"skipping checkpoint {ckpt.tag}: " + "; ".join(problems))
     return None
-
-
-def apply_retention(root: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints, and incomplete leftovers older than the
-    newest complete one. The newest complete checkpoint is never deleted. Returns what was removed."""
-    root = Path(root)
-    ckpts = list_checkpoints(root)
-    complete = [c for c in ckpts if not c.problems()]
-    if not complete:
-        return []
-    keep_set = {c.path for c in complete[-max(1, keep):]}
-    newest = complete[-1]
-    removed = []
-    for c in ckpts:
-        older = (c.step, c.attempt) < (newest.step, newest.attempt)
-        if c.path not in keep_set and older:
-            shutil.rmtree(c.path, ignore_errors=True)
-            shutil.rmtree(root / UNIVERSAL / c.tag, ignore_errors=True)
-            removed.append(c.path)
-    return removed
