@@ -229,20 +229,30 @@ def gather(obj: Any, group: Any = None) -> list[Any]:
     return out
 
 
-def shutdown(exit_code: int = 0) -> None:
-    """Leave without the exit-time abort gloo sometimes produces: barrier, destroy, flush, _exit."""
+# Endings every rank reaches together (the ranks agreed on them): done, preempted, an agreed data fault,
+# an agreed checkpoint-write failure, the non-finite stop. A crash (1) or a user error found by one rank (2)
+# may leave the others elsewhere, so those ranks leave without waiting.
+AGREED_EXIT_CODES = frozenset({0, 3, 65, 69, 74, 75})
+
+
+def shutdown(exit_code: int = 0, exit_as: int | None = None) -> None:
+    """Leave cleanly and together: exit handlers (streaming's shared memory, loader workers) first; then,
+    for an agreed ending, a barrier so that all ranks exit at once (``srun --kill-on-bad-exit`` ends the
+    step when the first task exits non-zero, which would otherwise cut a slower rank's clean-up short);
+    then destroy the group and ``os._exit`` (avoids the exit-time abort gloo sometimes produces).
+    ``exit_as``: the process's exit code if not ``exit_code`` (see ptbr.supervise.report)."""
     import torch.distributed as tdist
 
     try:
+        _run_exit_handlers()
         if tdist.is_available() and tdist.is_initialized():
-            if exit_code == 0:
+            if exit_code in AGREED_EXIT_CODES:
                 tdist.barrier()
             tdist.destroy_process_group()
     finally:
-        _run_exit_handlers()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(exit_code)
+        os._exit(exit_code if exit_as is None else exit_as)
 
 
 def _run_exit_handlers() -> None:

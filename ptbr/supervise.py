@@ -53,10 +53,13 @@ def announce(rank: int) -> None:
 def report(rank: int, exit_code: int) -> int:
     """Tell a supervisor (if any) how this rank ends; returns the code to exit with.
 
-    An ending all ranks agreed on (done, preempted, a data fault, a configuration error: any code but
-    1, which is a crash of this rank alone) is reported to the supervisor and shown to the launcher as
-    0, so that the launcher shuts down quietly instead of printing its failure report; the supervisor
-    exits with the real code. A crash keeps its code: the launcher must stop the other ranks."""
+    An ending all ranks agreed on (``ptbr.dist.AGREED_EXIT_CODES``: done, preempted, an agreed data
+    fault or save failure, the non-finite stop) is reported to the supervisor and shown to the launcher
+    as 0, so that the launcher shuts down quietly instead of printing its failure report; the
+    supervisor exits with the real code. Anything else keeps its code: the launcher must stop the
+    other ranks."""
+    from ptbr.dist import AGREED_EXIT_CODES
+
     d = _status_dir()
     if d is None:
         return exit_code
@@ -66,7 +69,7 @@ def report(rank: int, exit_code: int) -> int:
         os.replace(tmp, d / f"rank{rank}.json")
     except OSError:
         return exit_code
-    return 0 if exit_code != 1 else exit_code
+    return 0 if exit_code in AGREED_EXIT_CODES else exit_code
 
 
 # ------------------------------------------------------------------------------- supervisor side

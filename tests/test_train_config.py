@@ -129,4 +129,4 @@ def test_hostfile_from_slurm_script(tmp_path) -> None:
     assert out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
     proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist", ""],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "no node list" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no hosts" in proc.stderr and "Traceback" not in proc.stderr

@@ -52,12 +52,14 @@ class ResumePlan:
 
 # ----------------------------------------------------------------------------------- resume policy
 def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: int, global_batch_size: int,
-           allow_fresh_start: bool = False, allow_config_change: bool = False, log: Log = info) -> ResumePlan | None:
+           allow_fresh_start: bool = False, allow_config_change: bool = False, log: Log = info,
+           dry_run: bool = False) -> ResumePlan | None:
     """Which checkpoint a run resumes from (None: a fresh start), or a one-line CheckpointError.
 
     ``mode`` is ``auto`` (the newest intact checkpoint, newer broken ones skipped with a warning),
     ``never`` (refused if the directory holds complete checkpoints) or a checkpoint directory. An
-    elastic plan (another world size) is returned unconverted (``load_dir`` is the native one)."""
+    elastic plan (another world size) is returned unconverted (``load_dir`` is the native one). With
+    ``dry_run`` nothing on disk changes (incomplete checkpoints are not moved aside)."""
     existing = layout.list_checkpoints(root)
     if mode == "never":
         if any(not c.problems() for c in existing):
@@ -73,6 +75,8 @@ def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: in
                 raise CheckpointError(
                     f"{root} holds {len(existing)} checkpoint(s) but none is complete; refusing to start over. "
                     "Resume one explicitly with --resume PATH, or pass --allow-fresh-start")
+            if dry_run:
+                return None
             aside = root / f"discarded-{time.strftime('%Y%m%d-%H%M%S')}"
             aside.mkdir(parents=True)
             for c in existing:

@@ -202,6 +202,26 @@ def default_num_canonical_nodes(shuffle_algo: str, physical_nodes: int) -> int:
     return (64 if shuffle_algo in ("py1s", "py2s") else 1) * max(1, physical_nodes)
 
 
+def working_node_counts(num_canonical_nodes: int, limit: int = 128) -> list[int]:
+    """Node counts a run with ``num_canonical_nodes`` can use (streaming requires that one divides the
+    other), up to ``limit``."""
+    return [n for n in range(1, limit + 1) if num_canonical_nodes % n == 0 or n % num_canonical_nodes == 0]
+
+
+def check_canonical_nodes(num_canonical_nodes: int, nodes: int, samples: int, key: str = "data.num_canonical_nodes",
+                          ) -> None:
+    """One line, before any work, instead of streaming's error inside a loader: the node count must
+    divide ``num_canonical_nodes`` or be a multiple of it, and every canonical node needs samples."""
+    if num_canonical_nodes > samples:
+        raise DataError(f"{key}={num_canonical_nodes} exceeds the {samples} training samples (every canonical node "
+                        f"needs at least one); set {key} to a value <= {samples} that your node counts divide")
+    if num_canonical_nodes % nodes and nodes % num_canonical_nodes:
+        works = ", ".join(map(str, working_node_counts(num_canonical_nodes, limit=max(64, 2 * nodes))))
+        raise DataError(f"{nodes} nodes cannot read a stream of {num_canonical_nodes} canonical nodes (one must divide "
+                        f"the other); node counts that work: {works}. The canonical node count is fixed when a run "
+                        f"starts: choose {key} divisible by every node count you may use (e.g. 6720)")
+
+
 def physical_nodes() -> int:
     """Nodes of this job as streaming counts them (WORLD_SIZE / LOCAL_WORLD_SIZE)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

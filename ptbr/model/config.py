@@ -38,7 +38,8 @@ def model_spec(spec: str | dict[str, Any], source: str = "model config", key: st
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
-            raise ConfigError(f"{source}: {key}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            where = f"{source}: {key}" if source else key
+            raise ConfigError(f"{where}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         data = {**PRESETS[preset], **data}
     return data
 

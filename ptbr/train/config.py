@@ -133,7 +133,7 @@ class TrainConfig(StrictModel):
     def _model_section(cls, data: Any) -> Any:
         """``model:`` may name a preset or a file (see ptbr.model.config.model_spec)."""
         if isinstance(data, dict) and isinstance(data.get("model"), dict | str):
-            data = {**data, "model": model_spec(data["model"], "model", key="preset")}
+            data = {**data, "model": model_spec(data["model"], "", key="model.preset")}
         return data
 
     @classmethod

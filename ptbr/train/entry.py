@@ -22,6 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume although the model shape, seq_len or dataset differ from the checkpoint")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, data, node count, resume decision, memory and disk, print a "
+                             "table and exit (no process group, no model); the Slurm scripts run it first")
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="with --dry-run: ranks to plan for (default: $SLURM_NTASKS or $WORLD_SIZE or 1)")
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="with --dry-run: nodes to plan for (default: $SLURM_NNODES or 1)")
+    parser.add_argument("--tokens-per-s", type=float, default=None,
+                        help="with --dry-run: global throughput for the time estimate (default: the run's last)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +49,16 @@ def run(args: argparse.Namespace) -> int:
         if env.is_main:
             print(f"ptbr: error: {exc}", file=sys.stderr)
         return supervise.report(env.rank, exc.exit_code)
+    if args.dry_run:
+        from ptbr.train import dry_run
+
+        try:
+            return dry_run.run(cfg, world_size=args.world_size, nodes=args.nodes, tokens_per_s=args.tokens_per_s,
+                               resume=args.resume, allow_fresh_start=args.allow_fresh_start,
+                               allow_config_change=args.allow_config_change)
+        except PtbrError as exc:
+            print(f"ptbr: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     env = dist.setup(cfg.train.collective_timeout_s)
     code = 0
     try:
@@ -54,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         traceback.print_exc()
         code = 1
-    dist.shutdown(supervise.report(env.rank, code))
+    dist.shutdown(code, exit_as=supervise.report(env.rank, code))
     return code  # not reached: shutdown exits the process
 
 

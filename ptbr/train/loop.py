@@ -25,7 +25,7 @@ import torch.distributed as tdist
 from ptbr import dist
 from ptbr.checkpoint import Checkpointer, Progress, RunState, fingerprint, optim_state
 from ptbr.data.faults import classify, retry_bound_s
-from ptbr.data.stream import default_num_canonical_nodes
+from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes
 from ptbr.dist import DistEnv
 from ptbr.errors import ConfigError, CorruptDataError, DataError, DataSourceError, PtbrError
 from ptbr.fsutil import writable_problem
@@ -203,6 +203,13 @@ class Trainer:
         plan = self.checkpointer.plan(self.resume_mode, fingerprint=self.fingerprint(),
                                       global_batch_size=self.global_batch, allow_fresh_start=self.allow_fresh_start,
                                       allow_config_change=self.allow_config_change)
+        # the stream keeps the canonical node count of the run's start: this node count must work with it
+        data = dict(plan.record["data"]) if plan else {}
+        if plan and not data.get("num_canonical_nodes"):  # written by a version that left it unresolved
+            data["num_canonical_nodes"] = default_num_canonical_nodes(
+                self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
+        check_canonical_nodes(int(data.get("num_canonical_nodes") or self.train_ds.num_canonical_nodes),
+                              self.env.num_nodes, self.train_ds.num_samples)
         self.setup_model(load_universal=bool(plan and plan.elastic))
         self.checkpointer.engine = self.engine
         if plan is None:
@@ -210,10 +217,7 @@ class Trainer:
         t0 = time.perf_counter()
         state = self.checkpointer.load(plan)
         self.progress = p = state.progress
-        data = self.resumed_data_state = state.data
-        if not data.get("num_canonical_nodes"):  # written by a version that left streaming's default unresolved
-            data["num_canonical_nodes"] = default_num_canonical_nodes(
-                self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
+        self.resumed_data_state = data
         self.train_ds.load_state_dict(data)  # before the first __iter__
         self.metrics.log({"kind": "resume", "step": p.step, "mode": "elastic" if plan.elastic else "native",
                           "checkpoint": str(plan.path), "saved_world_size": int(plan.record["world_size"]),

@@ -25,8 +25,23 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the Slurm scripts
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+def _start_resource_tracker() -> None:
+    """Start Python's shared-memory resource tracker now, with the stop signals ignored (an ignored
+    disposition survives its fork and exec). Slurm signals every process of a step; a tracker killed by
+    SIGUSR1 makes the rank's clean exit print tracebacks (the tracker already ignores SIGTERM/SIGINT)."""
+    from multiprocessing import resource_tracker
+
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class StopRequest:
     def __init__(self) -> None:
+        _start_resource_tracker()
         self.signum: int | None = None
         self._previous = {}
         for sig in STOP_SIGNALS:

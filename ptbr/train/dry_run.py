@@ -1,0 +1,142 @@
+"""``ptbr train --dry-run``: everything a job would decide before any rank loads a model, in seconds.
+
+Validates the config, resolves the batch for the planned world size, reads the dataset manifest and
+checks it against the config, checks the canonical node count against the node count, reports the
+resume decision (without changing anything on disk), the per-GPU memory of the model states from
+DeepSpeed's own estimators, the checkpoint size against the free space of the run directory, and the
+time to reach ``train.max_steps`` at a given throughput. Any problem is one line and a non-zero exit
+(the Slurm scripts run this before ``srun``); otherwise a short table and exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ptbr.checkpoint import fingerprint, layout
+from ptbr.checkpoint.checkpointer import decide
+from ptbr.data.faults import data_error
+from ptbr.data.progress import fmt_eta, human, human_bytes
+from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes, read_manifest
+from ptbr.errors import ConfigError, DataError
+from ptbr.model import count_parameters
+from ptbr.train.config import TrainConfig
+
+
+def planned_world(world_size: int | None, nodes: int | None) -> tuple[int, int]:
+    """The world size and node count to plan for: given, else the Slurm allocation's, else this process."""
+    env = os.environ
+    world = world_size or int(env.get("SLURM_NTASKS") or env.get("WORLD_SIZE") or 1)
+    n = nodes or int(env.get("SLURM_NNODES") or env.get("NNODES") or 1)
+    if world < 1 or n < 1 or world % n:
+        raise ConfigError(f"--world-size {world} must be a positive multiple of --nodes {n}")
+    return world, n
+
+
+def model_state_gib(cfg: TrainConfig, gpus: int, nodes: int) -> dict[str, float]:
+    """Per-GPU memory of parameters, gradients and optimizer states (no activations), GiB, by ZeRO stage,
+    from DeepSpeed's estimators (stage 1: ZeRO-2's formula with unpartitioned 16-bit gradients)."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    params = count_parameters(cfg.model)
+    largest = cfg.model.vocab_size * cfg.model.n_embd  # the embedding / head matrix
+    per_node = gpus // nodes
+    _, z2 = estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=False)
+    _, z3, _ = estimate_zero3_model_states_mem_needs(params, largest, per_node, nodes, cpu_offload=False,
+                                                      cpu_offload_params=False)
+    z1 = 4 * params + 16 * params / gpus
+    return {"1": z1 / 2**30, "2": z2 / 2**30, "3": z3 / 2**30}
+
+
+def measured_tokens_per_s(run_dir: Path) -> float | None:
+    """The run's latest measured global throughput (metrics.jsonl), if it has one."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rates = [r["tokens_per_s"] for line in path.read_text().splitlines() if line.strip()
+             for r in [json.loads(line)] if r.get("kind") == "train" and r.get("tokens_per_s")]
+    return float(rates[-1]) if rates else None
+
+
+def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None = None,
+         tokens_per_s: float | None = None, resume: str = "auto", allow_fresh_start: bool = False,
+         allow_config_change: bool = False) -> list[tuple[str, str]]:
+    """The rows of the dry-run table; raises a one-line PtbrError on any problem."""
+    from ptbr.train.loop import check_dataset
+
+    world, n_nodes = planned_world(world_size, nodes)
+    accum, global_batch = cfg.batch.resolve(world)
+    tokens_per_step = global_batch * cfg.data.seq_len
+    try:
+        manifest = read_manifest(cfg.data.source)
+    except DataError:
+        raise
+    except Exception as exc:  # e.g. an endpoint that does not answer
+        raise (data_error(exc, cfg.data.source, 0.0) or exc) from None
+    check_dataset(cfg, manifest)
+    samples = int(manifest["splits"][cfg.data.train_split]["samples"])
+    run_dir = Path(cfg.train.run_dir)
+    root = run_dir / "checkpoints"
+    decision = decide(root, resume, fingerprint=fingerprint(cfg.model.model_dump(), cfg.data.seq_len, manifest),
+                      world_size=world, global_batch_size=global_batch, allow_fresh_start=allow_fresh_start,
+                      allow_config_change=allow_config_change, log=lambda _m: None, dry_run=True)
+    if decision is None:
+        ncn = cfg.data.num_canonical_nodes or default_num_canonical_nodes(cfg.data.shuffle_algo, n_nodes)
+        step, what = 0, "fresh start"
+    else:
+        data = decision.record["data"]
+        ncn = int(data.get("num_canonical_nodes") or default_num_canonical_nodes(
+            cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or decision.record["world_size"])))
+        step = int(decision.record["step"])
+        what = (f"resume {decision.tag} at step {step} "
+                + (f"(elastic: saved by {decision.record['world_size']} ranks)" if decision.elastic else "(native)"))
+    check_canonical_nodes(ncn, n_nodes, samples)
+
+    params = count_parameters(cfg.model)
+    mem = model_state_gib(cfg, world, n_nodes)
+    weight_bytes = 4 if cfg.precision == "fp32" else 2
+    ckpt_bytes = params * (weight_bytes + 12)
+    newest = layout.newest_usable(root, lambda _m: None)
+    if newest is not None and (marker := newest.marker()):
+        ckpt_bytes = int(sum(marker["files"].values()))
+    existing = next((p for p in [run_dir, *run_dir.resolve().parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    need = ckpt_bytes * (cfg.train.keep_checkpoints + 1)
+    rate = tokens_per_s or measured_tokens_per_s(run_dir)
+    remaining = max(0, cfg.train.max_steps - step)
+    rows = [
+        ("config", f"{cfg.model.n_layer} layers x {cfg.model.n_embd}, {human(params)} parameters, ZeRO "
+                   f"{cfg.zero.stage}, {cfg.precision}"),
+        ("world", f"{world} ranks on {n_nodes} node(s) ({world // n_nodes} per node)"),
+        ("batch", f"micro {cfg.batch.micro_batch_size} x accum {accum} x {world} = {global_batch} sequences of "
+                  f"{cfg.data.seq_len} = {tokens_per_step:,} tokens per step"),
+        ("data", f"{cfg.data.source}: {samples:,} training samples, dataset {manifest['dataset_hash'][:16]}; "
+                 f"{remaining * global_batch / samples:.2f} epochs to go"),
+        ("stream", f"{ncn} canonical nodes (node counts that work: divisors and multiples of {ncn})"),
+        ("resume", what),
+        ("memory/GPU", f"model states {mem[str(cfg.zero.stage)]:.2f} GiB at ZeRO {cfg.zero.stage} (ZeRO-1 "
+                       f"{mem['1']:.2f}, 2 {mem['2']:.2f}, 3 {mem['3']:.2f}; DeepSpeed's estimators, activations "
+                       "not included)"),
+        ("checkpoint", f"{human_bytes(ckpt_bytes)} each, {human_bytes(need)} with {cfg.train.keep_checkpoints} kept "
+                       f"+ 1 being written; {human_bytes(free)} free at {existing}"),
+        ("time", f"{remaining:,} steps to go = {fmt_eta(remaining * tokens_per_step / rate)} at {rate:,.0f} tok/s"
+                 if rate else f"{remaining:,} steps to go (pass --tokens-per-s for a time)"),
+    ]
+    if free < need:
+        rows.append(("WARNING", f"{existing} has {human_bytes(free)} free, below {human_bytes(need)} (one checkpoint "
+                                f"plus the {cfg.train.keep_checkpoints} kept): a save will fail (exit 74)"))
+    return rows
+
+
+def render(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)
+
+
+def run(cfg: TrainConfig, **kwargs: Any) -> int:
+    print(render(plan(cfg, **kwargs)))
+    return 0
