@@ -16,7 +16,8 @@
 #                        it through the job record, since Slurm runs a copy of the batch script)
 #   PTBR_PYTHON          Python with ptbr installed (default: $PTBR_HOME/.venv/bin/python, else python3)
 #   PTBR_RUN_DIR         run directory (default: the config's train.run_dir, relative to PTBR_HOME)
-#   PTBR_CACHE_DIR       node-local shard cache (default: ${TMPDIR:-/tmp}/ptbr-cache-$USER)
+#   PTBR_CACHE_DIR       shard cache, node-local disk (default: ${TMPDIR:-/tmp}/ptbr-cache-$USER; each node
+#                        uses its own sub-directory named after the node)
 #   PTBR_MAX_REQUEUES    stop requeueing after this many restarts (default 100)
 #   PTBR_DRY_RUN_ARGS    extra arguments for the pre-flight `ptbr train --dry-run` (e.g. --tokens-per-s 5e5)
 #   S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_DEFAULT_REGION
@@ -61,7 +62,8 @@ fi
 RUN_DIR=$PTBR_RUN_DIR
 LOG_DIR=$RUN_DIR/logs/job-${SLURM_JOB_ID:-local}-$RESTART
 mkdir -p "$LOG_DIR" || { echo "ptbr-job: error: cannot create $LOG_DIR" >&2; exit 2; }
-ARGS=(--config "$CONFIG" "${OVERRIDES[@]}" "train.run_dir=$RUN_DIR" "data.cache_dir=$CACHE_DIR")
+# one cache per node (expanded by each rank), so that nodes sharing a file system never write the same files
+ARGS=(--config "$CONFIG" "${OVERRIDES[@]}" "train.run_dir=$RUN_DIR" "data.cache_dir=$CACHE_DIR/\$SLURMD_NODENAME")
 
 first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first_node" -o 2>/dev/null | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')

@@ -1,9 +1,9 @@
 """A real Slurm cluster on this host for the tests: one slurmctld and a slurmd per fake node.
 
 Each fake node runs in its own mount namespace with a private tmpfs on /dev/shm (streaming names its
-shared memory per node: two nodes on one /dev/shm would collide) and a private /tmp (node-local disk,
-as on a cluster). Everything shared between nodes (the run directories, the Slurm state) lives under
-``base``, outside /tmp. Needs root (mount namespaces, SlurmUser=root) and Debian's slurm-wlm; every
+shared memory per node: two nodes on one /dev/shm would collide). The file system is shared, as a
+cluster's is (the job script keeps one cache directory per node). The Slurm state lives under
+``base``. Needs root (mount namespaces, SlurmUser=root) and Debian's slurm-wlm; every
 daemon and job step is stopped by PID at the end. auth/none: the cluster listens on 127.0.0.1 only.
 """
 
@@ -63,7 +63,7 @@ class SlurmCluster:
             lines.append(f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
                          "RealMemory=4000 State=UNKNOWN")
         lines.append(f"PartitionName=test Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
-        for d in ("state", "log", *(f"spool/{n}" for n in self.nodes), *(f"tmp/{n}" for n in self.nodes)):
+        for d in ("state", "log", *(f"spool/{n}" for n in self.nodes)):
             (b / d).mkdir(parents=True, exist_ok=True)
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -76,9 +76,7 @@ class SlurmCluster:
         self.procs["slurmctld"] = subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], stdout=log,
                                                    stderr=subprocess.STDOUT, env=self.env())
         for node in self.nodes:
-            tmp = self.base / "tmp" / node
-            inner = (f"mount -t tmpfs -o size=512m tmpfs /dev/shm && mount --bind {tmp} /tmp && "
-                     f"exec slurmd -D -f {self.conf} -N {node}")
+            inner = f"mount -t tmpfs -o size=512m tmpfs /dev/shm && exec slurmd -D -f {self.conf} -N {node}"
             self.procs[node] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
                                                 stdout=log, stderr=subprocess.STDOUT, env=self.env())
         deadline = time.monotonic() + 60

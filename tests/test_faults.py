@@ -280,3 +280,32 @@ def test_group_wide_sigterm_with_loader_workers_preempts_cleanly(dataset, tmp_pa
     assert saved is not None and saved.step >= 5
     assert f"preempted: checkpoint of step {saved.step} committed" in text
     assert_clean(text)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_a_signal_during_start_up_is_honoured_at_the_first_step(dataset, tmp_path) -> None:
+    """A short --time with --signal=B:USR1@lead, or a preemption right after a requeue, signals the ranks
+    while they still import torch and DeepSpeed: they must not die of it but stop at the first step
+    boundary (before step 1: the checkpoint holds the initial state) and exit 75."""
+    run_dir, log_dir = tmp_path / "run", tmp_path / "logs"
+    procs = start_ranks(2, train_args(run_dir, dataset.url, *COMMON), dataset.env, log_dir)
+    for p in procs:
+        wait_for(lambda p=p: _catches(p.pid, signal.SIGUSR1), timeout=30, interval=0.01, what="the early handler")
+        assert "torch" not in " ".join(m.path for m in psutil.Process(p.pid).memory_maps())  # still starting up
+        p.send_signal(signal.SIGUSR1)
+    codes = wait_all(procs, timeout=180)
+    text = logs(log_dir)
+    assert codes == [75, 75], text[-3000:]
+    saved = layout.newest_usable(run_dir / "checkpoints", print)
+    assert saved is not None and saved.step == 0, text[-3000:]
+    assert "received SIGUSR1" in text and "preempted: checkpoint of step 0 committed" in text
+    assert_clean(text)

@@ -33,7 +33,7 @@ STEPS = 60
 
 @pytest.fixture(scope="module")
 def cluster():
-    base = Path(f"/var/tmp/ptbr-slurm-test-{os.getpid()}")  # outside /tmp: the fake nodes have private ones
+    base = Path(f"/var/tmp/ptbr-slurm-test-{os.getpid()}")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     c = SlurmCluster(base).start()
@@ -184,7 +184,7 @@ def test_deepspeed_launcher_with_a_hostfile_trains_and_resumes(cluster, tiny_dat
     run_dir = cluster.base / "deepspeed" / "run"
     run_dir.mkdir(parents=True)
     py = sys.executable
-    train = " ".join(overrides(run_dir, tiny_dataset, "data.cache_dir=/tmp/ptbr-cache"))
+    train = " ".join(overrides(run_dir, tiny_dataset, "data.cache_dir=/tmp/ptbr-cache-test/$SLURMD_NODENAME"))
     body = (f"set -e; cd {REPO}; {py} launch/hostfile_from_slurm.py --out {run_dir.parent}/hostfile --slots 1; "
             f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{py} -m ptbr.cli supervise -- {py} -m "
             f"deepspeed.launcher.runner --hostfile {run_dir.parent}/hostfile --no_ssh --node_rank $SLURM_NODEID "

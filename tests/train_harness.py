@@ -84,12 +84,12 @@ def with_suppress_kill(p: subprocess.Popen) -> None:
         os.killpg(p.pid, signal.SIGKILL)
 
 
-def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+def wait_for(predicate, timeout: float = 120, what: str = "condition", interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.1)
+        time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}")
 
 

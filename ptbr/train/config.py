@@ -6,6 +6,7 @@ no second hand-written file to keep in sync; a raw ``deepspeed:`` block may over
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,8 @@ from ptbr.model.config import RWKV6Config, model_spec
 class DataConfig(StrictModel):
     source: str = Field(description="s3://bucket/prefix or a local directory of published shards")
     cache_dir: str = Field(default="~/.cache/ptbr/streaming",
-                           description="root of the local shard cache (one sub-directory per dataset version)")
+                           description="root of the local shard cache (one sub-directory per dataset version); "
+                                       "~ and $VARIABLES are expanded on each node")
     seq_len: int = Field(gt=0, description="must equal the shards' seq_len")
     shuffle: bool = True
     shuffle_algo: str = "py1e"
@@ -33,6 +35,11 @@ class DataConfig(StrictModel):
                                     description="keep retrying a failing shard download for at least this long "
                                                 "(streaming's backoff doubles: up to about twice as long)")
     download_timeout_s: float = Field(default=60.0, gt=0, description="read timeout of one download attempt")
+
+    def cache_path(self) -> str:
+        """``cache_dir`` with ``~`` and environment variables expanded here (e.g. ``$SLURMD_NODENAME``: one
+        cache per node even where the nodes share a file system)."""
+        return os.path.expandvars(os.path.expanduser(self.cache_dir))
 
 
 class OptimConfig(StrictModel):

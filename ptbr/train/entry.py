@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, join the process group, train; exit through ``dist.shutdown``."""
+    from ptbr.train.preempt import catch_early_stop_signals
+
+    catch_early_stop_signals()  # before the heavy imports: a signal during them must not kill the rank
+
     from ptbr import dist, supervise
     from ptbr.errors import PtbrError
     from ptbr.train.config import TrainConfig

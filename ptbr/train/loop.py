@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -110,7 +109,7 @@ class Trainer:
         """Collective: the run and cache directories must take files on every rank, before any work."""
         cfg = self.cfg
         mine = [f"{key}={path} cannot be written ({why}); point it at a writable directory"
-                for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_dir))
+                for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_path()))
                 if (why := writable_problem(path))]
         problems = [p for rank_problems in dist.gather(mine, self.control) for p in rank_problems]
         if problems:
@@ -123,7 +122,7 @@ class Trainer:
         self.manifest = read_manifest(cfg.data.source)
         check_dataset(cfg, self.manifest)
         prepare_streaming_env()
-        common = dict(cache_root=os.path.expanduser(cfg.data.cache_dir), batch_size=cfg.batch.micro_batch_size,
+        common = dict(cache_root=cfg.data.cache_path(), batch_size=cfg.batch.micro_batch_size,
                       num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
                       download_timeout_s=cfg.data.download_timeout_s)
         extra = {"predownload": cfg.data.predownload} if cfg.data.predownload else {}

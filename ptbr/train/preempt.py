@@ -18,11 +18,26 @@ import signal
 import sys
 from typing import Any
 
-import torch
-import torch.distributed as tdist
-
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the Slurm scripts requeue on it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_early_signum: int | None = None
+
+
+def catch_early_stop_signals() -> None:
+    """Record a stop signal that arrives while the rank is still importing torch and DeepSpeed.
+
+    Called first thing in a rank's entry point (this module imports nothing heavy). Without it a
+    signal sent seconds after the job started (a short ``--time`` with ``--signal=B:USR1@lead``, a
+    preemption right after a requeue) kills the rank by the default action, and the job exits with
+    a signal instead of 75; with it, :class:`StopRequest` takes the signal over and the rank stops
+    at its first step boundary."""
+
+    def record(signum: int, frame: Any) -> None:
+        global _early_signum
+        _early_signum = signum
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, record)
 
 
 def _start_resource_tracker() -> None:
@@ -46,6 +61,8 @@ class StopRequest:
         self._previous = {}
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if _early_signum is not None:  # arrived during the imports (catch_early_stop_signals)
+            self._handle(_early_signum, None)
         # a supervised launcher blocks the signals (its children inherit the mask): the ranks take them
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
@@ -72,6 +89,9 @@ def ignore_stop_signals() -> None:
 
 def agree(stop: bool, fault_code: int, group: Any = None) -> tuple[bool, int]:
     """Collective: (did any rank get a stop signal, the highest fault exit code of any rank or 0)."""
+    import torch
+    import torch.distributed as tdist
+
     flags = torch.tensor([int(stop), fault_code], dtype=torch.int64)
     if tdist.is_initialized():
         tdist.all_reduce(flags, op=tdist.ReduceOp.MAX, group=group)
