@@ -27,6 +27,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "ptbr.commands.shards_verify"),
     (("train",), "train a model from a YAML config (any launcher: deepspeed, torchrun, srun)",
      "ptbr.commands.train"),
+    (("export",), "turn a sharded checkpoint into single-file weights (safetensors or the rwkv .pth)",
+     "ptbr.commands.export"),
+    (("generate",), "continue a prompt with an exported model", "ptbr.commands.generate"),
+    (("eval",), "loss, perplexity and bits per byte of an exported model on a dataset split", "ptbr.commands.eval"),
     (("supervise",), "run torchrun / the deepspeed launcher so the job exits with its ranks' code (75 on "
      "preemption)", "ptbr.commands.supervise"),
     (("plot",), "turn a run directory's metrics into PNG charts", "ptbr.commands.plot"),

@@ -85,8 +85,10 @@ def test_node_count_rules() -> None:
 
 @pytest.mark.parametrize("gpus", [8, 16, 64])
 def test_memory_estimates_follow_deepspeed(gpus: int) -> None:
+    from ptbr.model.memory import model_state_gib
+
     cfg = TrainConfig.load(REPO / "configs" / "train" / "1b5.yaml")
-    mem = dry_run.model_state_gib(cfg, gpus, gpus // 8)
+    mem = model_state_gib(cfg.model, gpus, gpus // 8)
     p = 1_462_509_568
     assert mem["2"] == pytest.approx((2 * p + int(18 * p / gpus)) / 2**30)
     assert mem["1"] == pytest.approx((4 * p + 16 * p / gpus) / 2**30)

@@ -54,6 +54,8 @@ class RWKV6Config(StrictModel):
     dim_ffn: int | None = Field(default=None, gt=0)
     mix_lora: int = Field(default=32, gt=0, description="rank of the token-shift mix LoRA")
     decay_lora: int = Field(default=64, gt=0, description="rank of the data-dependent decay LoRA")
+    tie_embeddings: bool = Field(default=False, description="the output head reuses the embedding matrix "
+                                                            "(RWKV-LM's option; off in the x060 presets)")
 
     @model_validator(mode="after")
     def _check(self) -> RWKV6Config:

@@ -156,7 +156,8 @@ class Block(nn.Module):
 
 
 class RWKV6(nn.Module):
-    """The full language model: embedding, L blocks, final LayerNorm, untied head."""
+    """The full language model: embedding, L blocks, final LayerNorm, output head (untied unless
+    ``tie_embeddings``)."""
 
     def __init__(self, cfg: RWKV6Config, init_weights: bool = True):
         super().__init__()
@@ -165,6 +166,8 @@ class RWKV6(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.emb.weight  # one parameter (counted, optimised and saved once)
         self.gradient_checkpointing = False  # recompute each block in backward (training only)
         if init_weights:
             self.reset_parameters()
@@ -174,8 +177,9 @@ class RWKV6(nn.Module):
         """RWKV-LM ``generate_init_weight`` for the weight matrices (time_* are set in __init__)."""
         cfg = self.config
         nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
-        gain = 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
-        nn.init.orthogonal_(self.head.weight, gain=gain)
+        if not cfg.tie_embeddings:  # tied: the matrix keeps the embedding's small uniform init
+            gain = 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
+            nn.init.orthogonal_(self.head.weight, gain=gain)
         for i, block in enumerate(self.blocks):
             att, ffn = block.att, block.ffn
             for lin in (att.receptance, att.value, ffn.key):
@@ -195,7 +199,10 @@ class RWKV6(nn.Module):
         idx: torch.Tensor,
         state: list[LayerState] | None = None,
         return_state: bool = False,
+        last_only: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[LayerState]]:
+        """Logits [B, T, V] (``last_only``: [B, 1, V], the head applied to the last position only, as a
+        prompt prefill needs); with ``return_state`` also the state after the last token."""
         x = self.emb(idx)
         new_state = []
         for i, block in enumerate(self.blocks):
@@ -204,6 +211,8 @@ class RWKV6(nn.Module):
             else:
                 x, layer_state = block(x, None if state is None else state[i])
             new_state.append(layer_state)
+        if last_only:
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x))
         return (logits, new_state) if return_state else logits
 

@@ -23,6 +23,7 @@ from ptbr.data.progress import fmt_eta, human, human_bytes
 from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes, read_manifest
 from ptbr.errors import ConfigError, DataError
 from ptbr.model import count_parameters
+from ptbr.model.memory import model_state_gib
 from ptbr.train.config import TrainConfig
 
 
@@ -34,22 +35,6 @@ def planned_world(world_size: int | None, nodes: int | None) -> tuple[int, int]:
     if world < 1 or n < 1 or world % n:
         raise ConfigError(f"--world-size {world} must be a positive multiple of --nodes {n}")
     return world, n
-
-
-def model_state_gib(cfg: TrainConfig, gpus: int, nodes: int) -> dict[str, float]:
-    """Per-GPU memory of parameters, gradients and optimizer states (no activations), GiB, by ZeRO stage,
-    from DeepSpeed's estimators (stage 1: ZeRO-2's formula with unpartitioned 16-bit gradients)."""
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-    params = count_parameters(cfg.model)
-    largest = cfg.model.vocab_size * cfg.model.n_embd  # the embedding / head matrix
-    per_node = gpus // nodes
-    _, z2 = estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=False)
-    _, z3, _ = estimate_zero3_model_states_mem_needs(params, largest, per_node, nodes, cpu_offload=False,
-                                                      cpu_offload_params=False)
-    z1 = 4 * params + 16 * params / gpus
-    return {"1": z1 / 2**30, "2": z2 / 2**30, "3": z3 / 2**30}
 
 
 def measured_tokens_per_s(run_dir: Path) -> float | None:
@@ -97,7 +82,7 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
     check_canonical_nodes(ncn, n_nodes, samples)
 
     params = count_parameters(cfg.model)
-    mem = model_state_gib(cfg, world, n_nodes)
+    mem = model_state_gib(cfg.model, world, n_nodes)
     weight_bytes = 4 if cfg.precision == "fp32" else 2
     ckpt_bytes = params * (weight_bytes + 12)
     newest = layout.newest_usable(root, lambda _m: None)

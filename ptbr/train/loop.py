@@ -188,8 +188,28 @@ class Trainer:
                 "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes)}
 
     def run_state(self) -> RunState:
+        # the model config and the data identity travel with the checkpoint (ptbr export reads them)
+        extra = {"model": self.cfg.model.model_dump(), "dataset_hash": self.manifest["dataset_hash"],
+                 "tokenizer_sha256": self.manifest.get("tokenizer", {}).get("sha256")}
         return RunState(self.progress, self.data_state(), self.fingerprint(), self.global_batch,
-                        self.cfg.batch.micro_batch_size, self.accum)
+                        self.cfg.batch.micro_batch_size, self.accum, extra)
+
+    def keep_tokenizer(self) -> None:
+        """Rank 0: a copy of the dataset's tokenizer in the run directory (exports and generation use it)."""
+        from ptbr.data.hashing import sha256_bytes, sha256_file
+        from ptbr.data.store import open_store
+        from ptbr.fsutil import atomic_write_bytes
+
+        meta = self.manifest.get("tokenizer", {})
+        target = self.run_dir / "tokenizer.json"
+        if not meta.get("sha256") or (target.is_file() and sha256_file(target) == meta["sha256"]):
+            return
+        data = open_store(self.cfg.data.source).get(meta.get("file", "tokenizer.json"))
+        if data is None or sha256_bytes(data) != meta["sha256"]:
+            info(f"warning: {self.cfg.data.source} has no tokenizer.json matching its manifest; exports will "
+                 "need --tokenizer")
+            return
+        atomic_write_bytes(target, data)
 
     def fingerprint(self) -> dict[str, str]:
         return fingerprint(self.cfg.model.model_dump(), self.cfg.data.seq_len, self.manifest)
@@ -346,6 +366,7 @@ class Trainer:
         if not env.is_main:
             return
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
+        self.keep_tokenizer()
         self.metrics.log({"kind": "start", "step": self.progress.step, "world_size": env.world_size,
                           "launcher": env.launcher, "num_nodes": env.num_nodes, "zero_stage": cfg.zero.stage,
                           "precision": cfg.precision, "parameters": count_parameters(cfg.model),

@@ -1,0 +1,172 @@
+"""Export and inference against the standard tools, on a checkpoint of the 140m preset (145M parameters).
+
+1. a ZeRO-2 checkpoint written by 2 gloo ranks (1 training step, fp32, tiny sequences: only the
+   checkpoint matters);
+2. ``ptbr export --dtype fp32`` vs DeepSpeed's ``zero_to_fp32`` on the same checkpoint: wall time and peak
+   RSS (sampled every 10 ms) of each process; targets: ptbr's peak <= 1.3x the fp32 weight bytes and
+   below zero_to_fp32's;
+3. prefill tokens/s (a 512-token prompt) and generation tokens/s (one token at a time) of ptbr on the
+   exported weights vs the ``rwkv`` pip runtime on the exported ``.pth`` (strategy "cpu fp32"), same
+   thread count; targets: generation >= 1.2x, prefill >= 3x.
+
+    python benchmarks/export.py [--preset 140m] [--threads 2] [--json out/export.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import print_table, write_report  # noqa: E402
+from benchmarks.train import build_dataset, sh  # noqa: E402
+
+
+def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(seconds, peak RSS bytes of the process and its children) of a command."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.01)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
+    return seconds, peak
+
+
+def checkpoint(work: Path, preset: str) -> Path:
+    shards = build_dataset(work, seq_len=32, vocab=512)
+    run_dir = work / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    sh(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ptbr.train", "--config",
+       "configs/train/tiny_cpu.yaml", f"model={preset}", f"train.run_dir={run_dir}",
+       f"data.source={shards}", f"data.cache_dir={work}/cache", "batch.micro_batch_size=1",
+       "batch.global_batch_size=2", "train.max_steps=1", "train.eval_every=0", "train.eval_samples=2",
+       "zero.stage=2", "precision=fp32", env=env)
+    return run_dir
+
+
+def bench_export(run_dir: Path, work: Path, params: int) -> list[dict]:
+    from ptbr.checkpoint import layout
+
+    ckpt = layout.newest_usable(run_dir / "checkpoints", print)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    fp32_bytes = params * 4
+    rows = []
+    ours = peak_rss([sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(work / "export"), "--dtype", "fp32",
+                     "--quiet"], env)
+    theirs = peak_rss([sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(ckpt.path.parent),
+                       str(work / "zero_to_fp32"), "--tag", ckpt.tag, "--safe_serialization"], env)
+    for name, (secs, rss) in (("ptbr export --dtype fp32", ours), ("deepspeed zero_to_fp32", theirs)):
+        rows.append({"case": name, "seconds": secs, "peak_rss_MiB": rss / 2**20,
+                     "x_fp32_weights": rss / fp32_bytes, "target": "<= 1.3 and < zero_to_fp32" if "ptbr" in name
+                     else ""})
+    return rows
+
+
+def bench_inference(run_dir: Path, work: Path, threads: int, prompt_len: int, gen_tokens: int, repeats: int,
+                    ) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    from rwkv.model import RWKV
+
+    from ptbr.infer.generate import prefill
+    from ptbr.infer.model_io import load_model
+    from ptbr.infer.rnn import RNN
+
+    sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(work / "rwkv"), "--format", "rwkv",
+       "--dtype", "fp32", "--quiet")
+    lm = load_model(work / "export", "cpu")
+    runtime = RWKV(model=str(work / "rwkv" / "model"), strategy="cpu fp32")
+    tokens = [int(t) for t in torch.randint(2, 500, (prompt_len,), generator=torch.Generator().manual_seed(0))]
+    rnn = RNN(lm.model)
+
+    def ours_prefill() -> None:
+        prefill(lm, tokens)
+
+    def theirs_prefill() -> None:
+        runtime.forward(tokens, None)
+
+    def ours_generate() -> None:
+        state = lm.model.zero_state(1)
+        token = torch.tensor([tokens[0]])
+        for _ in range(gen_tokens):
+            logits, state = rnn.step(token, state)
+            token = logits.argmax(-1)
+
+    def theirs_generate() -> None:
+        state, token = None, tokens[0]
+        for _ in range(gen_tokens):
+            logits, state = runtime.forward([token], state)
+            token = int(logits.argmax())
+
+    results: dict[str, list[float]] = {k: [] for k in ("ours_prefill", "theirs_prefill", "ours_gen", "theirs_gen")}
+    for fn in (ours_prefill, theirs_prefill, ours_generate, theirs_generate):  # warm-up (JIT, allocator)
+        fn()
+    for _ in range(repeats):  # interleaved: the machine may be shared
+        for key, fn in (("ours_prefill", ours_prefill), ("theirs_prefill", theirs_prefill),
+                        ("ours_gen", ours_generate), ("theirs_gen", theirs_generate)):
+            t0 = time.perf_counter()
+            fn()
+            results[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    rate = {"ours_prefill": prompt_len / med["ours_prefill"], "theirs_prefill": prompt_len / med["theirs_prefill"],
+            "ours_gen": gen_tokens / med["ours_gen"], "theirs_gen": gen_tokens / med["theirs_gen"]}
+    return [
+        {"case": f"prefill {prompt_len} tokens: rwkv runtime", "tokens_per_s": rate["theirs_prefill"], "ratio": 1.0},
+        {"case": f"prefill {prompt_len} tokens: ptbr", "tokens_per_s": rate["ours_prefill"],
+         "ratio": rate["ours_prefill"] / rate["theirs_prefill"], "target": ">= 3"},
+        {"case": f"generate {gen_tokens} tokens: rwkv runtime", "tokens_per_s": rate["theirs_gen"], "ratio": 1.0},
+        {"case": f"generate {gen_tokens} tokens: ptbr", "tokens_per_s": rate["ours_gen"],
+         "ratio": rate["ours_gen"] / rate["theirs_gen"], "target": ">= 1.2"},
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="140m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from ptbr.model import RWKV6Config, count_parameters
+
+    params = count_parameters(RWKV6Config.load(args.preset))
+    with tempfile.TemporaryDirectory(prefix="ptbr-bench-export-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        run_dir = work / "run" if (work / "run" / "checkpoints").is_dir() else checkpoint(work, args.preset)
+        export_rows = bench_export(run_dir, work, params)
+        print(f"\nexport of a {args.preset} ZeRO-2 checkpoint of 2 ranks ({params:,} parameters, fp32 weights "
+              f"{params * 4 / 2**20:,.0f} MiB)")
+        print_table(export_rows, ["case", "seconds", "peak_rss_MiB", "x_fp32_weights", "target"])
+        infer_rows = bench_inference(run_dir, work, args.threads, args.prompt_len, args.gen_tokens, args.repeats)
+        print(f"\ninference on the exported weights, CPU fp32, {args.threads} threads")
+        print_table(infer_rows, ["case", "tokens_per_s", "ratio", "target"])
+    write_report(args.json, "export", export_rows + infer_rows, {"preset": args.preset, "parameters": params})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

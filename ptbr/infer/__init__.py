@@ -1,0 +1,1 @@
+"""Inference on exported weights: export (from checkpoints), load, generate, evaluate."""

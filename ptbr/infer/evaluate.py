@@ -1,0 +1,79 @@
+"""``ptbr eval``: loss, perplexity and bits per UTF-8 byte of an exported model on a dataset split.
+
+The samples are the split's first ``max_samples`` (in order, as the training run's evaluation reads
+them), so the loss of an fp32 export equals the run's own validation loss. Bits per byte divide the
+summed negative log-likelihood (in bits) by the UTF-8 bytes the predicted tokens decode to: unlike
+perplexity it compares models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from ptbr.errors import PtbrError
+from ptbr.infer.model_io import LoadedModel
+
+
+@dataclass
+class EvalResult:
+    samples: int
+    tokens: int
+    bytes: int
+    loss: float
+    ppl: float
+    bits_per_byte: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"samples": self.samples, "tokens": self.tokens, "bytes": self.bytes, "loss": self.loss,
+                "ppl": self.ppl, "bits_per_byte": self.bits_per_byte}
+
+
+def utf8_bytes_per_token(tokenizer, vocab_size: int) -> torch.Tensor:
+    """The UTF-8 bytes each token stands for: byte-level BPE writes every byte as one character of the
+    token's string; special tokens (end of document) stand for no text."""
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    table = torch.zeros(vocab_size, dtype=torch.int64)
+    for i in range(min(vocab_size, tokenizer.get_vocab_size(with_added_tokens=True))):
+        token = tokenizer.id_to_token(i)
+        if token is not None and token not in specials:
+            table[i] = len(token)
+    return table
+
+
+@torch.inference_mode()
+def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int | None = None,
+             batch_size: int = 8, cache_dir: str | None = None) -> EvalResult:
+    from ptbr.data import build_dataset, prepare_streaming_env, read_manifest
+
+    manifest = read_manifest(source)
+    if int(manifest["vocab_size"]) > lm.model.config.vocab_size:
+        raise PtbrError(f"{source} was tokenized with {manifest['vocab_size']} tokens, more than the model's "
+                        f"{lm.model.config.vocab_size}")
+    tok_sha = (manifest.get("tokenizer") or {}).get("sha256")
+    if lm.config.get("tokenizer_sha256") and tok_sha and tok_sha != lm.config["tokenizer_sha256"]:
+        raise PtbrError(f"{source} was tokenized with another tokenizer than the model's (sha256 {tok_sha[:16]} vs "
+                        f"{lm.config['tokenizer_sha256'][:16]}): its losses would mean nothing")
+    prepare_streaming_env()
+    cache = cache_dir or os.path.join(tempfile.gettempdir(), f"ptbr-eval-{os.geteuid()}")
+    ds = build_dataset(source, split, cache_root=cache, batch_size=batch_size, shuffle=False, seed=0)
+    n = min(max_samples or ds.num_samples, ds.num_samples)
+    if n == 0:
+        raise PtbrError(f"{source}: split {split} has no samples")
+    token_bytes = utf8_bytes_per_token(lm.tokenizer, lm.model.config.vocab_size)
+    nll, tokens, nbytes = 0.0, 0, 0
+    for start in range(0, n, batch_size):
+        items = [ds[i] for i in range(start, min(start + batch_size, n))]
+        x = torch.stack([it["input"] for it in items]).to(lm.device)
+        y = torch.stack([it["target"] for it in items]).to(lm.device)
+        logits = lm.model(x).float()
+        nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        tokens += y.numel()
+        nbytes += int(token_bytes[y.cpu()].sum())
+    del ds
+    loss = nll / tokens
+    return EvalResult(n, tokens, nbytes, loss, math.exp(min(loss, 50.0)), nll / math.log(2) / max(nbytes, 1))
