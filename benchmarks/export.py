@@ -70,7 +70,7 @@ def bench_export(run_dir: Path, work: Path, params: int) -> list[dict]:
     fp32_bytes = params * 4
     rows = []
     ours = peak_rss([sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(work / "export"), "--dtype", "fp32",
-                     "--quiet"], env)
+                     "--quiet", "--overwrite"], env)
     theirs = peak_rss([sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(ckpt.path.parent),
                        str(work / "zero_to_fp32"), "--tag", ckpt.tag, "--safe_serialization"], env)
     for name, (secs, rss) in (("ptbr export --dtype fp32", ours), ("deepspeed zero_to_fp32", theirs)):
@@ -93,7 +93,7 @@ def bench_inference(run_dir: Path, work: Path, threads: int, prompt_len: int, ge
     from ptbr.infer.rnn import RNN
 
     sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(work / "rwkv"), "--format", "rwkv",
-       "--dtype", "fp32", "--quiet")
+       "--dtype", "fp32", "--quiet", "--overwrite")
     lm = load_model(work / "export", "cpu")
     runtime = RWKV(model=str(work / "rwkv" / "model"), strategy="cpu fp32")
     tokens = [int(t) for t in torch.randint(2, 500, (prompt_len,), generator=torch.Generator().manual_seed(0))]

@@ -33,14 +33,14 @@ def sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     return proc
 
 
-def build_dataset(tmp: Path, seq_len: int, vocab: int) -> Path:
+def build_dataset(tmp: Path, seq_len: int, vocab: int, docs: int = 3000) -> Path:
     """Tokenizer and shards from the embedded Portuguese-like text generator (local directory)."""
     from ptbr.devtools.sample_text import portuguese_documents
 
     corpus = tmp / "corpus"
     corpus.mkdir()
     with open(corpus / "docs.jsonl", "w", encoding="utf-8") as f:
-        for text in portuguese_documents(3000, seed=1):
+        for text in portuguese_documents(docs, seed=1):
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     py = [sys.executable, "-m", "ptbr.cli"]
     sh(*py, "tokenizer", "train", "--input", str(corpus), "--output", str(tmp / "tok.json"),

@@ -17,6 +17,8 @@ from ptbr.errors import PtbrError
 
 # (command, help, module). Nested groups use a tuple of names.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("quickstart",), "run the whole pipeline on this machine: corpus, tokenizer, shards, local S3, 2-rank "
+     "training, export, generation, evaluation, plot", "ptbr.commands.quickstart"),
     (("info",), "show presets, parameter counts and available WKV backends", "ptbr.commands.show_info"),
     (("tokenizer", "train"), "train a byte-level BPE tokenizer on a corpus", "ptbr.commands.tokenizer_train"),
     (("shards", "build"), "tokenize a corpus into MDS shards (train/val) with a manifest",

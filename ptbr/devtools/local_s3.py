@@ -112,9 +112,10 @@ class LocalS3Server:
                                           retries={"max_attempts": 2, "mode": "standard"}))
 
     def create_bucket(self, name: str) -> None:
-        """Create bucket ``name`` (no error if this server already has it)."""
+        """Create bucket ``name`` (no error if this server already has it, also when it was created under the
+        keys of an earlier start on the same data: the admin identity reaches every bucket)."""
         client = self.client()
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
             client.create_bucket(Bucket=name)
 
     # ---------------------------------------------------------------------------- lifecycle

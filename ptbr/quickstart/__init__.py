@@ -1,0 +1,1 @@
+"""The quickstart: the whole pipeline on one machine (ptbr quickstart, launch/quickstart.sh)."""

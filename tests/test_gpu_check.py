@@ -1,0 +1,37 @@
+"""benchmarks/gpu_check.sh's plumbing, on CPU: --dry runs every step at toy sizes and writes one JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.train_harness import REPO
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_every_step(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    checks = {c["check"]: c for c in report["checks"]}
+    assert report["dry"] and set(checks) == {"pytest -m gpu", "wkv6 (toy, cpu)", "train tiny (toy, cpu)",
+                                             "generate (RNN, batch 1) (toy, cpu)"}
+    assert all(c["ok"] for c in checks.values())
+    assert checks["train tiny (toy, cpu)"]["detail"]["tokens_per_s"] > 0
+    assert checks["generate (RNN, batch 1) (toy, cpu)"]["detail"]["tokens_per_s"] > 0
+    assert checks["wkv6 (toy, cpu)"]["detail"]  # the backends' rows
+    assert "GPU check on cpu" in proc.stdout and "train tiny" in proc.stdout
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu_unless_dry(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
