@@ -20,6 +20,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("quickstart",), "run the whole pipeline on this machine: corpus, tokenizer, shards, local S3, 2-rank "
      "training, export, generation, evaluation, plot", "ptbr.commands.quickstart"),
     (("info",), "show presets, parameter counts and available WKV backends", "ptbr.commands.show_info"),
+    (("corpus", "clean"), "clean a corpus: encoding repair, language, quality rules, exact and near dedup, report",
+     "ptbr.commands.corpus_clean"),
     (("tokenizer", "train"), "train a byte-level BPE tokenizer on a corpus", "ptbr.commands.tokenizer_train"),
     (("shards", "build"), "tokenize a corpus into MDS shards (train/val) with a manifest",
      "ptbr.commands.shards_build"),

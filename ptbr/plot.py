@@ -50,7 +50,10 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     out = Path(out_dir) if out_dir else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, title, series, ylabel in CHARTS:
+    # a mixture logs val_loss_<source> next to the pooled val_loss: one line each on the validation chart
+    per_source = sorted({k for r in records if r.get("kind") == "eval" for k in r if k.startswith("val_loss_")})
+    charts = [(f, t, s + [("eval", k) for k in per_source] if f == "val_loss.png" else s, y) for f, t, s, y in CHARTS]
+    for filename, title, series, ylabel in charts:
         fig, ax = plt.subplots(figsize=(7, 4))
         drew = False
         for kind, key in series:
@@ -61,6 +64,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         if not drew:
             plt.close(fig)
             continue
+        if len(series) > 1:
+            ax.legend()
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)

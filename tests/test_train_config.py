@@ -130,3 +130,22 @@ def test_hostfile_from_slurm_script(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist", ""],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no hosts" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_data_sources_config() -> None:
+    """data.sources: a weighted mixture; data.source names its first; one of the two must be set."""
+    mix = "data.sources=[{source: s3://b/wiki/v1, weight: 0.7}, {source: s3://b/laws/v1, weight: 0.3, name: leis}]"
+    cfg = TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1", mix])
+    assert cfg.data.mixed and cfg.data.source == "s3://b/wiki/v1"
+    assert [(s.label(), s.weight) for s in cfg.data.mixture()] == [("wiki_v1", 0.7), ("leis", 0.3)]
+    single = TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1"])
+    assert not single.data.mixed and [s.source for s in single.data.mixture()] == ["s3://b/wiki/v1"]
+    with pytest.raises(ConfigError, match="set either source or sources"):
+        TrainConfig.load(TINY_YAML, ["data.source=s3://b/other", mix])
+    with pytest.raises(ConfigError, match="distinct names"):
+        TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1",
+                                     "data.sources=[{source: s3://b/wiki/v1, weight: 1}, {source: s3://c/wiki/v1, "
+                                     "weight: 1}]"])
+    with pytest.raises(ConfigError, match=r"weight"):
+        TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1",
+                                     "data.sources=[{source: s3://b/wiki/v1, weight: 0}]"])

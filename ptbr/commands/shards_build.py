@@ -23,11 +23,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=".txt documents: whole file, blank-line separated paragraphs, or lines")
     parser.add_argument("--eos-token", default="<|endoftext|>", help="end-of-document token in the tokenizer")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    parser.add_argument("--clean", nargs="?", const="configs/clean/pt-br.yaml", default=None, metavar="CONFIG",
+                        help="clean the corpus first (ptbr corpus clean; default config %(const)s) into "
+                             "OUTPUT.cleaned/ and build from that; reused while inputs and config are unchanged")
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     from ptbr.data.build import BuildSettings, build_shards, parse_size
@@ -39,6 +43,17 @@ def run(args: argparse.Namespace) -> int:
         compression=None if args.compression.lower() in ("", "none") else args.compression,
         dtype=args.dtype, eos_token=args.eos_token)
     t0 = time.perf_counter()
+    if args.clean:
+        from pathlib import Path
+
+        from ptbr.clean.config import CleanConfig
+        from ptbr.clean.pipeline import clean_once
+
+        cleaned = clean_once(args.input, str(Path(args.output).with_name(Path(args.output).name + ".cleaned")),
+                             CleanConfig.load(args.clean), workers=args.workers, text_field=args.text_field,
+                             txt_docs=args.txt_docs)
+        args.input = [str(cleaned)]  # one .jsonl per input file, field "text"
+        settings = dataclasses.replace(settings, text_field="text")
     result = build_shards(args.input, args.tokenizer, args.output, settings, workers=args.workers,
                           overwrite=args.overwrite, progress=not args.quiet)
     if result.up_to_date:

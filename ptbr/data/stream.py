@@ -169,13 +169,13 @@ def dataset_cache_dir(cache_root: str | os.PathLike[str], manifest: dict[str, An
     return Path(cache_root) / manifest["dataset_hash"][:16] / split
 
 
-def _join(source: str, *parts: str) -> str:
+def join_source(source: str, *parts: str) -> str:
     if is_s3(source):
         return "/".join([source.rstrip("/"), *parts])
     return str(Path(source).resolve().joinpath(*parts))
 
 
-def _place_index(source: str, split: str, local: Path, manifest: dict[str, Any]) -> None:
+def place_index(source: str, split: str, local: Path, manifest: dict[str, Any]) -> None:
     """Download the split's index.json into the cache, verified against the manifest."""
     want = manifest["splits"][split]["index_sha256"]
     target = local / INDEX
@@ -228,6 +228,29 @@ def physical_nodes() -> int:
     return max(1, world // local_world_size()[0])
 
 
+def prepare_split_cache(source: str, split: str, cache_root: str, manifest: dict[str, Any]) -> Path:
+    """The split's cache directory with its verified index, cached shards checked (once per job and node)."""
+    local = dataset_cache_dir(cache_root, manifest, split)
+    place_index(source, split, local, manifest)
+    check_cached_shards(local, json.loads((local / INDEX).read_text(encoding="utf-8")), job_key(), info)
+    return local
+
+
+def streaming_options(streaming_kwargs: dict[str, Any], num_canonical_nodes: int | None, download_retry_s: float,
+                      download_timeout_s: float) -> int:
+    """Fill ``streaming_kwargs`` with ptbr's defaults (hash check, retries, timeout; retry log lines on) and
+    return the canonical node count to use (streaming's own default, resolved here: see
+    :func:`default_num_canonical_nodes`)."""
+    install_retry_logging()
+    streaming_kwargs.setdefault("validate_hash", "xxh64")
+    streaming_kwargs.setdefault("download_retry", download_attempts(download_retry_s))
+    streaming_kwargs.setdefault("download_timeout", download_timeout_s)
+    if num_canonical_nodes is None:
+        num_canonical_nodes = default_num_canonical_nodes(streaming_kwargs.get("shuffle_algo", "py1e"),
+                                                          physical_nodes())
+    return num_canonical_nodes
+
+
 def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, shuffle: bool, seed: int,
                   num_canonical_nodes: int | None = None, download_retry_s: float = 300.0,
                   download_timeout_s: float = 60.0, **streaming_kwargs: Any) -> TokenDataset:
@@ -247,16 +270,9 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
     manifest = read_manifest(source)
     if split not in manifest["splits"]:
         raise DataError(f"{source}: no split {split!r} (has {', '.join(manifest['splits'])})")
-    local = dataset_cache_dir(cache_root, manifest, split)
-    _place_index(source, split, local, manifest)
-    check_cached_shards(local, json.loads((local / INDEX).read_text(encoding="utf-8")), job_key(), info)
-    install_retry_logging()
-    streaming_kwargs.setdefault("validate_hash", "xxh64")
-    streaming_kwargs.setdefault("download_retry", download_attempts(download_retry_s))
-    streaming_kwargs.setdefault("download_timeout", download_timeout_s)
-    if num_canonical_nodes is None:
-        num_canonical_nodes = default_num_canonical_nodes(streaming_kwargs.get("shuffle_algo", "py1e"),
-                                                          physical_nodes())
+    local = prepare_split_cache(source, split, cache_root, manifest)
+    num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s,
+                                            download_timeout_s)
     # streaming's default (8 batches) is far less than one shard of our small samples, and makes the
     # iterator wait on its "ready" thread every few dozen samples; two shards ahead costs no more disk
     split_info = manifest["splits"][split]
@@ -265,7 +281,7 @@ def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, 
     try:
         with streaming_tempdir():
             ds = TokenDataset(manifest=manifest, source=source, retry_window_s=download_retry_s,
-                              remote=_join(source, split), local=str(local), batch_size=batch_size,
+                              remote=join_source(source, split), local=str(local), batch_size=batch_size,
                               shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
                               **streaming_kwargs)
     except ValueError as exc:

@@ -1,6 +1,6 @@
 """``ptbr quickstart``: every stage of ptbr, on this machine, in one command.
 
-corpus (Debian pt-BR packages, or ``--corpus``) -> tokenizer -> MDS shards -> local S3 server
+corpus (Debian pt-BR packages, or ``--corpus``) -> tokenizer -> cleaning + MDS shards -> local S3 server
 (SeaweedFS on 127.0.0.1) -> ``ptbr shards verify`` -> 2 gloo ranks under ZeRO-2 streaming from S3,
 with evaluation and checkpoints -> export -> generate -> eval -> loss plot.
 
@@ -107,7 +107,8 @@ class Quickstart:
     def shards(self, corpus: Path, tokenizer: Path) -> Path:
         out = self.work / "shards"
         self.ptbr("shards", "build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output", str(out),
-                  "--seq-len", str(self.s.seq_len), "--val-fraction", "0.02", "--shard-size", "1mb")
+                  "--seq-len", str(self.s.seq_len), "--val-fraction", "0.02", "--shard-size", "1mb", "--clean")
+        self.done.append(("cleaning report", str(out.with_name("shards.cleaned") / "report.json")))
         self.done.append(("shards", str(out)))
         return out
 

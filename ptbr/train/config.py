@@ -17,8 +17,25 @@ from ptbr.errors import ConfigError
 from ptbr.model.config import RWKV6Config, model_spec
 
 
-class DataConfig(StrictModel):
+class SourceSpec(StrictModel):
+    """One published dataset of a mixture and its share of the training samples."""
+
     source: str = Field(description="s3://bucket/prefix or a local directory of published shards")
+    weight: float = Field(gt=0, description="relative share of the training samples (normalised over sources)")
+    name: str | None = Field(default=None, description="label in metrics and plots (default: from the source)")
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [p for p in self.source.replace("s3://", "").rstrip("/").split("/") if p]
+        return "_".join(parts[-2:]) if len(parts) > 1 else parts[-1]
+
+
+class DataConfig(StrictModel):
+    source: str | None = Field(default=None, description="s3://bucket/prefix or a local directory of published "
+                                                         "shards (or data.sources for a weighted mixture)")
+    sources: list[SourceSpec] | None = Field(default=None, description="a weighted mixture of published datasets "
+                                                                       "sharing tokenizer and seq_len")
     cache_dir: str = Field(default="~/.cache/ptbr/streaming",
                            description="root of the local shard cache (one sub-directory per dataset version); "
                                        "~ and $VARIABLES are expanded on each node")
@@ -35,6 +52,36 @@ class DataConfig(StrictModel):
                                     description="keep retrying a failing shard download for at least this long "
                                                 "(streaming's backoff doubles: up to about twice as long)")
     download_timeout_s: float = Field(default=60.0, gt=0, description="read timeout of one download attempt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_of_a_mixture(cls, data: Any) -> Any:
+        """With ``sources``, ``source`` names the first (messages, the tokenizer copy: all share the tokenizer)."""
+        if isinstance(data, dict) and data.get("sources") and not data.get("source"):
+            first = data["sources"][0]
+            if isinstance(first, dict) and "source" in first:
+                data = {**data, "source": first["source"]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.sources:
+            if self.source != self.sources[0].source:
+                raise ValueError("set either source or sources, not both (source must be the first of sources)")
+            labels = [s.label() for s in self.sources]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"sources need distinct names (got {labels}); set name: for each")
+        elif self.source is None:
+            raise ValueError("no data: set data.source (one dataset) or data.sources (a weighted mixture)")
+        return self
+
+    def mixture(self) -> list[SourceSpec]:
+        """The sources with their weights (one source of weight 1 without a mixture)."""
+        return list(self.sources) if self.sources else [SourceSpec(source=str(self.source), weight=1.0)]
+
+    @property
+    def mixed(self) -> bool:
+        return bool(self.sources) and len(self.sources) > 1
 
     def cache_path(self) -> str:
         """``cache_dir`` with ``~`` and environment variables expanded here (e.g. ``$SLURMD_NODENAME``: one

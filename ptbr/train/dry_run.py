@@ -19,8 +19,9 @@ from typing import Any
 from ptbr.checkpoint import fingerprint, layout
 from ptbr.checkpoint.checkpointer import decide
 from ptbr.data.faults import data_error
+from ptbr.data.mixture import read_mixture
 from ptbr.data.progress import fmt_eta, human, human_bytes
-from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes, read_manifest
+from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes
 from ptbr.errors import ConfigError, DataError
 from ptbr.model import count_parameters
 from ptbr.model.memory import model_state_gib
@@ -57,7 +58,7 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
     accum, global_batch = cfg.batch.resolve(world)
     tokens_per_step = global_batch * cfg.data.seq_len
     try:
-        manifest = read_manifest(cfg.data.source)
+        manifest = read_mixture(cfg.data.mixture())
     except DataError:
         raise
     except Exception as exc:  # e.g. an endpoint that does not answer
@@ -99,7 +100,8 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
         ("world", f"{world} ranks on {n_nodes} node(s) ({world // n_nodes} per node)"),
         ("batch", f"micro {cfg.batch.micro_batch_size} x accum {accum} x {world} = {global_batch} sequences of "
                   f"{cfg.data.seq_len} = {tokens_per_step:,} tokens per step"),
-        ("data", f"{cfg.data.source}: {samples:,} training samples, dataset {manifest['dataset_hash'][:16]}; "
+        ("data", f"{_describe_sources(manifest, cfg.data.source)}: {samples:,} training samples, "
+                 f"dataset {manifest['dataset_hash'][:16]}; "
                  f"{remaining * global_batch / samples:.2f} epochs to go"),
         ("stream", f"{ncn} canonical nodes (node counts that work: divisors and multiples of {ncn})"),
         ("resume", what),
@@ -125,3 +127,9 @@ def render(rows: list[tuple[str, str]]) -> str:
 def run(cfg: TrainConfig, **kwargs: Any) -> int:
     print(render(plan(cfg, **kwargs)))
     return 0
+
+
+def _describe_sources(manifest: dict[str, Any], source: str) -> str:
+    if "mixture" not in manifest:
+        return source
+    return " + ".join(f"{p['source']} ({p['weight']:.0%})" for p in manifest["mixture"])

@@ -116,41 +116,49 @@ class Trainer:
             raise ConfigError(problems[0])
 
     def setup_data(self) -> None:
-        from ptbr.data import build_dataset, prepare_streaming_env, read_manifest
+        from ptbr.data import build_dataset, prepare_streaming_env
+        from ptbr.data.mixture import build_mixed_dataset, read_mixture
 
         cfg = self.cfg
-        self.manifest = read_manifest(cfg.data.source)
+        specs = cfg.data.mixture()
+        self.manifest = read_mixture(specs)
         check_dataset(cfg, self.manifest)
         prepare_streaming_env()
         common = dict(cache_root=cfg.data.cache_path(), batch_size=cfg.batch.micro_batch_size,
                       num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
                       download_timeout_s=cfg.data.download_timeout_s)
         extra = {"predownload": cfg.data.predownload} if cfg.data.predownload else {}
-        self.train_ds = build_dataset(cfg.data.source, cfg.data.train_split, shuffle=cfg.data.shuffle,
-                                      seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common, **extra)
-        self.val_ds = build_dataset(cfg.data.source, cfg.data.val_split, shuffle=False, seed=cfg.train.seed,
-                                    **common)
-        self.eval_tokens = self.load_eval_samples()
+        self.train_ds = build_mixed_dataset(specs, self.manifest, cfg.data.train_split, shuffle=cfg.data.shuffle,
+                                            seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common,
+                                            **extra)
+        # validation per source (a mixture reports each source's loss and the pooled one)
+        self.eval_sets: dict[str, tuple[torch.Tensor, int]] = {}
+        self.val_datasets = []  # kept open for the run, as streaming expects of a dataset it registered
+        for spec in specs:
+            val_ds = build_dataset(spec.source, cfg.data.val_split, shuffle=False, seed=cfg.train.seed, **common)
+            self.val_datasets.append(val_ds)
+            self.eval_sets[spec.label()] = self.load_eval_samples(val_ds, spec.source)
 
-    def load_eval_samples(self) -> torch.Tensor:
-        """This rank's share of the validation samples, read once at start (int32 [k, seq_len+1]), so that
-        evaluations never wait on the data source. Every rank gets the same number of rows: indices past
-        ``eval_samples`` are padding (see :meth:`evaluate`)."""
-        n = min(self.cfg.train.eval_samples, len(self.val_ds))
+    def load_eval_samples(self, val_ds, source: str) -> tuple[torch.Tensor, int]:
+        """This rank's share of the first ``eval_samples`` validation samples of one source, read once at
+        start (int32 [k, seq_len+1]) so that evaluations never wait on the data source, and how many there
+        are. Every rank gets the same number of rows: indices past the count are padding (see
+        :meth:`evaluate`)."""
+        n = min(self.cfg.train.eval_samples, len(val_ds))
         world, rank = self.env.world_size, self.env.rank
         rows, fault = [], None
         try:
             for j in range(-(-n // world)):
-                item = self.val_ds[min(rank + world * j, n - 1)]
+                item = val_ds[min(rank + world * j, n - 1)]
                 rows.append(torch.cat([item["input"], item["target"][-1:]]).to(torch.int32))
         except Exception as exc:  # noqa: BLE001 - data-source failures are agreed on below
-            fault = classify(exc, self.cfg.data.source)
+            fault = classify(exc, source)
             if fault is None:
                 raise
         _, fault = self.agree(False, fault)
         if fault:
             raise fault
-        return torch.stack(rows)
+        return torch.stack(rows), n
 
     def make_loader(self) -> torch.utils.data.DataLoader:
         workers = self.cfg.data.num_workers
@@ -289,12 +297,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean token NLL over the first ``eval_samples`` validation sequences. Every rank runs the same
-        number of equally sized batches (ZeRO-3 gathers parameters collectively); padding rows carry
-        weight 0, so the result does not depend on the world size."""
-        n = min(self.cfg.train.eval_samples, len(self.val_ds))
+        """Mean token NLL over the first ``eval_samples`` validation sequences (of every source of a mixture:
+        ``val_loss_<name>`` each, ``val_loss`` pooled over all their tokens). Every rank runs the same number
+        of equally sized batches (ZeRO-3 gathers parameters collectively); padding rows carry weight 0, so
+        the result does not depend on the world size."""
+        totals = {name: self._nll_sum(tokens, n) for name, (tokens, n) in self.eval_sets.items()}
+        pooled = sum(totals.values())
+        loss = float(pooled[0] / pooled[1])
+        result = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(pooled[1])}
+        if len(totals) > 1:
+            result.update({f"val_loss_{name}": float(t[0] / t[1]) for name, t in totals.items()})
+        return result
+
+    def _nll_sum(self, eval_tokens: torch.Tensor, n: int) -> torch.Tensor:
+        """(summed NLL, tokens) over the first ``n`` samples, all ranks together."""
         world, rank, mb = self.env.world_size, self.env.rank, self.cfg.batch.micro_batch_size
-        ids = torch.tensor([rank + world * j for j in range(len(self.eval_tokens))])
+        ids = torch.tensor([rank + world * j for j in range(len(eval_tokens))])
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.engine.eval()
         for start in range(0, len(ids), mb):
@@ -302,7 +320,7 @@ class Trainer:
             pad = mb - len(rows)
             weight = torch.cat([(ids[rows] < n).to(torch.float64), torch.zeros(pad, dtype=torch.float64)])
             rows = torch.cat([rows, rows[-1:].expand(pad)])  # keep every batch the same size
-            tokens = self.eval_tokens[rows].long().to(self.device)
+            tokens = eval_tokens[rows].long().to(self.device)
             x, y = tokens[:, :-1], tokens[:, 1:]
             logits = self.engine(x).float()
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
@@ -311,8 +329,7 @@ class Trainer:
             total += torch.stack([(nll * weight).sum(), weight.sum() * y.shape[1]])
         self.engine.train()
         tdist.all_reduce(total)
-        loss = float(total[0] / total[1])
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(total[1])}
+        return total.cpu()
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -460,8 +477,10 @@ class Trainer:
         result = self.evaluate()
         self.last_eval_step = self.progress.step
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
+        per_source = "".join(f", {k[len('val_loss_'):]} {v:.4f}" for k, v in result.items()
+                             if k.startswith("val_loss_"))
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
-                                 f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens)")
+                                 f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})")
 
 
 def _as_float(x: Any) -> float:

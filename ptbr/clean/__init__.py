@@ -1,0 +1,1 @@
+"""Corpus cleaning: repair, language identification, quality rules, exact and near deduplication."""
