@@ -51,7 +51,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     out.mkdir(parents=True, exist_ok=True)
     written = []
     # a mixture logs val_loss_<source> next to the pooled val_loss: one line each on the validation chart
-    per_source = sorted({k for r in records if r.get("kind") == "eval" for k in r if k.startswith("val_loss_")})
+    per_source = sorted({k for r in records if r.get("kind") == "eval" for k, v in r.items()
+                         if k.startswith("val_loss_") and isinstance(v, int | float)})
     charts = [(f, t, s + [("eval", k) for k in per_source] if f == "val_loss.png" else s, y) for f, t, s, y in CHARTS]
     for filename, title, series, ylabel in charts:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -74,6 +75,31 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         fig.savefig(out / filename, dpi=100)
         plt.close(fig)
         written.append(out / filename)
+    by_position = _plot_loss_by_position(records, out, plt)
+    if by_position is not None:
+        written.append(by_position)
     if not written:
         raise PtbrError(f"{run_dir}/metrics.jsonl holds no training or evaluation records yet")
     return written
+
+
+def _plot_loss_by_position(records: list[dict[str, Any]], out: Path, plt: Any) -> Path | None:
+    """Validation loss per token-position bucket, at the first and the latest evaluation: a model that uses
+    its context has lower loss late in the sequence, more so as it trains."""
+    evals = [r for r in records if r.get("kind") == "eval" and r.get("val_loss_by_position")]
+    if not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in ([evals[0], evals[-1]] if len(evals) > 1 else evals[-1:]):
+        buckets = r["val_loss_by_position"]
+        ax.plot(list(buckets), list(buckets.values()), marker="o", label=f"step {r['step']}")
+    ax.set_title("validation loss by token position")
+    ax.set_xlabel("positions")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "val_loss_by_position.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

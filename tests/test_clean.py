@@ -216,8 +216,8 @@ def test_cleaning_leaves_the_calling_process_signals_alone(cleaned):
     able to stop its workers with SIGTERM (an ignored SIGTERM is inherited; a first version hung here)."""
     corpus, _, _ = cleaned
     code = ("import signal; from ptbr.clean.config import CleanConfig; from ptbr.clean.pipeline import clean; "
+            "before = signal.getsignal(signal.SIGINT); "
             f"clean([{str(corpus)!r}], None, CleanConfig(), workers=2, dry_run=True, log=lambda m: None); "
-            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "
-            "signal.getsignal(signal.SIGINT) != signal.SIG_IGN)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.split() == ["True", "True"], proc.stderr[-2000:]
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == before)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["True", "True"], proc.stdout + proc.stderr[-2000:]

@@ -172,6 +172,9 @@ def test_eval_of_the_export_equals_the_runs_validation_loss(runs, tiny_dataset, 
     final = [r for r in read_metrics(runs["zero2"]) if r["kind"] == "eval"][-1]
     assert result["tokens"] == final["val_tokens"] and result["samples"] == 16
     assert result["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    # loss by position (one bucket at seq_len 32): the same mean, in ptbr eval and in the training metrics
+    assert result["loss_by_position"]["0-32"] == pytest.approx(result["loss"], rel=1e-9)
+    assert final["val_loss_by_position"]["0-32"] == pytest.approx(final["val_loss"], rel=1e-9)
     assert 0 < result["bits_per_byte"] < 8 and result["bytes"] > result["tokens"]
 
 

@@ -120,6 +120,8 @@ def test_ctrl_c_stops_the_s3_server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert "S3: server stopped" in log.read_text()
     wait_for(lambda: not weed_processes(work / "s3"), timeout=10, what="the S3 server to exit")
+    assert not [p for p in psutil.process_iter(["cmdline"])  # no rank left behind (they may ignore SIGINT)
+                if str(work) in " ".join(p.info["cmdline"] or []) and "ptbr.train" in " ".join(p.info["cmdline"] or [])]
 
 
 # ------------------------------------------------------------------------------- the Debian corpus

@@ -28,4 +28,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.split}: {result.samples} samples, {result.tokens:,} tokens, {result.bytes:,} bytes: loss "
               f"{result.loss:.4f}, perplexity {result.ppl:.2f}, {result.bits_per_byte:.4f} bits per byte")
+        print("loss by token position: " + ", ".join(f"{k} {v:.4f}" for k, v in result.loss_by_position.items()))
     return 0

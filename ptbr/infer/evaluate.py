@@ -12,11 +12,13 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ptbr.errors import PtbrError
 from ptbr.infer.model_io import LoadedModel
+from ptbr.positions import bucket_losses
 
 
 @dataclass
@@ -27,10 +29,11 @@ class EvalResult:
     loss: float
     ppl: float
     bits_per_byte: float
+    loss_by_position: dict[str, float]
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "tokens": self.tokens, "bytes": self.bytes, "loss": self.loss,
-                "ppl": self.ppl, "bits_per_byte": self.bits_per_byte}
+                "ppl": self.ppl, "bits_per_byte": self.bits_per_byte, "loss_by_position": self.loss_by_position}
 
 
 def utf8_bytes_per_token(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -66,14 +69,18 @@ def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int 
         raise PtbrError(f"{source}: split {split} has no samples")
     token_bytes = utf8_bytes_per_token(lm.tokenizer, lm.model.config.vocab_size)
     nll, tokens, nbytes = 0.0, 0, 0
+    per_position = torch.zeros(int(manifest["seq_len"]), dtype=torch.float64)
     for start in range(0, n, batch_size):
         items = [ds[i] for i in range(start, min(start + batch_size, n))]
         x = torch.stack([it["input"] for it in items]).to(lm.device)
         y = torch.stack([it["target"] for it in items]).to(lm.device)
         logits = lm.model(x).float()
-        nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        token_nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        nll += float(token_nll.double().sum())
+        per_position += token_nll.view(y.shape).double().sum(0).cpu()
         tokens += y.numel()
         nbytes += int(token_bytes[y.cpu()].sum())
     del ds
     loss = nll / tokens
-    return EvalResult(n, tokens, nbytes, loss, math.exp(min(loss, 50.0)), nll / math.log(2) / max(nbytes, 1))
+    return EvalResult(n, tokens, nbytes, loss, math.exp(min(loss, 50.0)), nll / math.log(2) / max(nbytes, 1),
+                      bucket_losses(per_position, n))

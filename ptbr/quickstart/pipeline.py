@@ -29,6 +29,7 @@ from ptbr.errors import PtbrError
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ptbr"
 PROMPT = "O Debian é um sistema operacional"
+STOP_GRACE_S = 120  # how long an interrupted stage may take to stop (a training run saves a checkpoint first)
 
 
 @dataclass
@@ -63,12 +64,22 @@ class Quickstart:
 
     def command(self, cmd: list[str], shown: str, env: dict[str, str] | None = None, capture: bool = False) -> str:
         print(f"\n$ {shown}", flush=True)
-        proc = subprocess.run(cmd, cwd=REPO, env=env or self.env, text=True,
-                              stdout=subprocess.PIPE if capture else None)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env or self.env, text=True,
+                                stdout=subprocess.PIPE if capture else None)
+        try:
+            stdout, _ = proc.communicate()
+        except KeyboardInterrupt:  # stop the stage the way a scheduler would: training checkpoints and exits
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
         if proc.returncode != 0:
             raise PtbrError(f"`{shown}` failed with exit code {proc.returncode} (its output is above); fix that and "
                             "run the quickstart again: finished stages are reused")
-        return proc.stdout or ""
+        return stdout or ""
 
     # ------------------------------------------------------------------ stages
     def corpus(self) -> Path:
@@ -188,6 +199,9 @@ class Quickstart:
     def run(self) -> int:
         self.work.mkdir(parents=True, exist_ok=True)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C must stop the quickstart (and its S3 server) even when it was started from a shell that
+        # ignores SIGINT for background jobs (nohup, CI runners): the ignored disposition is inherited
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             corpus = self.corpus()
             tokenizer = self.tokenizer(corpus)
@@ -204,6 +218,7 @@ class Quickstart:
                 self.server.stop()
                 self.say("S3: server stopped")
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         self.summary(url, run_dir, model)
         return 0
 

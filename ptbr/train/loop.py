@@ -30,6 +30,7 @@ from ptbr.errors import ConfigError, CorruptDataError, DataError, DataSourceErro
 from ptbr.fsutil import writable_problem
 from ptbr.log import info
 from ptbr.model import RWKV6, count_parameters
+from ptbr.positions import bucket_losses
 from ptbr.train.batches import BatchStream, loader_worker_init
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
@@ -302,18 +303,23 @@ class Trainer:
         of equally sized batches (ZeRO-3 gathers parameters collectively); padding rows carry weight 0, so
         the result does not depend on the world size."""
         totals = {name: self._nll_sum(tokens, n) for name, (tokens, n) in self.eval_sets.items()}
-        pooled = sum(totals.values())
-        loss = float(pooled[0] / pooled[1])
-        result = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(pooled[1])}
+        per_position = sum(totals.values())  # [T + 1]: summed NLL at every position, then the sequence count
+        nll, count = per_position[:-1], float(per_position[-1])
+        loss = float(nll.sum() / (count * len(nll)))
+        result: dict[str, Any] = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+                                  "val_tokens": int(count * len(nll)),
+                                  "val_loss_by_position": bucket_losses(nll, count)}
         if len(totals) > 1:
-            result.update({f"val_loss_{name}": float(t[0] / t[1]) for name, t in totals.items()})
+            result.update({f"val_loss_{name}": float(t[:-1].sum() / (t[-1] * (len(t) - 1)))
+                           for name, t in totals.items()})
         return result
 
     def _nll_sum(self, eval_tokens: torch.Tensor, n: int) -> torch.Tensor:
-        """(summed NLL, tokens) over the first ``n`` samples, all ranks together."""
+        """Summed NLL at every position over the first ``n`` samples, then their count ([T + 1]), all ranks
+        together."""
         world, rank, mb = self.env.world_size, self.env.rank, self.cfg.batch.micro_batch_size
         ids = torch.tensor([rank + world * j for j in range(len(eval_tokens))])
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total = torch.zeros(eval_tokens.shape[1], dtype=torch.float64, device=self.device)
         self.engine.eval()
         for start in range(0, len(ids), mb):
             rows = torch.arange(start, min(start + mb, len(ids)))
@@ -324,9 +330,9 @@ class Trainer:
             x, y = tokens[:, :-1], tokens[:, 1:]
             logits = self.engine(x).float()
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            nll = nll.view(mb, -1).double().sum(-1)
             weight = weight.to(self.device)
-            total += torch.stack([(nll * weight).sum(), weight.sum() * y.shape[1]])
+            total[:-1] += (nll.view(mb, -1).double() * weight[:, None]).sum(0)
+            total[-1] += weight.sum()
         self.engine.train()
         tdist.all_reduce(total)
         return total.cpu()
@@ -478,7 +484,7 @@ class Trainer:
         self.last_eval_step = self.progress.step
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
         per_source = "".join(f", {k[len('val_loss_'):]} {v:.4f}" for k, v in result.items()
-                             if k.startswith("val_loss_"))
+                             if k.startswith("val_loss_") and isinstance(v, float))
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})")
 

@@ -77,6 +77,10 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, int | float) and key not in ("step", "time"):
                     self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+                elif isinstance(value, dict):  # e.g. val_loss_by_position: one scalar per bucket
+                    for sub, v in value.items():
+                        if isinstance(v, int | float):
+                            self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}/{sub}", v, record["step"])
         if line:
             print(line, flush=True)
 
