@@ -82,7 +82,13 @@ def test_preemption_requeues_and_the_whole_job_reads_the_uninterrupted_stream(cl
     cluster.run("scancel", "--signal=USR1", "--batch", str(job))  # what --signal=B:USR1@lead does
     cluster.wait_job(job, ("PENDING",), restarts=1, timeout=120)
     cluster.start_now(job)
-    wait_for(lambda: len(resumes(run_dir)) == 1, timeout=180, what="the resume")
+
+    def resumed() -> bool:  # a start that Slurm cancelled or requeued again is started again
+        if cluster.job(job).get("JobState") == "PENDING":
+            cluster.start_now(job)
+        return len(resumes(run_dir)) == 1
+
+    wait_for(resumed, timeout=400, what="the resume", interval=1.0)
     requeue_s = time.monotonic() - t0
     info = cluster.wait_job(job, ("COMPLETED", "FAILED"), timeout=300)
     log = job_log(run_dir, job)
