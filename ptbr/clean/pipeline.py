@@ -43,6 +43,7 @@ class Verdict:
 
     text: str
     rule: str | None  # the rule that dropped it, or None
+    step: str | None = None  # the step whose rule dropped it
     key: bytes | None = None  # exact-dedup hash of the normalised text
     signature: Any = None  # datasketch MinHash
     in_bytes: int = 0  # UTF-8 size before repair
@@ -104,15 +105,15 @@ def judge(text: str, cfg: CleanConfig | None = None) -> Verdict:
     if cfg.repair.enabled:
         text = rules.repair(text, cfg)
         if not text:
-            return Verdict(text, "empty_after_repair")
+            return Verdict(text, "empty_after_repair", "repair")
     if cfg.language.enabled:
         lang, score = rules.language(text)
         if lang not in cfg.language.keep or score < cfg.language.min_score:
-            return Verdict(text, f"language:{lang}" if lang not in cfg.language.keep else "language_score")
+            return Verdict(text, f"language:{lang}" if lang not in cfg.language.keep else "language_score", "language")
     if cfg.quality.enabled:
         failed = rules.quality_failure(text, cfg)
         if failed:
-            return Verdict(text, f"quality:{failed}")
+            return Verdict(text, f"quality:{failed}", "quality")
     key = signature = None
     if cfg.exact_dedup.enabled:
         key = hashlib.blake2b(rules.normalized_for_dedup(text).encode(), digest_size=16).digest()
@@ -123,7 +124,7 @@ def judge(text: str, cfg: CleanConfig | None = None) -> Verdict:
         m = MinHash(num_perm=nd.bands * nd.rows, seed=nd.seed)
         m.update_batch(list(rules.shingles(text, nd.ngram)))
         signature = m
-    return Verdict(text, None, key, signature)
+    return Verdict(text, None, None, key, signature)
 
 
 def _judge_tagged(item: tuple[str, str]) -> tuple[str, Verdict]:
@@ -178,17 +179,17 @@ def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: i
         for index, (source, verdict) in enumerate(results):
             text = verdict.text
             report.count(source, "read", verdict.in_bytes)
-            rule = verdict.rule
+            rule, step = verdict.rule, verdict.step
             if rule is None and verdict.key is not None:
                 if verdict.key in seen:
-                    rule = "exact_duplicate"
+                    rule, step = "exact_duplicate", "exact_dedup"
                 seen.add(verdict.key)
             if rule is None and lsh is not None:
                 if lsh.query(verdict.signature):
-                    rule = "near_duplicate"
+                    rule, step = "near_duplicate", "near_dedup"
                 else:  # the index keeps the band hashes only, not the document
                     lsh.insert(str(index), verdict.signature)
-            passed = _passed_steps(rule)
+            passed = STEPS[1:] if step is None else STEPS[1:STEPS.index(step)]
             out_bytes = len(text.encode())
             for step in passed:
                 report.count(source, step, out_bytes)
@@ -272,16 +273,6 @@ def clean_once(inputs: list[str], output: str, cfg: CleanConfig, log: Callable[[
     report = clean(inputs, output, cfg, overwrite=True, log=log, key=key, **kwargs)
     print_report(report, log)
     return Path(output)
-
-
-def _passed_steps(rule: str | None) -> list[str]:
-    """The steps a document came out of (kept counts per step)."""
-    order = ["repair", "language", "quality", "exact_dedup", "near_dedup"]
-    if rule is None:
-        return order
-    failed = {"empty_after_repair": "repair", "exact_duplicate": "exact_dedup", "near_duplicate": "near_dedup"}.get(
-        rule, rule.split(":")[0] if ":" in rule else ("language" if rule.startswith("language") else "quality"))
-    return order[:order.index(failed)]
 
 
 def print_report(report: Report, write: Callable[[str], None] = print) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+DEFAULT_CONFIG = "configs/clean/pt-br.yaml"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or directories (.txt, .jsonl)")
     parser.add_argument("--output", default=None, help="directory to write (one .jsonl per input file + report.json)")
-    parser.add_argument("--config", default="configs/clean/pt-br.yaml", help="cleaning config (default: %(default)s)")
+    parser.add_argument("--config", default=None,
+                        help=f"cleaning config (default: {DEFAULT_CONFIG} when present, else the same built-in values)")
     parser.add_argument("--dry-run", action="store_true", help="only the report (printed, and --report PATH)")
     parser.add_argument("--report", default=None, help="also write report.json here")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -24,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ptbr.clean.config import CleanConfig
     from ptbr.clean.pipeline import clean, print_report
 
-    cfg = CleanConfig.load(args.config if Path(args.config).is_file() or args.config != "configs/clean/pt-br.yaml"
-                           else None)
+    cfg = CleanConfig.load(args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None))
     report = clean(args.input, args.output, cfg, workers=args.workers, text_field=args.text_field,
                    txt_docs=args.txt_docs, overwrite=args.overwrite, dry_run=args.dry_run)
     print_report(report)

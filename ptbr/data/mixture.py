@@ -74,7 +74,7 @@ def build_mixed_dataset(specs: list[Any], manifest: dict[str, Any], split: str, 
     streams = []
     for part in manifest["mixture"]:
         source = part["source"]
-        local = prepare_split_cache(source, split, cache_root, read_manifest(source))
+        local = prepare_split_cache(source, split, cache_root, part)  # part holds its dataset_hash and splits
         streams.append(Stream(remote=join_source(source, split), local=str(local), proportion=part["weight"]))
     num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s,
                                             download_timeout_s)

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptbr.dist import free_port
 from ptbr.errors import PtbrError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +150,7 @@ class Quickstart:
         if before is not None:
             self.say(f"train: resuming from {before.path.name} (what is done is not trained again)")
         launcher = ["torch.distributed.run", "--nproc_per_node", str(self.s.ranks), "--master_addr", "127.0.0.1",
-                    "--master_port", str(_free_port()), "-m", "ptbr.train"]
+                    "--master_port", str(free_port()), "-m", "ptbr.train"]
         env = {**self.env, "OMP_NUM_THREADS": "1"}
         self.command([sys.executable, "-m", "ptbr.cli", "supervise", "--", sys.executable, "-m", *launcher, *args],
                      shown=f"ptbr supervise -- torchrun {shlex.join(launcher[1:] + args)}", env=env)
@@ -242,8 +243,3 @@ The shards stay in the local S3 data directory ({self.work / 's3'}); `python too
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
-
-def _free_port() -> int:
-    from ptbr.dist import free_ports
-
-    return free_ports(1)[0]
