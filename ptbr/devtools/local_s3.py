@@ -33,6 +33,18 @@ from ptbr.dist import free_ports
 from ptbr.errors import PtbrError
 
 DEFAULT_REGION = "us-east-1"
+# Every bucket is a SeaweedFS collection with volumes of its own. "-volume.max=0" would size the pool
+# by free disk / volume size (~55 on a CI disk) and a long test session ran out of volumes (InternalError
+# "no free volumes left"); volumes are not preallocated, so a fixed, generous count costs nothing, and
+# master.toml (read from the working directory) grows 2 volumes per collection instead of 7.
+MAX_VOLUMES = 2000
+_MASTER_TOML = """# written by ptbr.devtools.local_s3: few volumes per bucket (collection)
+[master.volume_growth]
+copy_1 = 2
+copy_2 = 2
+copy_3 = 1
+copy_other = 1
+"""
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc",
                "metrics")
 
@@ -130,7 +142,7 @@ class LocalS3Server:
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-metricsPort={p['metrics']}",
-            "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+            "-master.telemetry=false", f"-volume.max={MAX_VOLUMES}", "-master.volumeSizeLimitMB=1024",
             f"-s3.localSocket={root / 'tmp' / 's3.sock'}", f"-filer.localSocket={root / 'tmp' / 'filer.sock'}",
         ]
 
@@ -141,6 +153,7 @@ class LocalS3Server:
         weed = find_weed(self.weed)
         for sub in ("data", "logs", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "master.toml").write_text(_MASTER_TOML)
         last_error = ""
         previous = self.ports if self.ports and self._wait_ports_free(10.0) else None
         for _attempt in range(3):  # a port taken between probing and binding: retry on new ports
