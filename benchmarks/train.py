@@ -80,8 +80,8 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
     import torch
 
     from ptbr.model import RWKV6
+    from ptbr.model.loss import lm_loss
     from ptbr.train.config import TrainConfig
-    from ptbr.train.loss import lm_loss
     from ptbr.train.optim import WarmupCosine, build_optimizer
 
     torch.set_num_threads(threads)

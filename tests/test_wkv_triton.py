@@ -166,6 +166,43 @@ def test_state_carries_across_calls(device: str) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_state_gradient_across_a_segment_boundary_bf16(device: str) -> None:
+    """Long-context training: bf16 inputs, fp32 state carried between two calls (70 = 41 + 29 steps, neither
+    a multiple of the chunk); values and every gradient, the first call's through the carried state,
+    within the bf16 target of one float64 pass."""
+    inputs = make_inputs(1, 70, 2, 16, dtype=torch.bfloat16, device=device, seed=17)
+
+    def two_calls(r, k, v, w, u, state):
+        y_a, s_a = triton_wkv(r=r[:, :41], k=k[:, :41], v=v[:, :41], w=w[:, :41], u=u, state=state)
+        y_b, s_b = triton_wkv(r=r[:, 41:], k=k[:, 41:], v=v[:, 41:], w=w[:, 41:], u=u, state=s_a)
+        return torch.cat([y_a, y_b], 1), s_b
+
+    y, s, grads = run_with_grads(two_calls, inputs)
+    y0, s0, g0 = run_with_grads(reference, widened(inputs))
+    assert rel_rms(y, y0) <= 0.005 and rel_rms(s, s0) <= 1e-5
+    for name, g in grads.items():
+        assert rel_rms(g, g0[name]) <= 0.005, (name, rel_rms(g, g0[name]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_document_resets_match_the_reference(device: str) -> None:
+    """reset (end-of-document steps): resets inside a chunk, two in a row, at the first and the last step,
+    with extreme decays around them; values and gradients against the float64 sequential reference."""
+    inputs = make_inputs(2, 67, 2, 16, device=device, seed=19)
+    inputs["w"][:, 20:26] = 4.8  # near the ceiling next to a reset
+    reset = torch.zeros(2, 67, dtype=torch.bool, device=device)
+    reset[0, [0, 9, 10, 40, 66]] = True
+    reset[1, [15, 63, 64]] = True
+
+    def run(backend):
+        return lambda **kw: wkv6(**kw, backend=backend, reset=reset)
+
+    result = run_with_grads(run("triton"), inputs)
+    assert result[1][0].abs().max() == 0  # reset at the last step: the final state is zero
+    assert_close_to(result, run_with_grads(run("reference"), widened(inputs)), fp32_tolerance(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs_and_empty_sequence(device: str) -> None:
     wide = make_inputs(1, 9, 2, 32, device=device, seed=12)
     inputs = {n: (x[..., :16] if n in "rkvw" else x) for n, x in wide.items()}

@@ -41,6 +41,27 @@ def read_state_dict(model_dir: Path, config: dict[str, Any]) -> dict[str, torch.
     return torch.load(weights, map_location="cpu", weights_only=True)
 
 
+def load_weights_into(model: RWKV6, model_dir: str | Path) -> None:
+    """Copy the weights of an exported model into ``model`` (same shape required), e.g. to start a
+    long-context stage from a shorter run. Export with ``--dtype fp32`` to keep the master weights exact."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise PtbrError(f"train.init_from: {model_dir} is not an exported model (no config.json); "
+                        "create one with ptbr export CHECKPOINT --out DIR")
+    config = json.loads(cfg_path.read_text())
+    theirs = RWKV6Config.load(config["model"], str(cfg_path)).shape()
+    ours = model.config.shape()
+    if theirs != ours:
+        diff = ", ".join(f"{k} {theirs.get(k)} != {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+        raise PtbrError(f"train.init_from: {model_dir} holds another model shape ({diff}); use the same model config")
+    missing, unexpected = model.load_state_dict(read_state_dict(model_dir, config), strict=False)
+    absent = sorted(set(missing) - ({"head.weight"} if ours["tie_embeddings"] else set()))
+    if absent or unexpected:
+        raise PtbrError(f"train.init_from: {model_dir}: the weights do not match its config.json "
+                        f"(missing {absent[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
 def load_model(model_dir: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """The model in eval mode: float32 on CPU (fast matrix-vector products there), the exported dtype on
     CUDA, unless ``dtype`` says otherwise."""

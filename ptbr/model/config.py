@@ -56,6 +56,10 @@ class RWKV6Config(StrictModel):
     decay_lora: int = Field(default=64, gt=0, description="rank of the data-dependent decay LoRA")
     tie_embeddings: bool = Field(default=False, description="the output head reuses the embedding matrix "
                                                             "(RWKV-LM's option; off in the x060 presets)")
+    reset_state_at_eos: bool = Field(default=False, description="each document of a packed sample starts from "
+                                     "a zero state (WKV and token shift); off = exactly RWKV-LM")
+    eos_id: int | None = Field(default=None, ge=0, description="end-of-document token id for reset_state_at_eos "
+                               "(training fills it in from the dataset's manifest)")
 
     @model_validator(mode="after")
     def _check(self) -> RWKV6Config:
@@ -64,6 +68,10 @@ class RWKV6Config(StrictModel):
         if self.dim_ffn is None:
             object.__setattr__(self, "dim_ffn", default_dim_ffn(self.n_embd))
         return self
+
+    def shape(self) -> dict[str, Any]:
+        """The keys that define the weights (a resume must keep them); behaviour switches left out."""
+        return self.model_dump(exclude={"reset_state_at_eos", "eos_id"})
 
     @property
     def n_head(self) -> int:

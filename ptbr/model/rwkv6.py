@@ -2,8 +2,12 @@
 
 Readable first: one module per sub-layer, each reading only its own parameters inside its own
 ``forward`` (so DeepSpeed ZeRO-3 can gather them per module). Every forward accepts a recurrent
-state, which makes the same code serve training (full sequences), chunked inference and
-one-token generation.
+state, which makes the same code serve training (full sequences, or long ones in segments that carry
+the state: ``ptbr.model.segments``), chunked inference and one-token generation.
+
+``reset_state_at_eos`` (off by default, as in RWKV-LM) makes every document of a packed sample
+start from a zero state: after an end-of-document token the WKV state and both token-shift states
+are zero, so a packed sample computes exactly what its documents would compute one by one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ptbr.model.config import RWKV6Config
+from ptbr.model.segments import Bptt, Reduction, sequence_loss
 from ptbr.ops import wkv6
 
 GROUPNORM_EPS = 1e-5 * 8**2  # RWKV-LM: 1e-5 * head_size_divisor**2
@@ -31,13 +36,23 @@ class LayerState:
     ffn_shift: torch.Tensor  # [B, C]
 
 
-def token_shift(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
-    """``shift(x) - x``: the previous token (``prev`` before the first one, else zero) minus x."""
+def token_shift(x: torch.Tensor, prev: torch.Tensor | None, reset: torch.Tensor | None = None) -> torch.Tensor:
+    """``shift(x) - x``: the previous token (``prev`` before the first one, else zero) minus x; with
+    ``reset`` [B, T] (document ends) the previous token is zero at the first token of a document."""
     if prev is None:
         shifted = F.pad(x, (0, 0, 1, -1))
     else:
         shifted = torch.cat([prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
+    if reset is not None:
+        shifted = shifted * F.pad(~reset[:, :-1], (1, 0), value=True)[..., None].to(x.dtype)
     return shifted - x
+
+
+def last_token(x: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+    """The token-shift state leaving a sequence: its last token, or zero if that token ended a document."""
+    if reset is None:
+        return x[:, -1]
+    return x[:, -1] * (~reset[:, -1:]).to(x.dtype)
 
 
 def _layer_ratios(layer_id: int, n_layer: int) -> tuple[float, float]:
@@ -82,11 +97,12 @@ class TimeMix(nn.Module):
         self.ln_x = nn.GroupNorm(H, C, eps=GROUPNORM_EPS)
 
     def forward(
-        self, x: torch.Tensor, shift: torch.Tensor | None = None, wkv_state: torch.Tensor | None = None
+        self, x: torch.Tensor, shift: torch.Tensor | None = None, wkv_state: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        xx = token_shift(x, shift)
+        xx = token_shift(x, shift, reset)
         xxx = x + xx * self.time_maa_x
         xxx = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
         mw, mk, mv, mr, mg = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C).unbind(dim=0)
@@ -102,7 +118,7 @@ class TimeMix(nn.Module):
         g = F.silu(self.gate(xg))
         w = (self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).view(B, T, H, N)
 
-        y, new_state = wkv6(r, k, v, w, self.time_faaaa, state=wkv_state, backend=self.wkv_backend)
+        y, new_state = wkv6(r, k, v, w, self.time_faaaa, state=wkv_state, backend=self.wkv_backend, reset=reset)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         return self.output(y * g), new_state
 
@@ -121,8 +137,9 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(cfg.dim_ffn, C, bias=False)
 
-    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-        xx = token_shift(x, shift)
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None,
+                reset: torch.Tensor | None = None) -> torch.Tensor:
+        xx = token_shift(x, shift, reset)
         xk = x + xx * self.time_maa_k
         xr = x + xx * self.time_maa_r
         k = torch.relu(self.key(xk)) ** 2
@@ -141,18 +158,18 @@ class Block(nn.Module):
         self.ffn = ChannelMix(cfg, layer_id)
 
     def forward(
-        self, x: torch.Tensor, state: LayerState | None = None
+        self, x: torch.Tensor, state: LayerState | None = None, reset: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, LayerState]:
         if self.layer_id == 0:
             x = self.ln0(x)
         xa = self.ln1(x)
         att_out, wkv_state = self.att(
-            xa, None if state is None else state.att_shift, None if state is None else state.wkv
+            xa, None if state is None else state.att_shift, None if state is None else state.wkv, reset
         )
         x = x + att_out
         xf = self.ln2(x)
-        x = x + self.ffn(xf, None if state is None else state.ffn_shift)
-        return x, LayerState(att_shift=xa[:, -1], wkv=wkv_state, ffn_shift=xf[:, -1])
+        x = x + self.ffn(xf, None if state is None else state.ffn_shift, reset)
+        return x, LayerState(att_shift=last_token(xa, reset), wkv=wkv_state, ffn_shift=last_token(xf, reset))
 
 
 class RWKV6(nn.Module):
@@ -200,21 +217,51 @@ class RWKV6(nn.Module):
         state: list[LayerState] | None = None,
         return_state: bool = False,
         last_only: bool = False,
+        *,
+        targets: torch.Tensor | None = None,
+        segment_len: int | None = None,
+        bptt: Bptt = "full",
+        l2wrap: bool = True,
+        reduction: Reduction = "mean",
     ) -> torch.Tensor | tuple[torch.Tensor, list[LayerState]]:
         """Logits [B, T, V] (``last_only``: [B, 1, V], the head applied to the last position only, as a
-        prompt prefill needs); with ``return_state`` also the state after the last token."""
+        prompt prefill needs); with ``return_state`` also the state after the last token.
+
+        With ``targets`` the language-model loss instead (``ptbr.model.segments.sequence_loss``: in
+        segments of ``segment_len`` carrying the state, ``reduction="none"`` for per-token NLL). Training
+        calls it this way, through the DeepSpeed engine, so that ZeRO-3 sees every segment's use of the
+        parameters inside the engine's forward."""
+        if targets is not None:
+            return sequence_loss(self._run, idx, targets, segment_len=segment_len, bptt=bptt, l2wrap=l2wrap,
+                                 reduction=reduction)
+        logits, new_state = self._run(idx, state, last_only)
+        return (logits, new_state) if return_state else logits
+
+    def _run(self, idx: torch.Tensor, state: list[LayerState] | None = None,
+             last_only: bool = False) -> tuple[torch.Tensor, list[LayerState]]:
+        reset = self.document_ends(idx)
         x = self.emb(idx)
         new_state = []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and self.training and state is None and not return_state:
-                x, layer_state = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            layer_state = None if state is None else state[i]
+            if recompute:
+                x, layer_state = torch.utils.checkpoint.checkpoint(block, x, layer_state, reset, use_reentrant=False)
             else:
-                x, layer_state = block(x, None if state is None else state[i])
+                x, layer_state = block(x, layer_state, reset)
             new_state.append(layer_state)
         if last_only:
             x = x[:, -1:]
-        logits = self.head(self.ln_out(x))
-        return (logits, new_state) if return_state else logits
+        return self.head(self.ln_out(x)), new_state
+
+    def document_ends(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Where the state resets (the end-of-document tokens), or None when documents share state."""
+        cfg = self.config
+        if not cfg.reset_state_at_eos:
+            return None
+        if cfg.eos_id is None:
+            raise ValueError("model.reset_state_at_eos needs model.eos_id (training takes it from the dataset)")
+        return idx == cfg.eos_id
 
     def zero_state(self, batch_size: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> list[LayerState]:

@@ -18,7 +18,7 @@ W_RAW_CEIL = math.log(-LOG_DECAY_FLOOR)
 
 
 def check_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                 state: torch.Tensor | None) -> None:
+                 state: torch.Tensor | None, reset: torch.Tensor | None = None) -> None:
     """Raise ValueError naming the first bad argument."""
     for name, x in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u)):
         if not isinstance(x, torch.Tensor):
@@ -44,6 +44,12 @@ def check_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Ten
         if state.dtype != torch.float32 and not (wide and state.dtype == torch.float64):
             raise ValueError(f"wkv6: state must be float32, got {state.dtype}")
         tensors.append(("state", state))
+    if reset is not None:
+        if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
+            raise ValueError("wkv6: reset must be a bool tensor [B, T] (True where the state after the step is zero)")
+        if tuple(reset.shape) != (B, T):
+            raise ValueError(f"wkv6: reset must have shape [B, T] = {(B, T)}, got {tuple(reset.shape)}")
+        tensors.append(("reset", reset))
     for name, x in tensors:
         if x.device != r.device:
             raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; "

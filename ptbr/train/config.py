@@ -155,6 +155,15 @@ class TrainLoopConfig(StrictModel):
     max_nonfinite_in_row: int = Field(default=5, gt=0)
     wkv_backend: Literal["auto", "reference", "torch", "triton"] = "auto"
     grad_checkpointing: bool = False
+    segment_len: int | None = Field(default=None, gt=0,
+                                    description="long context: run each sample in segments of this many tokens, "
+                                                "the recurrent state carried across (activations of one segment "
+                                                "at a time); None: one pass over data.seq_len")
+    bptt: Literal["full", "truncated"] = Field(default="full", description="with segment_len: the gradient "
+                                               "flows back through the carried state (full) or stops at each "
+                                               "segment boundary (truncated)")
+    init_from: str | None = Field(default=None, description="a fresh run starts from these weights (a directory "
+                                  "written by ptbr export); a run that resumes its own checkpoint ignores it")
     tensorboard: bool = True
     peak_tflops: float | None = Field(default=None, gt=0, description="per device; default: detected")
     collective_timeout_s: float = Field(default=1800.0, gt=0,
@@ -189,6 +198,24 @@ class TrainConfig(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("model"), dict | str):
             data = {**data, "model": model_spec(data["model"], "", key="model.preset")}
         return data
+
+    @model_validator(mode="after")
+    def _recompute_fits_zero(self) -> TrainConfig:
+        # DeepSpeed 0.19.8 ZeRO-3 partitions a block's weights again while torch's non-reentrant checkpoint
+        # recomputes the block inside the backward pass; the backward then sees empty weights
+        if self.train.grad_checkpointing and self.zero.stage == 3:
+            raise ValueError("train.grad_checkpointing does not work with zero.stage 3 (ZeRO-3 frees the weights "
+                             "a per-block recompute needs); use zero.stage 2, or bound activation memory with "
+                             "train.segment_len instead")
+        return self
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> TrainConfig:
+        seg = self.train.segment_len
+        if seg is not None and seg > self.data.seq_len:
+            raise ValueError(f"train.segment_len ({seg}) is longer than data.seq_len ({self.data.seq_len}); "
+                             "use a segment_len <= seq_len, or leave it unset for one pass")
+        return self
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

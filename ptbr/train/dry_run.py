@@ -67,7 +67,7 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
     samples = int(manifest["splits"][cfg.data.train_split]["samples"])
     run_dir = Path(cfg.train.run_dir)
     root = run_dir / "checkpoints"
-    decision = decide(root, resume, fingerprint=fingerprint(cfg.model.model_dump(), cfg.data.seq_len, manifest),
+    decision = decide(root, resume, fingerprint=fingerprint(cfg.model.shape(), cfg.data.seq_len, manifest),
                       world_size=world, global_batch_size=global_batch, allow_fresh_start=allow_fresh_start,
                       allow_config_change=allow_config_change, log=lambda _m: None, dry_run=True)
     if decision is None:

@@ -34,7 +34,6 @@ from ptbr.positions import bucket_losses
 from ptbr.train.batches import BatchStream, loader_worker_init
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
-from ptbr.train.loss import lm_loss
 from ptbr.train.metrics import MetricsLogger, device_peak_tflops, format_eta, memory_gib
 from ptbr.train.optim import WarmupCosine, build_optimizer
 from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest, agree
@@ -74,6 +73,17 @@ def check_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
     if int(manifest["seq_len"]) != cfg.data.seq_len:
         raise DataError(f"the shards at {cfg.data.source} hold sequences of {manifest['seq_len']} tokens but "
                         f"data.seq_len is {cfg.data.seq_len}; set data.seq_len={manifest['seq_len']} or rebuild")
+    eos = manifest.get("eos_id")
+    if cfg.model.reset_state_at_eos and cfg.model.eos_id is not None and eos is not None and cfg.model.eos_id != eos:
+        raise DataError(f"model.eos_id is {cfg.model.eos_id} but the shards at {cfg.data.source} end documents "
+                        f"with token {eos}; remove model.eos_id (it is read from the dataset) or set it to {eos}")
+
+
+def with_dataset_eos(cfg: TrainConfig, manifest: dict[str, Any]) -> TrainConfig:
+    """reset_state_at_eos needs the end-of-document id: the dataset's, unless the config names it."""
+    if not cfg.model.reset_state_at_eos or cfg.model.eos_id is not None:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"eos_id": int(manifest["eos_id"])})})
 
 
 class Trainer:
@@ -124,6 +134,7 @@ class Trainer:
         specs = cfg.data.mixture()
         self.manifest = read_mixture(specs)
         check_dataset(cfg, self.manifest)
+        self.cfg = cfg = with_dataset_eos(cfg, self.manifest)
         prepare_streaming_env()
         common = dict(cache_root=cfg.data.cache_path(), batch_size=cfg.batch.micro_batch_size,
                       num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
@@ -168,12 +179,17 @@ class Trainer:
             pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
             worker_init_fn=loader_worker_init if workers > 0 else None)
 
-    def setup_model(self, load_universal: bool = False) -> None:
+    def setup_model(self, load_universal: bool = False, fresh: bool = False) -> None:
         import deepspeed
 
         cfg = self.cfg
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = RWKV6(cfg.model)
+        if fresh and cfg.train.init_from:  # e.g. a long-context stage continuing a shorter run's weights
+            from ptbr.infer.model_io import load_weights_into
+
+            load_weights_into(model, cfg.train.init_from)
+            info(f"initial weights from {cfg.train.init_from}")
         model.set_wkv_backend(cfg.train.wkv_backend)
         model.gradient_checkpointing = cfg.train.grad_checkpointing
         optimizer = build_optimizer(model, cfg.optim)
@@ -221,7 +237,7 @@ class Trainer:
         atomic_write_bytes(target, data)
 
     def fingerprint(self) -> dict[str, str]:
-        return fingerprint(self.cfg.model.model_dump(), self.cfg.data.seq_len, self.manifest)
+        return fingerprint(self.cfg.model.shape(), self.cfg.data.seq_len, self.manifest)
 
     def save(self) -> Path:
         return self.checkpointer.save(self.run_state())
@@ -238,7 +254,7 @@ class Trainer:
                 self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
         check_canonical_nodes(int(data.get("num_canonical_nodes") or self.train_ds.num_canonical_nodes),
                               self.env.num_nodes, self.train_ds.num_samples)
-        self.setup_model(load_universal=bool(plan and plan.elastic))
+        self.setup_model(load_universal=bool(plan and plan.elastic), fresh=plan is None)
         self.checkpointer.engine = self.engine
         if plan is None:
             return False
@@ -269,7 +285,8 @@ class Trainer:
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["input"].to(self.device, non_blocking=True)
         y = batch["target"].to(self.device, non_blocking=True)
-        return lm_loss(self.engine(x), y, l2wrap=self.cfg.optim.l2wrap)
+        t = self.cfg.train
+        return self.engine(x, targets=y, segment_len=t.segment_len, bptt=t.bptt, l2wrap=self.cfg.optim.l2wrap)
 
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, bool]:
         """One optimizer step over ``accum`` micro-batches. Returns (mean local loss, applied)."""
@@ -328,8 +345,7 @@ class Trainer:
             rows = torch.cat([rows, rows[-1:].expand(pad)])  # keep every batch the same size
             tokens = eval_tokens[rows].long().to(self.device)
             x, y = tokens[:, :-1], tokens[:, 1:]
-            logits = self.engine(x).float()
-            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            nll = self.engine(x, targets=y, segment_len=self.cfg.train.segment_len, reduction="none")
             weight = weight.to(self.device)
             total[:-1] += (nll.view(mb, -1).double() * weight[:, None]).sum(0)
             total[-1] += weight.sum()

@@ -8,21 +8,25 @@ import torch.nn.functional as F
 
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward it adds a small gradient pulling each position's largest
-    logit towards 0 (1e-4 / (B*T) * max), which keeps RWKV's logits from drifting (RWKV-LM)."""
+    logit towards 0 (1e-4 / (B*T) * max), which keeps RWKV's logits from drifting (RWKV-LM).
+
+    ``factor`` overrides 1e-4 / (B*T) where ``logits`` is one segment of a longer sample (the factor
+    belongs to the whole sample)."""
 
     @staticmethod
-    def forward(ctx, loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, loss: torch.Tensor, logits: torch.Tensor, factor: float | None = None) -> torch.Tensor:
         ctx.save_for_backward(logits)
+        ctx.factor = factor
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (logits,) = ctx.saved_tensors
-        factor = 1e-4 / (logits.shape[0] * logits.shape[1])
+        factor = ctx.factor if ctx.factor is not None else 1e-4 / (logits.shape[0] * logits.shape[1])
         maxx, ids = torch.max(logits, -1, keepdim=True)
         glogits = torch.zeros_like(logits)
         glogits.scatter_(-1, ids, maxx * factor)
-        return grad_output, glogits
+        return grad_output, glogits, None
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, l2wrap: bool = True) -> torch.Tensor:
