@@ -8,7 +8,9 @@
 3. single-GPU training throughput and MFU of the 140m and 1b5 presets (their configs: bf16, ZeRO-2,
    seq 4096, gradient checkpointing; micro-batch 8, ~30 steps) on synthetic shards written locally, no
    S3, with the memory high-water mark;
-4. generation tokens/s (RNN mode, bf16, batch 1) of the exported 140m run.
+4. generation tokens/s (RNN mode, bf16, batch 1) of the exported 140m run;
+5. long context (``benchmarks/long_context.py``): a 400m training step at L = 4096, 16k, 64k in segments of
+   4096 carrying the state, against one pass up to 16k: tokens/s and peak memory.
 
     bash benchmarks/gpu_check.sh            # on the GPU machine; < 8 minutes on an H100-class card
     bash benchmarks/gpu_check.sh --dry      # the same steps at toy sizes on CPU (tests the plumbing)
@@ -85,6 +87,25 @@ def check_wkv(work: Path, dry: bool) -> dict:
     summary = "; ".join(one(r) for r in rows if isinstance(r, dict))
     return {"check": "wkv6 suite" if not dry else "wkv6 (toy, cpu)", "ok": code == 0, "seconds": secs,
             "result": summary or out.strip().splitlines()[-1:], "detail": rows}
+
+
+def check_long_context(work: Path, dry: bool) -> dict:
+    """Training step tokens/s and peak memory at L = S, 4S, 16S with the state carried across segments of S,
+    against one pass where it fits (benchmarks/long_context.py)."""
+    report = work / "long_context.json"
+    if dry:
+        sizes = ["--segment", "16", "--factors", "1,4", "--batch", "1", "--repeats", "1", "--cpu"]
+    else:
+        sizes = ["--model", "400m", "--segment", "4096", "--factors", "1,4,16", "--batch", "1", "--repeats", "2",
+                 "--max-one-pass", "16384"]
+    code, out, secs = run([sys.executable, "benchmarks/long_context.py", *sizes, "--json", str(report)], timeout=600)
+    rows = json.loads(report.read_text()).get("rows", []) if report.is_file() else []
+    summary = "; ".join(f"{r['mode']} {r['L']}: {r['tokens_per_s']:,.0f} tok/s, {r['peak_mib']:,.0f} MiB"
+                        for r in rows if "tokens_per_s" in r)
+    name = "long context (toy, cpu)" if dry else "long context 400m, S=4096"
+    ok = code == 0 and any(r.get("mode") == "segments" and "tokens_per_s" in r for r in rows)
+    return {"check": name, "ok": ok, "seconds": secs, "result": summary or out.strip().splitlines()[-1:],
+            "detail": rows}
 
 
 def check_training(work: Path, shards: Path, preset: str, steps: int, micro: int, dry: bool) -> dict:
@@ -175,6 +196,8 @@ def main() -> int:
     first = cases[0][0]
     rows.append(check_generation(work, first, args.dry) if rows[2]["ok"] else
                 {"check": "generate", "ok": False, "seconds": 0.0, "result": "skipped: training failed"})
+    rows.append(check_long_context(work, args.dry))
+    print(f"[gpu_check] long context: {rows[-1]['result']}", flush=True)
     report = {"machine": machine_info(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else "cpu", "dry": args.dry, "seconds": time.perf_counter() - t0, "checks": rows}
     (work / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

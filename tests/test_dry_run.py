@@ -51,6 +51,19 @@ def test_the_table_resolves_batch_data_stream_and_resume(dataset: Path, tmp_path
     assert "WARNING" not in rows
 
 
+def test_the_table_says_how_a_sample_is_run(dataset: Path, tmp_path: Path) -> None:
+    rows = dict(dry_run.plan(config(dataset, tmp_path), world_size=1, nodes=1, tokens_per_s=512))
+    assert rows["context"] == "one pass over 32 tokens; documents share the state (RWKV-LM)"
+    rows = dict(dry_run.plan(config(dataset, tmp_path, "train.segment_len=12", "model.reset_state_at_eos=true"),
+                             world_size=1, nodes=1, tokens_per_s=512))
+    assert rows["context"].startswith("3 segments of 12 tokens carrying the state, full BPTT")
+    assert rows["context"].endswith("every document from a zero state (reset_state_at_eos)")
+    with pytest.raises(ConfigError, match="train.segment_len \\(64\\) is longer than data.seq_len \\(32\\)"):
+        config(dataset, tmp_path, "train.segment_len=64")
+    with pytest.raises(ConfigError, match="train.grad_checkpointing does not work with zero.stage 3"):
+        config(dataset, tmp_path, "train.grad_checkpointing=true", "zero.stage=3")
+
+
 def test_problems_are_one_line(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be a multiple of micro_batch_size x world size"):
         dry_run.plan(config(dataset, tmp_path), world_size=3, nodes=1)

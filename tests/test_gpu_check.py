@@ -19,11 +19,13 @@ def test_gpu_check_dry_runs_every_step(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {c["check"]: c for c in report["checks"]}
     assert report["dry"] and set(checks) == {"pytest -m gpu", "wkv6 (toy, cpu)", "train tiny (toy, cpu)",
-                                             "generate (RNN, batch 1) (toy, cpu)"}
+                                             "generate (RNN, batch 1) (toy, cpu)", "long context (toy, cpu)"}
     assert all(c["ok"] for c in checks.values())
     assert checks["train tiny (toy, cpu)"]["detail"]["tokens_per_s"] > 0
     assert checks["generate (RNN, batch 1) (toy, cpu)"]["detail"]["tokens_per_s"] > 0
     assert checks["wkv6 (toy, cpu)"]["detail"]  # the backends' rows
+    assert {(r["mode"], r["L"]) for r in checks["long context (toy, cpu)"]["detail"]} == {
+        ("segments", 16), ("one pass", 16), ("segments", 64), ("one pass", 64)}
     assert "GPU check on cpu" in proc.stdout and "train tiny" in proc.stdout
 
 

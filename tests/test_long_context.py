@@ -4,6 +4,9 @@ gives the loss and gradients of one pass over it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -314,3 +317,40 @@ def test_training_in_segments_follows_the_one_pass_run_and_resumes_elastically(t
     c = h.train_losses(resumed)
     assert sorted(c) == list(range(7, 13))
     assert max(abs(c[s] - b[s]) for s in c) < 1e-2  # 1 rank sums the gradient in another order
+
+    # a new stage (another run directory) that starts from the segmented run's exported weights
+    from ptbr.infer.model_io import load_model
+
+    exported = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "export", str(seg), str(exported), "--dtype", "fp32",
+                           "--quiet"], env=tiny_dataset.env, capture_output=True, text=True, timeout=300, cwd=h.REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_model(exported).model.config.eos_id is not None  # the dataset's EOS travelled with the weights
+    stage2 = tmp_path / "stage2"
+    train(stage2, 1, "train.segment_len=8", "data.num_workers=0", f"train.init_from={exported}", "train.max_steps=2")
+    first = h.train_losses(stage2)[1]
+    assert first < a[1] - 0.3, (first, a[1])  # the same batch as the first run's step 1, on trained weights
+
+
+def test_init_from_copies_exported_weights_and_refuses_another_shape(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from ptbr.errors import PtbrError
+    from ptbr.infer.model_io import load_weights_into
+
+    source = randomize_(RWKV6(TINY), seed=3)
+    out = tmp_path / "export"
+    out.mkdir()
+    save_file({n: p.detach().contiguous() for n, p in source.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"model": TINY.model_dump(), "weights": "model.safetensors"}))
+    target = RWKV6(TINY_RESET)  # a behaviour switch is not a shape change
+    load_weights_into(target, out)
+    for (name, p), q in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(p, q), name
+    wider = RWKV6(TINY.model_copy(update={"n_embd": 96}))
+    with pytest.raises(PtbrError, match="another model shape \\(n_embd 64 != 96"):
+        load_weights_into(wider, out)
+    with pytest.raises(PtbrError, match="not an exported model"):
+        load_weights_into(target, tmp_path)

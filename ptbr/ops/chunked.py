@@ -75,6 +75,23 @@ class _Chunks:
         i = self.unsafe
         return self.r[i], self.k[i], self.Ae[i], self.A[i]
 
+    # Everything the backward needs goes through ctx.save_for_backward (never a ctx attribute): activation
+    # checkpointing (torch.utils.checkpoint, the long-context segments) frees and recomputes only tensors
+    # that autograd's saved-tensor hooks see; a tensor kept as an attribute would stay alive.
+    _FIELDS = ("r", "k", "v", "u", "A", "Ae", "e_Ae", "e_k", "e_last", "q", "kg", "e_kd", "kd", "P", "causal",
+               "rk", "bonus")
+
+    def to_saved(self) -> tuple[torch.Tensor, ...]:
+        return (*(getattr(self, f) for f in self._FIELDS), torch.stack(self.unsafe))
+
+    @classmethod
+    def from_saved(cls, saved: tuple[torch.Tensor, ...]) -> _Chunks:
+        c = cls.__new__(cls)
+        for f, t in zip(cls._FIELDS, saved):
+            setattr(c, f, t)
+        c.unsafe = tuple(saved[len(cls._FIELDS)].unbind(0))
+        return c
+
 
 def _scan(decay: torch.Tensor, delta: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor:
     """States entering each chunk of S_{c+1} = decay_c ⊙ S_c + delta_c ([B,H,nc,N,1], [B,H,nc,N,N]),
@@ -126,20 +143,19 @@ class _WKV6Chunked(torch.autograd.Function):
         S = torch.addcmul(delta[:, :, -1], c.e_last[:, :, -1].transpose(-1, -2), S_prev[:, :, -1])
         y = torch.addcmul(c.P @ vc, c.bonus, vc).add_(c.q @ S_prev)
 
-        ctx.save_for_backward(r, k, v, w, u, S_prev)
         # The chunk tensors are kept rather than recomputed: this is the CPU path, where time is scarcer
         # than memory (about 8 floats per input element).
         # d lw / d w = lw where w was not clamped, 0 where it was
-        ctx.chunks, ctx.dlw_dw = c, _split(lw_flat.masked_fill(w.to(cd) > W_RAW_CEIL, 0.0), L, nc, cd)
+        dlw_dw = _split(lw_flat.masked_fill(w.to(cd) > W_RAW_CEIL, 0.0), L, nc, cd)
+        ctx.save_for_backward(r, k, v, w, u, S_prev, dlw_dw, *c.to_saved())
         ctx.meta = (chunk_size, cd, state is not None, state.dtype if state is not None else None)
         return _merge(y, T, r.dtype), S
 
     @staticmethod
     def backward(ctx, dy, dS_T):
-        r, k, v, w, u, S_prev = ctx.saved_tensors
+        r, k, v, w, u, S_prev, dlw_dw, *saved = ctx.saved_tensors
         L, cd, has_state, state_dtype = ctx.meta
-        c, dlw_dw = ctx.chunks, ctx.dlw_dw
-        del ctx.chunks, ctx.dlw_dw
+        c = _Chunks.from_saved(tuple(saved))
         rc, kc, vc = c.r, c.k, c.v
         B, T, H, N = r.shape
         nc = S_prev.shape[2]

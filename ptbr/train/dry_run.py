@@ -104,6 +104,7 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
                  f"dataset {manifest['dataset_hash'][:16]}; "
                  f"{remaining * global_batch / samples:.2f} epochs to go"),
         ("stream", f"{ncn} canonical nodes (node counts that work: divisors and multiples of {ncn})"),
+        ("context", _describe_context(cfg)),
         ("resume", what),
         ("memory/GPU", f"model states {mem[str(cfg.zero.stage)]:.2f} GiB at ZeRO {cfg.zero.stage} (ZeRO-1 "
                        f"{mem['1']:.2f}, 2 {mem['2']:.2f}, 3 {mem['3']:.2f}; DeepSpeed's estimators, activations "
@@ -133,3 +134,15 @@ def _describe_sources(manifest: dict[str, Any], source: str) -> str:
     if "mixture" not in manifest:
         return source
     return " + ".join(f"{p['source']} ({p['weight']:.0%})" for p in manifest["mixture"])
+
+
+def _describe_context(cfg: TrainConfig) -> str:
+    """How a sample is run: one pass or segments carrying the state, and where documents start over."""
+    seg, L = cfg.train.segment_len, cfg.data.seq_len
+    docs = ("every document from a zero state (reset_state_at_eos)" if cfg.model.reset_state_at_eos
+            else "documents share the state (RWKV-LM)")
+    if not seg or seg >= L:
+        return f"one pass over {L} tokens; {docs}"
+    n = -(-L // seg)
+    return (f"{n} segments of {seg} tokens carrying the state, {cfg.train.bptt} BPTT, activations of one segment; "
+            f"{docs}")
