@@ -60,8 +60,10 @@ def test_the_table_says_how_a_sample_is_run(dataset: Path, tmp_path: Path) -> No
     assert rows["context"].endswith("every document from a zero state (reset_state_at_eos)")
     with pytest.raises(ConfigError, match="train.segment_len \\(64\\) is longer than data.seq_len \\(32\\)"):
         config(dataset, tmp_path, "train.segment_len=64")
-    with pytest.raises(ConfigError, match="train.grad_checkpointing does not work with zero.stage 3"):
-        config(dataset, tmp_path, "train.grad_checkpointing=true", "zero.stage=3")
+    with pytest.raises(ConfigError, match="train.grad_checkpointing does not work together with train.segment_len"):
+        config(dataset, tmp_path, "train.grad_checkpointing=true", "zero.stage=3", "train.segment_len=8")
+    config(dataset, tmp_path, "train.grad_checkpointing=true", "zero.stage=3")  # each alone is fine
+    config(dataset, tmp_path, "train.grad_checkpointing=true", "zero.stage=2", "train.segment_len=8")
 
 
 def test_problems_are_one_line(dataset: Path, tmp_path: Path) -> None:

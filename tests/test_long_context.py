@@ -241,7 +241,7 @@ def test_activation_memory_is_bounded_by_the_segment() -> None:
 
 
 # ------------------------------------------------------------------------- 3b. the same under DeepSpeed
-ZERO_CASES = ("zero1", "zero2", "zero3", "zero3_reset", "zero2_reset_ckpt", "zero2_bf16")
+ZERO_CASES = ("zero1", "zero2", "zero3", "zero3_reset", "zero2_reset_ckpt", "zero2_bf16", "zero3_ckpt_one_pass")
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,8 @@ def zero_findings(tmp_path_factory) -> dict:
 def test_segments_under_zero_on_two_ranks(zero_findings, case: str) -> None:
     """Real DeepSpeed engines, 2 gloo ranks, the loss routed through engine(x, targets=..., segment_len=...):
     the reduced gradients of every parameter with 4 segments equal those of one pass (fp32: to rounding;
-    bf16: within bf16's own rounding), with document resets and with per-block recompute too."""
+    bf16: within bf16's own rounding), with document resets and with per-block recompute too; at ZeRO-3 the
+    (reentrant) per-block recompute gives the gradients of no recompute."""
     f = zero_findings[case]
     bf16 = case.endswith("bf16")
     assert f["loss_seg"] == pytest.approx(f["loss_one"], rel=1e-3 if bf16 else 1e-6)
@@ -354,3 +355,27 @@ def test_init_from_copies_exported_weights_and_refuses_another_shape(tmp_path) -
         load_weights_into(wider, out)
     with pytest.raises(PtbrError, match="not an exported model"):
         load_weights_into(target, tmp_path)
+
+
+def test_reentrant_block_recompute_gives_the_gradients_of_none() -> None:
+    """The ZeRO-3 variant of gradient checkpointing (reentrant, state passed as plain tensors), with a carried
+    state and document resets: the same loss and gradients, and the gradient reaches the incoming state."""
+    model = randomize_(RWKV6(TINY_RESET)).train()
+    idx = packed_documents([9, 14], B=2, seed=8)
+    _, state = model(idx[:, :7], return_state=True)
+    state = [type(s)(**{k: t.detach().requires_grad_(True) for k, t in vars(s).items()}) for s in state]
+
+    def run() -> tuple[dict, list]:
+        model.zero_grad()
+        for s in state:
+            for t in vars(s).values():
+                t.grad = None
+        model(idx[:, 7:], state=state).pow(2).mean().backward()
+        return grads_of(model), [t.grad.clone() for s in state for t in vars(s).values()]
+
+    g_plain, s_plain = run()
+    model.gradient_checkpointing, model.checkpoint_reentrant = True, True
+    g_ck, s_ck = run()
+    assert_same_grads(g_ck, g_plain, 1e-6)
+    for a, b in zip(s_ck, s_plain):
+        torch.testing.assert_close(a, b)

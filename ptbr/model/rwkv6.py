@@ -186,6 +186,7 @@ class RWKV6(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.emb.weight  # one parameter (counted, optimised and saved once)
         self.gradient_checkpointing = False  # recompute each block in backward (training only)
+        self.checkpoint_reentrant = False  # the reentrant recompute DeepSpeed ZeRO-3 needs (see _recomputed_block)
         if init_weights:
             self.reset_parameters()
 
@@ -245,7 +246,9 @@ class RWKV6(nn.Module):
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state[i]
-            if recompute:
+            if recompute and self.checkpoint_reentrant:
+                x, layer_state = _recomputed_block(block, x, layer_state, reset)
+            elif recompute:
                 x, layer_state = torch.utils.checkpoint.checkpoint(block, x, layer_state, reset, use_reentrant=False)
             else:
                 x, layer_state = block(x, layer_state, reset)
@@ -275,6 +278,31 @@ class RWKV6(nn.Module):
             )
             for _ in range(cfg.n_layer)
         ]
+
+
+def _block_on_tensors(block: Block, x: torch.Tensor, att_shift: torch.Tensor | None, wkv: torch.Tensor | None,
+                      ffn_shift: torch.Tensor | None, reset: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    state = None if att_shift is None else LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
+    x, out = block(x, state, reset)
+    return x, out.att_shift, out.wkv, out.ffn_shift
+
+
+def _recomputed_block(block: Block, x: torch.Tensor, state: LayerState | None,
+                      reset: torch.Tensor | None) -> tuple[torch.Tensor, LayerState]:
+    """The block with its activations recomputed in the backward pass, reentrant checkpointing (for ZeRO-3).
+
+    The recompute runs inside the checkpoint's own backward and is followed by a backward through the
+    recomputed graph, so DeepSpeed ZeRO-3 gathers the weights again for it. (With torch's non-reentrant
+    variant, the default elsewhere, the recompute starts after ZeRO-3 has gathered a sub-module's weights
+    for its backward, and the recompute's own release leaves that backward with empty weights.) Each call
+    is its own backward pass, so a block run several times in one step (segments) would report its
+    gradients several times, which ZeRO 2/3 refuse: the training config rules that combination out.
+    The state travels as plain tensors, the only inputs a reentrant checkpoint differentiates.
+    """
+    flat = (None, None, None) if state is None else (state.att_shift, state.wkv, state.ffn_shift)
+    x, att_shift, wkv, ffn_shift = torch.utils.checkpoint.checkpoint(
+        _block_on_tensors, block, x, *flat, reset, use_reentrant=True)
+    return x, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
 
 
 def count_parameters(cfg: RWKV6Config) -> int:

@@ -201,12 +201,13 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _recompute_fits_zero(self) -> TrainConfig:
-        # DeepSpeed 0.19.8 ZeRO-3 partitions a block's weights again while torch's non-reentrant checkpoint
-        # recomputes the block inside the backward pass; the backward then sees empty weights
-        if self.train.grad_checkpointing and self.zero.stage == 3:
-            raise ValueError("train.grad_checkpointing does not work with zero.stage 3 (ZeRO-3 frees the weights "
-                             "a per-block recompute needs); use zero.stage 2, or bound activation memory with "
-                             "train.segment_len instead")
+        # ZeRO-3 needs the reentrant block recompute (ptbr.model.rwkv6._recomputed_block), which reports a
+        # block's gradients once per call: with segments, once per segment, and DeepSpeed refuses that
+        seg = self.train.segment_len
+        if self.train.grad_checkpointing and self.zero.stage == 3 and seg is not None and seg < self.data.seq_len:
+            raise ValueError("train.grad_checkpointing does not work together with train.segment_len at zero.stage 3; "
+                             "drop grad_checkpointing (the segments already bound activation memory) or use "
+                             "zero.stage 2")
         return self
 
     @model_validator(mode="after")

@@ -192,6 +192,7 @@ class Trainer:
             info(f"initial weights from {cfg.train.init_from}")
         model.set_wkv_backend(cfg.train.wkv_backend)
         model.gradient_checkpointing = cfg.train.grad_checkpointing
+        model.checkpoint_reentrant = cfg.zero.stage == 3
         optimizer = build_optimizer(model, cfg.optim)
         ds_config = build_ds_config(cfg, self.accum, self.global_batch, self.device.type == "cuda")
         if load_universal:  # elastic resume: optimizer state re-partitioned for this world size
