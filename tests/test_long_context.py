@@ -379,3 +379,19 @@ def test_reentrant_block_recompute_gives_the_gradients_of_none() -> None:
     assert_same_grads(g_ck, g_plain, 1e-6)
     for a, b in zip(s_ck, s_plain):
         torch.testing.assert_close(a, b)
+
+
+def test_generation_steps_reset_at_a_document_end_too() -> None:
+    """The one-token RNN step of generation follows the same rule as the parallel forward: with
+    reset_state_at_eos, the token after an EOS sees a zero state (logits of every step agree)."""
+    from ptbr.infer.rnn import RNN
+
+    model = randomize_(RWKV6(TINY_RESET)).eval()
+    idx = packed_documents([5, 8, 1, 6], seed=9)
+    with torch.no_grad():
+        parallel = model(idx)
+    rnn, state, steps = RNN(model), model.zero_state(1), []
+    for t in range(idx.shape[1]):
+        logits, state = rnn.step(idx[:, t], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), parallel, rtol=1e-4, atol=1e-4)

@@ -53,10 +53,21 @@ def overrides(run_dir: Path, dataset, *extra: str) -> list[str]:
 def submit(cluster: SlurmCluster, run_dir: Path, dataset, *sbatch: str, args: list[str] | None = None,
            env: dict[str, str] | None = None, nodes: int = 2, per_node: int = 1) -> int:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the shard cache inside this test's directory: the script's default (/tmp/ptbr-cache-$USER) outlives the
+    # test session, and a later session would start from whatever an earlier one left there
+    cache = {"PTBR_CACHE_DIR": str(cluster.base / "cache")}
     return cluster.sbatch(f"--nodes={nodes}", f"--ntasks-per-node={per_node}", *SMALL_JOB,
                           f"--output={run_dir.parent}/job-%j.out", *sbatch, SCRIPT,
                           *(args if args is not None else overrides(run_dir, dataset)),
-                          env={**dataset.env, "PYTHONPATH": str(REPO), **(env or {})})
+                          env={**dataset.env, "PYTHONPATH": str(REPO), **cache, **(env or {})})
+
+
+def rank_logs_tail(run_dir: Path, lines: int = 30) -> str:
+    parts = []
+    for path in sorted((run_dir / "logs").glob("**/*"))[-6:]:
+        if path.is_file():
+            parts.append(f"{path}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(parts)
 
 
 def job_log(run_dir: Path, job_id: int) -> str:
@@ -88,7 +99,11 @@ def test_preemption_requeues_and_the_whole_job_reads_the_uninterrupted_stream(cl
             cluster.start_now(job)
         return len(resumes(run_dir)) == 1
 
-    wait_for(resumed, timeout=400, what="the resume", interval=1.0)
+    try:
+        wait_for(resumed, timeout=400, what="the resume", interval=1.0)
+    except TimeoutError as exc:  # say what the job was doing (the cluster directory is removed afterwards)
+        raise AssertionError(f"{exc}; job {cluster.job(job)}\n--- job log ---\n{job_log(run_dir, job)[-6000:]}\n"
+                             f"--- rank logs ---\n{rank_logs_tail(run_dir)}") from exc
     requeue_s = time.monotonic() - t0
     info = cluster.wait_job(job, ("COMPLETED", "FAILED"), timeout=300)
     log = job_log(run_dir, job)
@@ -190,7 +205,7 @@ def test_deepspeed_launcher_with_a_hostfile_trains_and_resumes(cluster, tiny_dat
     run_dir = cluster.base / "deepspeed" / "run"
     run_dir.mkdir(parents=True)
     py = sys.executable
-    train = " ".join(overrides(run_dir, tiny_dataset, "data.cache_dir=/tmp/ptbr-cache-test/$SLURMD_NODENAME"))
+    train = " ".join(overrides(run_dir, tiny_dataset, f"data.cache_dir={cluster.base}/cache/$SLURMD_NODENAME"))
     body = (f"set -e; cd {REPO}; {py} launch/hostfile_from_slurm.py --out {run_dir.parent}/hostfile --slots 1; "
             f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{py} -m ptbr.cli supervise -- {py} -m "
             f"deepspeed.launcher.runner --hostfile {run_dir.parent}/hostfile --no_ssh --node_rank $SLURM_NODEID "
