@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from ptbr.model.rwkv6 import GROUPNORM_EPS, RWKV6, LayerState
 
-
 # RWKV-LM computes the five token-shift mixes in the order w, k, v, r, g; here they are kept in the order
 # r, k, v, g, w so that the first four are one contiguous slice, the input of the stacked projections.
 _MIX_ORDER = [3, 1, 2, 4, 0]
