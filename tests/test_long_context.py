@@ -84,7 +84,7 @@ def test_model_state_gradient_reaches_the_previous_segment() -> None:
     assert_same_grads(grads_of(model), one, 1e-10)
 
     # and the carried state itself is differentiable: d(loss of segment 2)/d(state) is not zero
-    state = [type(s)(**{k: t.detach().requires_grad_(True) for k, t in vars(s).items()}) for s in state]
+    state = [s.map(lambda t: t.detach().requires_grad_(True)) for s in state]
     (model(idx[:, 23:], state=state) * weight[:, 23:]).sum().backward()
     for s in state:
         assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in vars(s).values())
@@ -372,7 +372,7 @@ def test_reentrant_block_recompute_gives_the_gradients_of_none() -> None:
     model = randomize_(RWKV6(TINY_RESET)).train()
     idx = packed_documents([9, 14], B=2, seed=8)
     _, state = model(idx[:, :7], return_state=True)
-    state = [type(s)(**{k: t.detach().requires_grad_(True) for k, t in vars(s).items()}) for s in state]
+    state = [s.map(lambda t: t.detach().requires_grad_(True)) for s in state]
 
     def run() -> tuple[dict, list]:
         model.zero_grad()

@@ -74,10 +74,9 @@ def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int 
         items = [ds[i] for i in range(start, min(start + batch_size, n))]
         x = torch.stack([it["input"] for it in items]).to(lm.device)
         y = torch.stack([it["target"] for it in items]).to(lm.device)
-        logits = lm.model(x).float()
-        token_nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        token_nll = lm.model(x, targets=y, reduction="none")  # [B, T] float32, as training evaluates
         nll += float(token_nll.double().sum())
-        per_position += token_nll.view(y.shape).double().sum(0).cpu()
+        per_position += token_nll.double().sum(0).cpu()
         tokens += y.numel()
         nbytes += int(token_bytes[y.cpu()].sum())
     del ds

@@ -84,57 +84,52 @@ def _compiled_stack():
         return _all_layers
 
 
-class _Layer:
-    def __init__(self, block, eps: float) -> None:
-        att, ffn = block.att, block.ffn
-        C = att.receptance.weight.shape[0]
-        self.C, self.H, self.N, self.eps = C, att.n_head, att.head_size, eps
-        self.ln0 = (block.ln0.weight, block.ln0.bias) if hasattr(block, "ln0") else None
-        maa = torch.stack([att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g])
-        R = att.time_maa_w2.shape[1]
-        # the argument list of _layer_step after the state, in its order
-        self.weights = (
-            block.ln1.weight, block.ln1.bias,
-            att.time_maa_x.reshape(C),
-            att.time_maa_w1.reshape(C, 5, R)[:, _MIX_ORDER].reshape(C, 5 * R).contiguous(),
-            maa.reshape(5, 1, C)[_MIX_ORDER].contiguous(),
-            att.time_maa_w2[_MIX_ORDER].contiguous(),  # [5, R, C]
-            # r, k, v, g projections as one batched product: [4, C_in, C_out]
-            torch.stack([att.receptance.weight.t(), att.key.weight.t(), att.value.weight.t(),
-                         att.gate.weight.t()]).contiguous(),
-            att.time_decay.reshape(C), att.time_decay_w1, att.time_decay_w2,
-            att.time_faaaa.reshape(self.H, self.N).float(),
-            att.ln_x.weight, att.ln_x.bias,
-            att.output.weight.t().contiguous(),
-            block.ln2.weight, block.ln2.bias,
-            ffn.time_maa_k.reshape(C), ffn.time_maa_r.reshape(C),
-            ffn.key.weight.t().contiguous(), ffn.receptance.weight.t().contiguous(), ffn.value.weight.t().contiguous(),
-        )
+def _layer_weights(block) -> list[torch.Tensor]:
+    """One block's weights laid out for :func:`_layer_step`, in the order of its arguments after the state."""
+    att, ffn = block.att, block.ffn
+    C, H, N = att.receptance.weight.shape[0], att.n_head, att.head_size
+    maa = torch.stack([att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g])
+    R = att.time_maa_w2.shape[1]
+    return [
+        block.ln1.weight, block.ln1.bias,
+        att.time_maa_x.reshape(C),
+        att.time_maa_w1.reshape(C, 5, R)[:, _MIX_ORDER].reshape(C, 5 * R).contiguous(),
+        maa.reshape(5, 1, C)[_MIX_ORDER].contiguous(),
+        att.time_maa_w2[_MIX_ORDER].contiguous(),  # [5, R, C]
+        # r, k, v, g projections as one batched product: [4, C_in, C_out]
+        torch.stack([att.receptance.weight.t(), att.key.weight.t(), att.value.weight.t(),
+                     att.gate.weight.t()]).contiguous(),
+        att.time_decay.reshape(C), att.time_decay_w1, att.time_decay_w2,
+        att.time_faaaa.reshape(H, N).float(),
+        att.ln_x.weight, att.ln_x.bias,
+        att.output.weight.t().contiguous(),
+        block.ln2.weight, block.ln2.bias,
+        ffn.time_maa_k.reshape(C), ffn.time_maa_r.reshape(C),
+        ffn.key.weight.t().contiguous(), ffn.receptance.weight.t().contiguous(), ffn.value.weight.t().contiguous(),
+    ]
 
 
 class RNN:
     """``step(tokens [B], state) -> (logits [B, V], state)`` with the weights of ``model``."""
 
     def __init__(self, model: RWKV6) -> None:
+        cfg = model.config
         self.model = model
         self.emb = model.emb.weight
-        self.layers = [_Layer(b, GROUPNORM_EPS) for b in model.blocks]
-        self.weights = [list(layer.weights) for layer in self.layers]
+        self.ln0 = (model.blocks[0].ln0.weight, model.blocks[0].ln0.bias)
+        self.weights = [_layer_weights(b) for b in model.blocks]
+        self.C, self.H, self.N = cfg.n_embd, cfg.n_head, cfg.head_size
         self.ln_out = (model.ln_out.weight, model.ln_out.bias)
         self.head = model.head.weight.t().contiguous()
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
-        x = self.emb[tokens]
-        first = self.layers[0]
-        if first.ln0 is not None:
-            x = F.layer_norm(x, (first.C,), *first.ln0)
+        x = F.layer_norm(self.emb[tokens], (self.C,), *self.ln0)
         flat = [t for s in state for t in (s.att_shift.to(x.dtype), s.wkv, s.ffn_shift.to(x.dtype))]
-        x, out = _compiled_stack()(x, flat, self.weights, first.H, first.N, first.eps)
+        x, out = _compiled_stack()(x, flat, self.weights, self.H, self.N, GROUPNORM_EPS)
         new = [LayerState(att_shift=out[i], wkv=out[i + 1], ffn_shift=out[i + 2]) for i in range(0, len(out), 3)]
         ends = self.model.document_ends(tokens)
         if ends is not None and bool(ends.any()):  # reset_state_at_eos: a document ended, the next starts afresh
-            new = [LayerState(**{k: t.masked_fill(ends.view(-1, *[1] * (t.dim() - 1)), 0.0)
-                                 for k, t in vars(s).items()}) for s in new]
+            new = [s.map(lambda t: t.masked_fill(ends.view(-1, *[1] * (t.dim() - 1)), 0.0)) for s in new]
         x = F.layer_norm(x, (x.shape[-1],), *self.ln_out)
         return (x @ self.head).float(), new

@@ -35,6 +35,10 @@ class LayerState:
     wkv: torch.Tensor  # [B, H, N, N] float32
     ffn_shift: torch.Tensor  # [B, C]
 
+    def map(self, fn) -> LayerState:
+        """The same state with ``fn`` applied to each tensor (detach, reset, move)."""
+        return LayerState(att_shift=fn(self.att_shift), wkv=fn(self.wkv), ffn_shift=fn(self.ffn_shift))
+
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor | None, reset: torch.Tensor | None = None) -> torch.Tensor:
     """``shift(x) - x``: the previous token (``prev`` before the first one, else zero) minus x; with

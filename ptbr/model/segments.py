@@ -32,7 +32,7 @@ Reduction = Literal["mean", "none"]
 
 def detach_state(state: list) -> list:
     """The same state cut off from the graph (truncated BPTT)."""
-    return [type(s)(**{k: t.detach() for k, t in vars(s).items()}) for s in state]
+    return [s.map(torch.Tensor.detach) for s in state]
 
 
 def _segment_nll(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, state: object,
