@@ -10,7 +10,10 @@
    S3, with the memory high-water mark;
 4. generation tokens/s (RNN mode, bf16, batch 1) of the exported 140m run;
 5. long context (``benchmarks/long_context.py``): a 400m training step at L = 4096, 16k, 64k in segments of
-   4096 carrying the state, against one pass up to 16k: tokens/s and peak memory.
+   4096 carrying the state, against one pass up to 16k: tokens/s and peak memory;
+6. CPU inference against the ``rwkv`` pip runtime (``benchmarks/export.py --inference-only``) on the 140m
+   run's fp32 weights, at 1 thread and at every core of the machine: prefill and generation tokens/s
+   (the prefill ratio grows with the core count, and a 2-core machine cannot show the 3x target).
 
     bash benchmarks/gpu_check.sh            # on the GPU machine; < 8 minutes on an H100-class card
     bash benchmarks/gpu_check.sh --dry      # the same steps at toy sizes on CPU (tests the plumbing)
@@ -108,6 +111,23 @@ def check_long_context(work: Path, dry: bool) -> dict:
             "detail": rows}
 
 
+def check_cpu_inference(work: Path, preset: str, dry: bool) -> dict:
+    """Prefill and generation on CPU (fp32) against the rwkv runtime at 1 thread and at every core."""
+    report = work / "cpu_inference.json"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    sizes = ["--prompt-len", "64", "--gen-tokens", "8", "--repeats", "1"] if dry else ["--repeats", "3"]
+    code, out, secs = run([sys.executable, "benchmarks/export.py", "--preset", preset, "--run-dir",
+                           str(work / f"train_{preset}"), "--inference-only", "--workdir", str(work / "cpu_inference"),
+                           "--threads", f"1,{max(cores, 2)}", *sizes, "--json", str(report)], timeout=600)
+    data = json.loads(report.read_text()) if report.is_file() else {}
+    rows = [r for r in data.get("rows", []) if r.get("case", "").endswith(": ptbr")]
+    summary = "; ".join(f"{r['case'].split(' ')[0]} {r['threads']} thr {r['ratio']:.2f}x" for r in rows)
+    ok = code == 0 and len(rows) == 4
+    return {"check": "cpu inference vs rwkv runtime" + (" (toy)" if dry else f", {preset} fp32"), "ok": ok,
+            "seconds": secs, "result": summary or out.strip().splitlines()[-3:],
+            "detail": {"rows": data.get("rows", []), "prefill_scaling": data.get("prefill_scaling", [])}}
+
+
 def check_training(work: Path, shards: Path, preset: str, steps: int, micro: int, dry: bool) -> dict:
     run_dir = work / f"train_{preset}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh measurement each time
@@ -198,6 +218,10 @@ def main() -> int:
                 {"check": "generate", "ok": False, "seconds": 0.0, "result": "skipped: training failed"})
     rows.append(check_long_context(work, args.dry))
     print(f"[gpu_check] long context: {rows[-1]['result']}", flush=True)
+    rows.append(check_cpu_inference(work, first, args.dry) if rows[2]["ok"] else
+                {"check": "cpu inference vs rwkv runtime", "ok": False, "seconds": 0.0,
+                 "result": "skipped: training failed"})
+    print(f"[gpu_check] cpu inference: {rows[-1]['result']}", flush=True)
     report = {"machine": machine_info(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else "cpu", "dry": args.dry, "seconds": time.perf_counter() - t0, "checks": rows}
     (work / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
