@@ -109,10 +109,9 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
     from ptbr.infer.model_io import load_model
     from ptbr.infer.rnn import RNN
 
-    for fmt, out in (("safetensors", work / "export"), ("rwkv", work / "rwkv")):
-        if not (out / "config.json").is_file():
-            sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--format", fmt, "--dtype",
-               "fp32", "--quiet", "--overwrite")
+    for fmt, out in (("safetensors", work / "export"), ("rwkv", work / "rwkv")):  # always this run's weights
+        sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--format", fmt, "--dtype", "fp32",
+           "--quiet", "--overwrite")
     lm = load_model(work / "export", "cpu")
     runtime = RWKV(model=str(work / "rwkv" / "model"), strategy="cpu fp32")
     vocab = lm.model.config.vocab_size
