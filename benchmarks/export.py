@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
 from benchmarks.train import build_dataset, sh  # noqa: E402
+from ptbr.data.build import default_workers  # noqa: E402
 
 
 def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -183,7 +184,7 @@ def scaling_rows(prefill_s: dict[str, dict[int, float]], prompt_len: int, predic
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="140m")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = default_workers()
     ap.add_argument("--threads", default=",".join(str(n) for n in sorted({1, cores})),
                     help="comma-separated thread counts (default: 1 and every core)")
     ap.add_argument("--predict-threads", type=int, default=16,

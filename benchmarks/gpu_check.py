@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine_info, print_table  # noqa: E402
 from benchmarks.train import build_dataset  # noqa: E402
+from ptbr.data.build import default_workers  # noqa: E402
 
 # (preset, steps, micro-batch) at full size; the dry mode swaps in the tiny model on CPU
 TRAIN_CASES = (("140m", 30, 8), ("1b5", 30, 8))
@@ -114,7 +115,7 @@ def check_long_context(work: Path, dry: bool) -> dict:
 def check_cpu_inference(work: Path, preset: str, dry: bool) -> dict:
     """Prefill and generation on CPU (fp32) against the rwkv runtime at 1 thread and at every core."""
     report = work / "cpu_inference.json"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = default_workers()
     sizes = ["--prompt-len", "64", "--gen-tokens", "8", "--repeats", "1"] if dry else ["--repeats", "3"]
     code, out, secs = run([sys.executable, "benchmarks/export.py", "--preset", preset, "--run-dir",
                            str(work / f"train_{preset}"), "--inference-only", "--workdir", str(work / "cpu_inference"),

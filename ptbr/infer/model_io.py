@@ -41,25 +41,34 @@ def read_state_dict(model_dir: Path, config: dict[str, Any]) -> dict[str, torch.
     return torch.load(weights, map_location="cpu", weights_only=True)
 
 
+def _read_config(model_dir: Path, what: str) -> dict[str, Any]:
+    """config.json of an exported model; ``what`` names the caller in the error."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise PtbrError(f"{what}{model_dir} is not an exported model (no config.json); create one with ptbr export")
+    return json.loads(cfg_path.read_text())
+
+
+def _fill_weights(model: RWKV6, model_dir: Path, config: dict[str, Any], what: str) -> None:
+    """Load the export's weights into ``model``, every parameter required (a tied head is stored once)."""
+    missing, unexpected = model.load_state_dict(read_state_dict(model_dir, config), strict=False)
+    absent = sorted(set(missing) - ({"head.weight"} if model.config.tie_embeddings else set()))
+    if absent or unexpected:
+        raise PtbrError(f"{what}{model_dir}: the weights do not match its config.json "
+                        f"(missing {absent[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
 def load_weights_into(model: RWKV6, model_dir: str | Path) -> None:
     """Copy the weights of an exported model into ``model`` (same shape required), e.g. to start a
     long-context stage from a shorter run. Export with ``--dtype fp32`` to keep the master weights exact."""
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise PtbrError(f"train.init_from: {model_dir} is not an exported model (no config.json); "
-                        "create one with ptbr export CHECKPOINT --out DIR")
-    config = json.loads(cfg_path.read_text())
-    theirs = RWKV6Config.load(config["model"], str(cfg_path)).shape()
+    model_dir, what = Path(model_dir), "train.init_from: "
+    config = _read_config(model_dir, what)
+    theirs = RWKV6Config.load(config["model"], str(model_dir / "config.json")).shape()
     ours = model.config.shape()
     if theirs != ours:
         diff = ", ".join(f"{k} {theirs.get(k)} != {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
-        raise PtbrError(f"train.init_from: {model_dir} holds another model shape ({diff}); use the same model config")
-    missing, unexpected = model.load_state_dict(read_state_dict(model_dir, config), strict=False)
-    absent = sorted(set(missing) - ({"head.weight"} if ours["tie_embeddings"] else set()))
-    if absent or unexpected:
-        raise PtbrError(f"train.init_from: {model_dir}: the weights do not match its config.json "
-                        f"(missing {absent[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise PtbrError(f"{what}{model_dir} holds another model shape ({diff}); use the same model config")
+    _fill_weights(model, model_dir, config, what)
 
 
 def load_model(model_dir: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
@@ -68,20 +77,11 @@ def load_model(model_dir: str | Path, device: str | None = None, dtype: torch.dt
     from tokenizers import Tokenizer
 
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise PtbrError(f"{model_dir} is not an exported model (no config.json); create one with ptbr export")
-    config = json.loads(cfg_path.read_text())
-    cfg = RWKV6Config.load(config["model"], str(cfg_path))
+    config = _read_config(model_dir, "")
+    cfg = RWKV6Config.load(config["model"], str(model_dir / "config.json"))
     dev = _device(device)
-    state = read_state_dict(model_dir, config)
     model = RWKV6(cfg, init_weights=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"head.weight"} if cfg.tie_embeddings else set()
-    absent = sorted(set(missing) - tied)
-    if absent or unexpected:
-        raise PtbrError(f"{model_dir}: the weights do not match config.json (missing {absent[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]})")
+    _fill_weights(model, model_dir, config, "")
     if dtype is None:
         dtype = torch.float32 if dev.type == "cpu" else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             config.get("dtype"), torch.float32)

@@ -29,6 +29,11 @@ class L2Wrap(torch.autograd.Function):
         return grad_output, glogits, None
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of every position, [B, T], in float32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, l2wrap: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy over all positions."""
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ptbr.model.loss import L2Wrap, lm_loss
+from ptbr.model.loss import L2Wrap, lm_loss, token_nll
 
 # (token ids [B, S], incoming state or None) -> (logits [B, S, V], outgoing state)
 RunSegment = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
@@ -38,7 +37,7 @@ def detach_state(state: list) -> list:
 def _segment_nll(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, state: object,
                  l2wrap_factor: float | None) -> tuple[torch.Tensor, object]:
     logits, new_state = run(idx, state)
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    nll = token_nll(logits, targets)
     if l2wrap_factor is not None:
         nll = L2Wrap.apply(nll, logits, l2wrap_factor)
     return nll, new_state
@@ -55,7 +54,7 @@ def sequence_loss(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, *, 
         logits, _ = run(idx, None)
         if reduction == "mean":
             return lm_loss(logits, targets, l2wrap=l2wrap)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(B, L)
+        return token_nll(logits, targets)
     factor = 1e-4 / (B * L) if (l2wrap and reduction == "mean") else None  # RWKV-LM's factor for the sample
     recompute = torch.is_grad_enabled()
     state, parts = None, []
