@@ -99,8 +99,9 @@ def amdahl(times: dict[int, float]) -> tuple[float, float]:
 
 
 def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: int, gen_tokens: int, repeats: int,
-                    ) -> tuple[list[dict], dict[str, dict[int, float]]]:
-    """Rows per thread count, and the median prefill seconds {"ptbr"|"runtime": {threads: s}}."""
+                    exported: bool = False) -> tuple[list[dict], dict[str, dict[int, float]]]:
+    """Rows per thread count, and the median prefill seconds {"ptbr"|"runtime": {threads: s}}; ``exported``:
+    bench_export has just written this run's fp32 safetensors to ``work/export``."""
     import torch
 
     os.environ.setdefault("RWKV_JIT_ON", "1")
@@ -110,7 +111,8 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
     from ptbr.infer.model_io import load_model
     from ptbr.infer.rnn import RNN
 
-    for fmt, out in (("safetensors", work / "export"), ("rwkv", work / "rwkv")):  # always this run's weights
+    formats = [("rwkv", work / "rwkv")] + ([] if exported else [("safetensors", work / "export")])
+    for fmt, out in formats:  # this run's weights, whatever a reused --workdir holds
         sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--format", fmt, "--dtype", "fp32",
            "--quiet", "--overwrite")
     lm = load_model(work / "export", "cpu")
@@ -218,7 +220,7 @@ def main() -> int:
             print_table(export_rows, ["case", "seconds", "peak_rss_MiB", "x_fp32_weights", "target"])
         threads = [int(n) for n in args.threads.split(",")]
         infer_rows, prefill_s = bench_inference(run_dir, work, threads, args.prompt_len, args.gen_tokens,
-                                                args.repeats)
+                                                args.repeats, exported=not args.inference_only)
         print("\ninference on the exported weights, CPU fp32, same thread count")
         print_table(infer_rows, ["case", "threads", "tokens_per_s", "ratio", "target"])
         fit_rows = []
