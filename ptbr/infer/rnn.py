@@ -22,6 +22,18 @@ from ptbr.model.rwkv6 import GROUPNORM_EPS, RWKV6, LayerState
 _MIX_ORDER = [3, 1, 2, 4, 0]
 
 
+def decay_factor(xw: torch.Tensor, decay_w1: torch.Tensor, decay_w2: torch.Tensor,
+                 decay: torch.Tensor) -> torch.Tensor:
+    """The per-channel decay ``exp(-exp(w_raw))`` in float32, whatever the weights' dtype.
+
+    ``w_raw`` comes out of the LoRA in the weights' dtype, exactly as training and prefill compute it; the
+    double exponential must not: in bfloat16 every decay above 1 - 2^-9 (w_raw below about -6.2, common in
+    trained models) rounds to exactly 1.0, a channel that never forgets. The WKV kernels take w_raw and
+    exponentiate in float32 too."""
+    w_raw = torch.tanh(xw @ decay_w1) @ decay_w2 + decay
+    return torch.exp(-torch.exp(w_raw.float()))
+
+
 def _layer_step(x: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor,
                 ln1_w: torch.Tensor, ln1_b: torch.Tensor, maa_x: torch.Tensor, maa_w1: torch.Tensor,
                 maa: torch.Tensor, maa_w2: torch.Tensor, rkvg: torch.Tensor, decay: torch.Tensor,
@@ -42,7 +54,7 @@ def _layer_step(x: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn
     r = rkvg_out[0].float().view(B, H, N)
     k = rkvg_out[1].float().view(B, H, N)
     v = rkvg_out[2].float().view(B, H, N)
-    w = torch.exp(-torch.exp(torch.tanh(xs[4] @ decay_w1) @ decay_w2 + decay)).float().view(B, H, N)
+    w = decay_factor(xs[4], decay_w1, decay_w2, decay).view(B, H, N)
     # y = r (S + diag(u) kᵀv) = r S + (r·u·k) v, without forming u kᵀv
     y = torch.addcmul((r.unsqueeze(-2) @ wkv).squeeze(-2), (r * u * k).sum(-1, keepdim=True), v)
     new_wkv = torch.addcmul(k.unsqueeze(-1) * v.unsqueeze(-2), w.unsqueeze(-1), wkv)
