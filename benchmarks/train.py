@@ -6,6 +6,10 @@ time of `ptbr train` at 1 and 2 ranks on this machine.
     python benchmarks/train.py --json out/train.json
 
 Target: ptbr's step time within 1.10x of the plain loop at world size 1.
+
+Both loops run on the same device (``--device``, default cpu: ptbr's ranks then see no GPU). The 2-rank
+rows need one device per rank: on CUDA they are left out when fewer than 2 GPUs are visible (NCCL refuses
+two ranks on one GPU).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
 
 def ptbr_step_times(n_ranks: int, shards: Path, run_dir: Path, args: argparse.Namespace, micro: int,
                     threads: int) -> list[float]:
+    """Step times of ``ptbr train`` on ``args.device`` (the GPUs hidden from it for cpu)."""
     overrides = [*model_overrides(args), f"train.run_dir={run_dir}", f"data.source={shards}",
                  f"data.cache_dir={run_dir}/cache", f"data.seq_len={args.seq_len}",
                  f"batch.micro_batch_size={micro}", f"batch.global_batch_size={micro * n_ranks}",
@@ -64,6 +69,8 @@ def ptbr_step_times(n_ranks: int, shards: Path, run_dir: Path, args: argparse.Na
                  "train.checkpoint_every=0", "train.eval_samples=8", "zero.stage=2", "precision=fp32",
                  "data.num_workers=1"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if n_ranks == 1:
         cmd = [sys.executable, "-m", "ptbr.cli", "train", "--config", "configs/train/tiny_cpu.yaml", *overrides]
     else:
@@ -88,11 +95,13 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
     cfg = TrainConfig.load("configs/train/tiny_cpu.yaml", [*model_overrides(args), "data.source=x",
                                                            f"data.seq_len={args.seq_len}"])
     torch.manual_seed(0)
-    model = RWKV6(cfg.model)
-    opt = build_optimizer(model, cfg.optim)
+    device = torch.device(args.device)
+    model = RWKV6(cfg.model).to(device)
+    opt = build_optimizer(model, cfg.optim, device)
     sched = WarmupCosine(opt, cfg.optim, args.steps)
     rng = np.random.default_rng(0)
-    data = torch.from_numpy(rng.integers(0, args.vocab, (args.steps * micro, args.seq_len + 1)))
+    data = torch.from_numpy(rng.integers(0, args.vocab, (args.steps * micro, args.seq_len + 1))).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for step in range(args.steps):
         t0 = time.perf_counter()
@@ -103,6 +112,7 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
+        sync()
         times.append(time.perf_counter() - t0)
     return times[5:]
 
@@ -116,8 +126,14 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both loops run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    two_ranks = args.device == "cpu" or torch.cuda.device_count() >= 2
 
     with tempfile.TemporaryDirectory(prefix="ptbr-bench-train-") as tmp_s:
         tmp = Path(tmp_s)
@@ -128,15 +144,18 @@ def main() -> None:
         plain = statistics.median(plain_step_times(shards, args, args.micro, args.threads))
         print("ptbr train, 1 rank ...", file=sys.stderr)
         one = statistics.median(ptbr_step_times(1, shards, tmp / "r1", args, args.micro, args.threads))
-        print("ptbr train, 2 ranks (same per-rank batch) ...", file=sys.stderr)
-        two_weak = statistics.median(ptbr_step_times(2, shards, tmp / "r2w", args, args.micro, 1))
-        print("ptbr train, 2 ranks (same global batch) ...", file=sys.stderr)
-        two_strong = statistics.median(ptbr_step_times(2, shards, tmp / "r2s", args, args.micro // 2, 1))
+        if two_ranks:
+            print("ptbr train, 2 ranks (same per-rank batch) ...", file=sys.stderr)
+            two_weak = statistics.median(ptbr_step_times(2, shards, tmp / "r2w", args, args.micro, 1))
+            print("ptbr train, 2 ranks (same global batch) ...", file=sys.stderr)
+            two_strong = statistics.median(ptbr_step_times(2, shards, tmp / "r2s", args, args.micro // 2, 1))
     rows = [
         {"run": "plain PyTorch loop", "ranks": 1, "global_batch": args.micro, "step_s": plain,
          "tokens_per_s": tokens / plain, "vs_plain": 1.0},
         {"run": "ptbr train", "ranks": 1, "global_batch": args.micro, "step_s": one,
          "tokens_per_s": tokens / one, "vs_plain": one / plain},
+    ]
+    rows += [] if not two_ranks else [
         {"run": "ptbr train (weak scaling)", "ranks": 2, "global_batch": 2 * args.micro, "step_s": two_weak,
          "tokens_per_s": 2 * tokens / two_weak, "vs_plain": two_weak / plain},
         {"run": "ptbr train (strong scaling)", "ranks": 2, "global_batch": args.micro, "step_s": two_strong,

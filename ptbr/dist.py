@@ -173,7 +173,12 @@ def export(d: DistEnv) -> None:
 
 def setup(timeout_s: float = 1800.0) -> DistEnv:
     """Detect, export and initialise torch.distributed (NCCL on GPU, gloo on CPU). ``timeout_s`` bounds
-    how long a collective waits for a rank that is gone (train.collective_timeout_s)."""
+    how long a collective waits for a rank that is gone (train.collective_timeout_s).
+
+    Collective. Every rank needs a GPU of its own under NCCL: two ranks on one GPU (more ranks per node
+    than GPUs, e.g. a 2-rank CPU command on a one-GPU workstation) are refused with one line
+    (:func:`shared_gpu_problem`) instead of NCCL's "Duplicate GPU detected" in the middle of set-up.
+    ``CUDA_VISIBLE_DEVICES=`` runs the same command on CPU with gloo."""
     import datetime
 
     import torch
@@ -182,6 +187,7 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
     export(d)
     cuda = torch.cuda.is_available()
     if cuda:
+        # local_rank modulo the visible count: under srun --gpus-per-task=1 every task sees one GPU, its own
         torch.cuda.set_device(d.local_rank % torch.cuda.device_count())
     else:
         # One thread per rank: CPU ranks otherwise oversubscribe the cores (10 steps: 0.1 s vs 2.5 s).
@@ -191,7 +197,38 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
 
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                timeout=datetime.timedelta(seconds=timeout_s))
+    if cuda and d.world_size > 1:
+        check_one_gpu_per_rank(timeout_s)
     return d
+
+
+def check_one_gpu_per_rank(timeout_s: float) -> None:
+    """Collective: every rank learns whether two ranks of a node share a GPU, and all refuse together."""
+    import datetime
+
+    import torch
+    import torch.distributed as tdist
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    mine = (socket.gethostname(), str(getattr(props, "uuid", torch.cuda.current_device())))
+    group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    problem = shared_gpu_problem(gather(mine, group))
+    tdist.destroy_process_group(group)
+    if problem:
+        raise PtbrError(problem)
+
+
+def shared_gpu_problem(gpus: list[tuple[str, str]]) -> str | None:
+    """One line if two ranks use the same GPU (``gpus``: (host, device uuid) of every rank, in rank order)."""
+    first: dict[tuple[str, str], int] = {}
+    for rank, gpu in enumerate(gpus):
+        if gpu in first:
+            per_host = len({uuid for host, uuid in gpus if host == gpu[0]})
+            return (f"ranks {first[gpu]} and {rank} share one GPU on {gpu[0]} ({per_host} GPU(s) for "
+                    f"{sum(host == gpu[0] for host, _ in gpus)} ranks): NCCL needs a GPU per rank; start "
+                    f"{per_host} rank(s) per node, or run on CPU with CUDA_VISIBLE_DEVICES=")
+        first[gpu] = rank
+    return None
 
 
 def control_group(timeout_s: float) -> Any:

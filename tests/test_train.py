@@ -117,6 +117,29 @@ def test_nonfinite_loss_skips_the_update(tiny_dataset, tmp_path) -> None:
     assert all(math.isfinite(r["val_loss"]) for r in h.read_metrics(run_dir) if r["kind"] == "eval")
 
 
+def test_fp16_loss_scale_search_is_not_a_run_of_nonfinite_steps(tiny_dataset, tmp_path) -> None:
+    """fp16 on 2 ranks (DeepSpeed runs it on this CPU), the loss scale starting at 2^32: DeepSpeed skips a
+    dozen overflowing steps while it halves the scale. That is the scaler at work and must not trip the
+    non-finite guard (5 in a row); the run then trains."""
+    run_dir = tmp_path / "fp16"
+    trained(h.torchrun, run_dir, tiny_dataset, "train.max_steps=60", "train.log_every=10", "precision=fp16",
+            "zero.stage=2", "deepspeed.fp16.initial_scale_power=32", "train.checkpoint_every=0")
+    train = [r for r in h.read_metrics(run_dir) if r["kind"] == "train"]
+    assert train[-1]["loss_scale_skips"] >= 10 and train[-1]["skipped_steps"] == train[-1]["loss_scale_skips"]
+    assert train[-1]["loss_scale"] < 2.0**32 / 2**9
+    finite = [r["loss"] for r in train if math.isfinite(r["loss"])]  # windows of skipped steps only: nan
+    assert len(finite) >= 3 and finite[-1] < finite[0] - 0.5, finite
+
+
+def test_nonfinite_guard_holds_under_fp16(tiny_dataset, tmp_path) -> None:
+    """A non-finite loss is still a non-finite step under fp16, however high the loss scale."""
+    args = h.train_args(tmp_path / "fp16nan", tiny_dataset.url, "train.max_steps=8", "precision=fp16",
+                        "debug.nonfinite_loss_at_steps=[2,3,4]", "train.max_nonfinite_in_row=3", "train.eval_every=0")
+    procs = h.start_ranks(2, args, tiny_dataset.env, tmp_path / "logs")
+    assert h.wait_all(procs) == [3, 3]
+    assert "stopping: 3 optimizer steps in a row" in (tmp_path / "logs" / "rank0.log").read_text()
+
+
 def test_too_many_nonfinite_steps_stop_the_run(tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "nan3"
     args = h.train_args(run_dir, tiny_dataset.url, "train.max_steps=8", "train.checkpoint_every=1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from ptbr.dist import detect, expand_nodelist, expand_tasks_per_node
 from ptbr.errors import ConfigError
@@ -97,6 +98,16 @@ def test_warmup_cosine_schedule_and_lr_scale() -> None:
     assert clone.get_last_lr() == sched.get_last_lr()
 
 
+def test_fused_adamw_where_training_steps_on_cuda() -> None:
+    """The optimizer is built before DeepSpeed moves the model to the GPU: the training device decides, and
+    torch checks the fused kernel's device only when it steps."""
+    cfg = TrainConfig.load(TINY_YAML, [])
+    model = RWKV6(cfg.model)  # on the CPU, as at build time
+    assert build_optimizer(model, cfg.optim, "cuda").defaults["fused"] is True
+    assert not build_optimizer(model, cfg.optim, "cuda", offload=True).defaults["fused"]
+    assert not build_optimizer(model, cfg.optim, "cpu").defaults["fused"]
+
+
 def test_launcher_detection() -> None:
     torchrun = detect({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                        "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
@@ -160,3 +171,15 @@ def test_loss_by_position_buckets() -> None:
     assert bucket_edges(16384) == [(0, 128), (128, 512), (512, 2048), (2048, 8192), (8192, 16384)]
     nll = torch.cat([torch.full((128,), 3.0), torch.full((384,), 2.0), torch.full((88,), 1.0)]) * 4  # 4 sequences
     assert bucket_losses(nll, 4) == {"0-128": 3.0, "128-512": 2.0, "512-600": 1.0}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_adamw_steps_once_the_model_is_on_cuda() -> None:
+    cfg = TrainConfig.load(TINY_YAML, [])
+    model = RWKV6(cfg.model)
+    opt = build_optimizer(model, cfg.optim, "cuda")
+    model.cuda()  # what DeepSpeed does after the optimizer was built
+    model(torch.randint(0, 64, (1, 8), device="cuda")).float().mean().backward()
+    opt.step()
+    assert opt.param_groups[0]["fused"] is True

@@ -28,7 +28,8 @@ def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR",
                 "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"):
         env.pop(key, None)
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
+    # CPU ranks under gloo, also on a GPU machine (where several ranks would share one GPU)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
     env.update(extra or {})
     return env
 

@@ -246,3 +246,11 @@ def verify(engine: Any, saved: dict[str, Any], device: torch.device) -> list[str
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         problems.append("values differ for " + ", ".join(bad[:3]) + more)
     return problems
+
+
+def loss_scale(engine: Any) -> float | None:
+    """The fp16 dynamic loss scale the next optimizer step will use (None without a loss scaler)."""
+    opt = getattr(engine, "optimizer", None)
+    config = getattr(opt, "loss_scale_config", None)
+    scale = config.cur_scale if config is not None else getattr(opt, "cur_scale", None)
+    return None if scale is None else float(scale)

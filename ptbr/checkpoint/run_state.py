@@ -14,8 +14,9 @@ class Progress:
     step: int = 0  # optimizer steps taken (applied or skipped)
     samples: int = 0  # global training samples consumed
     tokens: int = 0  # global training tokens consumed
-    skipped_steps: int = 0
+    skipped_steps: int = 0  # updates skipped for any reason (non-finite, fp16 loss-scale overflow)
     nonfinite_in_row: int = 0
+    loss_scale_skips: int = 0  # of skipped_steps: fp16 overflows while the loss scale was being lowered
     epoch: int = 0  # streaming epoch being read
     epoch_samples: int = 0  # global samples consumed in that epoch
 
@@ -45,7 +46,8 @@ class RunState:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RunState:
-        progress = Progress(**{f.name: int(record[f.name]) for f in dataclasses.fields(Progress)})
+        # a counter added after a checkpoint was written starts from its default
+        progress = Progress(**{f.name: int(record.get(f.name, f.default)) for f in dataclasses.fields(Progress)})
         return cls(progress=progress, data=dict(record["data"]), fingerprint=dict(record["fingerprint"]),
                    global_batch_size=int(record["global_batch_size"]),
                    micro_batch_size=int(record.get("micro_batch_size", 0)), grad_accum=int(record.get("grad_accum", 0)))

@@ -8,25 +8,31 @@ import torch.nn.functional as F
 
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward it adds a small gradient pulling each position's largest
-    logit towards 0 (1e-4 / (B*T) * max), which keeps RWKV's logits from drifting (RWKV-LM).
+    logit towards 0, which keeps RWKV's logits from drifting (RWKV-LM).
 
-    ``factor`` overrides 1e-4 / (B*T) where ``logits`` is one segment of a longer sample (the factor
-    belongs to the whole sample)."""
+    The pull at a position is ``1e-4 * max_logit`` times that position's weight in the loss as backward
+    sees it: ``grad_output / (B*T)`` for a mean over ``logits``' positions (a scalar ``loss``), or
+    ``grad_output[b, t]`` for per-token losses (one segment of a longer sample, ``ptbr.model.segments``).
+    At an unscaled loss this is RWKV-LM's ``1e-4 / (B*T) * max``; under DeepSpeed's fp16 loss scale and its
+    1/accumulation factor it scales with the loss, as the gradient of a real penalty term would (RWKV-LM
+    ignores ``grad_output``, which under a loss scale of 2^16 makes the pull 65536x too strong)."""
 
     @staticmethod
-    def forward(ctx, loss: torch.Tensor, logits: torch.Tensor, factor: float | None = None) -> torch.Tensor:
+    def forward(ctx, loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits)
-        ctx.factor = factor
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (logits,) = ctx.saved_tensors
-        factor = ctx.factor if ctx.factor is not None else 1e-4 / (logits.shape[0] * logits.shape[1])
+        if grad_output.dim() == 0:  # a mean over every position
+            weight = grad_output.float() / (logits.shape[0] * logits.shape[1])
+        else:  # per-token losses [B, T]
+            weight = grad_output.float().unsqueeze(-1)
         maxx, ids = torch.max(logits, -1, keepdim=True)
         glogits = torch.zeros_like(logits)
-        glogits.scatter_(-1, ids, maxx * factor)
-        return grad_output, glogits, None
+        glogits.scatter_(-1, ids, (maxx.float() * 1e-4 * weight).to(logits.dtype))
+        return grad_output, glogits
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -35,11 +35,11 @@ def detach_state(state: list) -> list:
 
 
 def _segment_nll(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, state: object,
-                 l2wrap_factor: float | None) -> tuple[torch.Tensor, object]:
+                 l2wrap: bool) -> tuple[torch.Tensor, object]:
     logits, new_state = run(idx, state)
     nll = token_nll(logits, targets)
-    if l2wrap_factor is not None:
-        nll = L2Wrap.apply(nll, logits, l2wrap_factor)
+    if l2wrap:  # per-token: each position's pull follows its weight in the sample's mean (see L2Wrap)
+        nll = L2Wrap.apply(nll, logits)
     return nll, new_state
 
 
@@ -55,7 +55,7 @@ def sequence_loss(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, *, 
         if reduction == "mean":
             return lm_loss(logits, targets, l2wrap=l2wrap)
         return token_nll(logits, targets)
-    factor = 1e-4 / (B * L) if (l2wrap and reduction == "mean") else None  # RWKV-LM's factor for the sample
+    wrap = l2wrap and reduction == "mean"
     recompute = torch.is_grad_enabled()
     state, parts = None, []
     for start in range(0, L, segment_len):
@@ -64,9 +64,9 @@ def sequence_loss(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, *, 
             state = detach_state(state)
         if recompute:
             nll, state = torch.utils.checkpoint.checkpoint(_segment_nll, run, idx[:, seg], targets[:, seg], state,
-                                                           factor, use_reentrant=False)
+                                                           wrap, use_reentrant=False)
         else:
-            nll, state = _segment_nll(run, idx[:, seg], targets[:, seg], state, factor)
+            nll, state = _segment_nll(run, idx[:, seg], targets[:, seg], state, wrap)
         parts.append(nll.sum() if reduction == "mean" else nll)
     if reduction == "none":
         return torch.cat(parts, dim=1)

@@ -50,7 +50,9 @@ class Quickstart:
         self.s = settings
         self.work = settings.work.resolve()
         self.t0 = time.monotonic()
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The quickstart is the CPU walk-through: with a GPU visible its ranks would share it (one GPU per rank
+        # under NCCL), so every stage runs with the GPUs hidden, as README command 1 promises.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
         self.server = None
         self.done: list[tuple[str, str]] = []  # (stage, what happened)
 

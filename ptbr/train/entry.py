@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         except PtbrError as exc:
             print(f"ptbr: error: {exc}", file=sys.stderr)
             return exc.exit_code
-    env = dist.setup(cfg.train.collective_timeout_s)
     code = 0
     try:
+        env = dist.setup(cfg.train.collective_timeout_s)  # refuses, on every rank, two ranks on one GPU
         from ptbr.train.loop import Trainer
 
         code = Trainer(cfg, env, resume=args.resume, allow_fresh_start=args.allow_fresh_start,

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +39,23 @@ from ptbr.train.optim import WarmupCosine, build_optimizer
 from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest, agree
 
 _FAULTS = {CorruptDataError.exit_code: CorruptDataError, DataSourceError.exit_code: DataSourceError}
+
+
+StepOutcome = Literal["applied", "loss_scale", "nonfinite"]
+
+
+def step_outcome(applied: bool, loss_finite: bool, scale: float | None, min_scale: float) -> StepOutcome:
+    """What became of an optimizer step's update.
+
+    Under fp16's dynamic loss scale DeepSpeed skips a step whose scaled gradients overflowed and halves the
+    scale; at the start of a run that happens several times in a row while the scale comes down from its
+    initial 2^16: the scaler at work, not divergence. Only a skip with a non-finite loss (on any rank), or an
+    overflow at the smallest allowed scale, is a non-finite step for ``train.max_nonfinite_in_row``."""
+    if applied:
+        return "applied"
+    if scale is not None and loss_finite and scale > min_scale:
+        return "loss_scale"
+    return "nonfinite"
 
 
 class NonFiniteError(PtbrError):
@@ -193,8 +210,9 @@ class Trainer:
         model.set_wkv_backend(cfg.train.wkv_backend)
         model.gradient_checkpointing = cfg.train.grad_checkpointing
         model.checkpoint_reentrant = cfg.zero.stage == 3
-        optimizer = build_optimizer(model, cfg.optim)
+        optimizer = build_optimizer(model, cfg.optim, self.device, offload=cfg.zero.offload_optimizer)
         ds_config = build_ds_config(cfg, self.accum, self.global_batch, self.device.type == "cuda")
+        self.min_loss_scale = float(ds_config["fp16"].get("min_loss_scale", 1))
         if load_universal:  # elastic resume: optimizer state re-partitioned for this world size
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -289,9 +307,10 @@ class Trainer:
         t = self.cfg.train
         return self.engine(x, targets=y, segment_len=t.segment_len, bptt=t.bptt, l2wrap=self.cfg.optim.l2wrap)
 
-    def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, bool]:
-        """One optimizer step over ``accum`` micro-batches. Returns (mean local loss, applied)."""
+    def train_step(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, StepOutcome]:
+        """One optimizer step over ``accum`` micro-batches. Returns (mean local loss, what became of the update)."""
         losses = []
+        scale = optim_state.loss_scale(self.engine)  # fp16: the scale this step's gradients are multiplied by
         inject = self.progress.step in self.cfg.debug.nonfinite_loss_at_steps
         for batch in batches:
             loss = self.forward_loss(batch)
@@ -302,7 +321,13 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
-        return float(torch.stack(losses).mean()), bool(self.engine.was_step_applied())
+        loss = float(torch.stack(losses).mean())
+        applied = bool(self.engine.was_step_applied())  # the same on every rank
+        finite = torch.tensor([int(math.isfinite(loss))], dtype=torch.int64)
+        if not applied and tdist.is_initialized():  # every rank is here: agree on whether any loss was bad
+            tdist.all_reduce(finite, op=tdist.ReduceOp.MIN, group=self.control)
+        self.step_scale = scale
+        return loss, step_outcome(applied, bool(finite), scale, self.min_loss_scale)
 
     def agree(self, stop: bool, fault: PtbrError | None) -> tuple[bool, PtbrError | None]:
         """Collective: whether any rank was signalled, and the worst data fault of any rank (the same
@@ -378,19 +403,19 @@ class Trainer:
                 self.stop_on_fault(fault)
             if stop_now:
                 return self.stop_preempted()
-            loss, applied = self.train_step(batches)
+            loss, outcome = self.train_step(batches)
             stream.commit(self.progress.step, batches)
-            window = self.after_step(loss, applied, wait, window)
+            window = self.after_step(loss, outcome, wait, window)
         if self.last_eval_step != self.progress.step:
             self.log_eval()
         if self.checkpointer.last_saved_step != self.progress.step:
             self.save()
         return 0
 
-    def after_step(self, loss: float, applied: bool, wait: float, window: LogWindow) -> LogWindow:
+    def after_step(self, loss: float, outcome: StepOutcome, wait: float, window: LogWindow) -> LogWindow:
         """Counters, the non-finite guard, and what is due at this step: a log line, an evaluation, a save."""
         cfg = self.cfg
-        self.account(loss, applied, wait, window)
+        self.account(loss, outcome, wait, window)
         step = self.progress.step
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
             self.log_window(window)
@@ -420,17 +445,23 @@ class Trainer:
             info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free; a checkpoint needs about "
                  f"{need / 2**30:.2f} GiB and the next save writes one before it removes an old one")
 
-    def account(self, loss: float, applied: bool, wait: float, window: LogWindow) -> None:
+    def account(self, loss: float, outcome: StepOutcome, wait: float, window: LogWindow) -> None:
         """Progress counters and the non-finite guard after one optimizer step."""
         p = self.progress
         p.step += 1
         p.samples += self.global_batch
         p.tokens += self.global_batch * self.cfg.data.seq_len
-        if applied:
+        if outcome == "applied":
             p.nonfinite_in_row = 0
             if math.isfinite(loss):
                 window.loss += loss
                 window.n += 1
+        elif outcome == "loss_scale":  # fp16: DeepSpeed lowered the loss scale and skipped; not a bad step
+            p.skipped_steps += 1
+            p.loss_scale_skips += 1
+            if self.env.is_main:
+                info(f"step {p.step}: fp16 gradients overflowed at loss scale {self.step_scale:g}; update skipped "
+                     f"and the scale lowered ({p.loss_scale_skips} such steps in total)")
         else:
             p.skipped_steps += 1
             p.nonfinite_in_row += 1
@@ -487,6 +518,8 @@ class Trainer:
             "memory_gib": memory_gib(), "skipped_steps": p.skipped_steps,
             "eta_s": step_time * (cfg.train.max_steps - p.step),
         }
+        if cfg.precision == "fp16":
+            record.update(loss_scale=optim_state.loss_scale(self.engine), loss_scale_skips=p.loss_scale_skips)
         if self.peak_tflops:
             record["mfu"] = self.flops_per_token * tps / (self.peak_tflops * 1e12 * env.world_size)
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if "mfu" in record else ""

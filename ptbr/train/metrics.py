@@ -6,36 +6,61 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ptbr.data.progress import fmt_eta
 
-# Dense bf16 peak per device, TFLOP/s (no sparsity), by substring of the CUDA device name.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "A10G": 125.0,
-                    "L40S": 362.0, "L4": 121.0, "A6000": 155.0, "V100": 125.0, "B200": 2250.0}
+# Dense bf16 peak per device, TFLOP/s (no sparsity), from the vendors' data sheets. Matched against the CUDA
+# device name in this order, first match wins: the specific variants (PCIe, NVL, L40S) before the family,
+# and whole words only, so that "L40" is not read as "L4" nor "GH200" as "H200".
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    (r"\bGH200\b", 989.0),
+    (r"\bH200 NVL\b", 835.0),
+    (r"\bH200\b", 989.0),
+    (r"\bH100 PCIe\b", 756.0),
+    (r"\bH100 NVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM5 (the name carries "80GB HBM3")
+    (r"\bB200\b", 2250.0),
+    (r"\bA100\b", 312.0),
+    (r"\bA10G\b", 125.0),
+    (r"\bL40S\b", 362.0),
+    (r"\bL40\b", 181.0),
+    (r"\bL4\b", 121.0),
+    (r"\bRTX A6000\b", 155.0),
+    (r"\bV100\b", 125.0),  # fp16: V100 has no bf16
+)
 
 
-def device_peak_tflops() -> float | None:
-    """Peak dense bf16 TFLOP/s of this process's GPU, or None (CPU / unknown card)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key in name:
+def peak_tflops_for(device_name: str) -> float | None:
+    """Dense bf16 TFLOP/s of the card called ``device_name`` (as torch.cuda.get_device_name says), or None."""
+    for pattern, tflops in PEAK_BF16_TFLOPS:
+        if re.search(pattern, device_name):
             return tflops
     return None
 
 
+def device_peak_tflops() -> float | None:
+    """Peak dense bf16 TFLOP/s of this process's GPU, or None (CPU / unknown card: set train.peak_tflops)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return peak_tflops_for(torch.cuda.get_device_name())
+
+
 def memory_gib() -> float:
-    """CUDA max allocated memory, or the process RSS on CPU, in GiB."""
+    """The high-water mark of CUDA memory allocated since the previous call (one logging window), or the
+    process RSS on CPU, in GiB. Resetting per window lets a log show memory growing or shrinking (a longer
+    segment, an evaluation) instead of repeating the run's all-time peak."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
+        peak = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        return peak / 2**30
     import psutil
 
     return psutil.Process().memory_info().rss / 2**30

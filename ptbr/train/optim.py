@@ -38,9 +38,15 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """torch AdamW (decoupled weight decay, as RWKV-LM's FusedAdam with adam_w_mode)."""
-    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device | str = "cpu",
+                    offload: bool = False) -> torch.optim.Optimizer:
+    """torch AdamW (decoupled weight decay, as RWKV-LM's FusedAdam with adam_w_mode), fused into one kernel
+    per step when it will step on CUDA tensors.
+
+    ``device`` is where training runs, not where the model is now: the optimizer is built before DeepSpeed
+    moves the model (and its fp32 master partitions) to the GPU, and torch checks the fused kernel's device
+    only when it steps. With ``offload`` the master weights stay on the CPU: no fused CUDA kernel."""
+    fused = torch.device(device).type == "cuda" and not offload
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                              **({"fused": True} if fused else {}))
 
