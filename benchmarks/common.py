@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -60,12 +61,19 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def write_report(path: str | Path | None, name: str, rows: list[dict[str, Any]],
-                 extra: dict[str, Any] | None = None) -> None:
-    report = {"benchmark": name, "machine": machine_info(), "rows": rows, **(extra or {})}
+                 extra: dict[str, Any] | None = None, partial: bool = False) -> None:
+    """The JSON report (``path``) or, without a path, the JSON on stdout. ``partial``: written after a row
+    while more are to come (quietly, ``"complete": false``), so that a run cut short by a time limit still
+    leaves what it measured; replaced atomically each time."""
+    report = {"benchmark": name, "machine": machine_info(), "complete": not partial, "rows": rows, **(extra or {})}
     text = json.dumps(report, indent=2)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
-        print(f"\nJSON report written to {path}")
-    else:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, target)
+        if not partial:
+            print(f"\nJSON report written to {path}")
+    elif not partial:
         print("\n" + text)

@@ -184,6 +184,7 @@ def gpu_suite(args: argparse.Namespace) -> None:
                "dtype": str(dtype).split(".")[-1]}
         rows.append(row)
         print(f"  measured {name}", file=sys.stderr)
+        write_report(args.json, "wkv_gpu_suite", rows, {"device": device, "suite": True}, partial=True)
     if not args.no_precision:
         for row, errs in zip(rows, precision(runs, x).values()):
             row["err_y"], row["err_dw"] = errs["y"], errs["w"]
@@ -250,6 +251,7 @@ def main() -> None:
                 row["speedup_fwd_bwd"] = base["fwd_bwd_ms"] / row["fwd_bwd_ms"]
             rows.append(row)
             print(f"  measured {backend} T={T}", file=sys.stderr)
+            write_report(args.json, "wkv", rows, {"device": args.device}, partial=True)
     print_table(rows, ["backend", "B", "T", "H", "N", "dtype", "fwd_ms", "fwd_bwd_ms", "tokens_per_s",
                        "speedup_fwd", "speedup_fwd_bwd"])
     write_report(args.json, "wkv", rows, {"device": args.device})

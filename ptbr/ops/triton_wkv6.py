@@ -61,10 +61,14 @@ inputs). ``PTBR_WKV_DOT_PRECISION=tf32`` (one product; each factor truncated to 
 ``ieee`` (exact, no tensor cores, spills registers) set before the import changes it. The
 interpreter emulates the GPU's TF32 arithmetic for "tf32" and "tf32x3", so CPU tests measure it.
 
-Shapes and compilation: the sequence length T is a runtime argument excluded from Triton's integer
-specialisation (``do_not_specialize``), the last chunk is masked (padded steps get r = k = v = 0 and
-decay 1, so they change nothing), and no constexpr depends on T: one compiled kernel per
-(head count, head size, dtypes) serves every length. Offsets into [B, T, H, N] tensors are int64.
+Shapes and compilation: the sequence length T and the head count H are runtime arguments excluded
+from Triton's integer specialisation (``do_not_specialize``), the last chunk is masked (padded steps
+get r = k = v = 0 and decay 1, so they change nothing), and no constexpr depends on T or H: one
+compiled kernel per (head size, dtypes) serves every length and every model of that head size.
+Offsets into [B, T, H, N] tensors are int64. The sub-chunk loops are loops, not unrolled
+(``static_range``): the same work in about a third of the code, so a kernel compiles in seconds
+(the unrolled backward took 40-70 s at N = 64 and over 5 minutes at N = 128 on a 2-core machine, and
+spilled more registers); :data:`LAUNCH_CONFIGS` gives each kernel one configuration per head size.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.autotuner import Autotuner
 
 from ptbr.ops.contract import W_RAW_CEIL, check_inputs
 
@@ -121,20 +126,53 @@ MANUAL_BF16_ROUNDING = tl.constexpr(interpreting())
 EMULATE_TF32 = tl.constexpr(interpreting() and DOT_PRECISION != "ieee")
 
 
-def _tuned(key: list[str]):
-    """Autotune num_warps/num_stages on a GPU; the interpreter has no benchmarker, so use the kernel as is.
+# (num_warps, num_stages) of each kernel by head size. Chosen without a GPU, from the sm_90 compiler's own
+# report (``python -m ptbr.devtools.triton_compile_check --head-size N``): the fewest register spills, then
+# the fewer warps. The backward gradient kernel holds several N x N fp32 tiles per program and spills least
+# with 8 warps at every N (N = 64: 672 bytes of spill stores with 8 warps, 1,708 with 4); the other kernels
+# do not spill with 4 warps up to N = 64 (the forward state sweep from N = 64 on needs 8) and need 8 at
+# N = 128. The stage count changed nothing (no pipelined loads). One configuration per kernel means one
+# compilation per (head size, dtype): with Triton's autotuner over 6 configurations, ``pytest -m gpu``
+# alone compiled about 190 kernels.
+LAUNCH_CONFIGS: dict[str, dict[int, tuple[int, int]]] = {
+    "_fwd_state_kernel": {16: (4, 1), 32: (4, 1), 64: (8, 1), 128: (8, 1)},
+    "_fwd_output_kernel": {16: (4, 1), 32: (4, 1), 64: (4, 1), 128: (8, 1)},
+    "_bwd_state_kernel": {16: (4, 1), 32: (4, 1), 64: (4, 1), 128: (8, 1)},
+    "_bwd_grad_kernel": {16: (8, 1), 32: (8, 1), 64: (8, 1), 128: (8, 1)},
+}
+# PTBR_WKV_AUTOTUNE=1: let Triton time these on the GPU instead (4 compilations per kernel and key), keyed by
+# head size, value block and the power-of-two bucket of T (the sequential sweeps' best shape depends on how
+# many chunks they walk; a bucket, so that every new prompt length does not tune again).
+AUTOTUNE = os.environ.get("PTBR_WKV_AUTOTUNE", "") == "1"
+AUTOTUNE_CONFIGS = ((4, 1), (4, 2), (8, 1), (8, 2))
 
-    Every kernel here is idempotent (it only writes outputs computed from inputs), so the autotuner may
-    run it several times on the first call.
-    """
+
+def t_bucket(T: int) -> int:
+    """The autotune key's stand-in for T: the next power of two, at least one chunk."""
+    return max(CHUNK, 1 << max(0, T - 1).bit_length())
+
+
+def _tuned(key: list[str]):
+    """The kernel as is (launched with :data:`LAUNCH_CONFIGS`), or autotuned with ``PTBR_WKV_AUTOTUNE=1`` on a
+    GPU (the interpreter has no benchmarker). Every kernel here is idempotent (it only writes outputs computed
+    from inputs), so the autotuner may run it several times on the first call."""
 
     def wrap(kernel):
-        if interpreting():
+        if interpreting() or not AUTOTUNE:
             return kernel
-        configs = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2, 3)]
-        return triton.autotune(configs=configs, key=key)(kernel)
+        configs = [triton.Config({}, num_warps=w, num_stages=s) for w, s in AUTOTUNE_CONFIGS]
+        return triton.autotune(configs=configs, key=[*key, "T_BUCKET"])(kernel)
 
     return wrap
+
+
+def _launch(kernel, grid: tuple[int, ...], *args, T: int, H: int, **meta) -> None:
+    """Launch with this kernel's configuration for the head size (or let the autotuner pick)."""
+    if isinstance(kernel, Autotuner):
+        kernel[grid](*args, T, H, t_bucket(T), **meta)
+        return
+    warps, stages = LAUNCH_CONFIGS[kernel.fn.__name__][meta["N"]]
+    kernel[grid](*args, T, H, t_bucket(T), **meta, num_warps=warps, num_stages=stages)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -190,7 +228,7 @@ def _dot(a, b):
 
 
 @triton.jit
-def _shifted_log_decays(w_ptr, offs, o, rows, T, R: tl.constexpr, ROW: tl.constexpr):
+def _shifted_log_decays(w_ptr, offs, o, rows, T, R: tl.constexpr, ROW):
     """Log-decays one row up and one row down inside a block of R rows (0 across its edges / past T).
 
     prev[t] = lw[t-1], next[s] = lw[s+1]: cumsum(prev) is Σ_{start<=j<t} lw_j and
@@ -205,8 +243,8 @@ def _shifted_log_decays(w_ptr, offs, o, rows, T, R: tl.constexpr, ROW: tl.conste
 
 
 @_tuned(key=["N", "BV"])
-@triton.jit(do_not_specialize=["T"])
-def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H: tl.constexpr, N: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
+def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H, T_BUCKET, N: tl.constexpr,
                       BT: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
     """Chunk states: h[c] = state entering chunk c (h[NT] = final state), value columns of one block.
 
@@ -241,8 +279,8 @@ def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H: tl.constexpr, N:
 
 
 @_tuned(key=["N", "BV"])
-@triton.jit(do_not_specialize=["T"])
-def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
+def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H, T_BUCKET,
                        N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr):
     """y of one chunk (one block of value columns), sub-chunk by sub-chunk:
 
@@ -257,7 +295,7 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     seq = (i_b * T * H + i_h) * N
-    ROW: tl.constexpr = H * N
+    ROW = H * N
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, N)
@@ -265,7 +303,7 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
     t0 = i_c.to(tl.int64) * BT
     S = tl.load(h_ptr + (i_bh * (NT + 1) + i_c) * N * N + o_k[:, None] * N + o_v[None, :])
     u = tl.load(u_ptr + i_h * N + o_k).to(tl.float32)
-    for m in tl.static_range(NC):
+    for m in range(NC):  # a loop, not unrolled: 4x less code to compile, the same work
         rows = t0 + m * BC + o_c
         msk = (rows < T)[:, None]
         offs = seq + rows[:, None] * ROW
@@ -291,14 +329,13 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H: tl
         acc += _dot(P, v)
         acc += tl.sum(r * u[None, :] * k, axis=1)[:, None] * v
         _store(y_ptr, offs + o_v[None, :], acc, msk)
-        if m < NC - 1:
-            kb = k * tl.exp(tl.cumsum(nxt, axis=0, reverse=True))
-            S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + _dot(tl.trans(kb), v)
+        kb = k * tl.exp(tl.cumsum(nxt, axis=0, reverse=True))  # (after the last sub-chunk: unused)
+        S = S * tl.exp(tl.sum(lw, axis=0))[:, None] + _dot(tl.trans(kb), v)
 
 
 @_tuned(key=["N", "BV"])
-@triton.jit(do_not_specialize=["T"])
-def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
+def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H, T_BUCKET,
                       N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, HAS_DST: tl.constexpr,
                       STORE_DS0: tl.constexpr):
     """Reverse sweep: dh[c] = dLoss/dS_{c+1} (state leaving chunk c); ds0 = dLoss/dS_0.
@@ -335,9 +372,9 @@ def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H: tl.c
 
 
 @_tuned(key=["N"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
 def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, dr_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, du_ptr, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
+                     dw_ptr, du_ptr, T, H, T_BUCKET, N: tl.constexpr, BT: tl.constexpr,
                      BC: tl.constexpr):
     """dr, dk, dv, dw of one chunk and its du partial, sub-chunk by sub-chunk:
 
@@ -355,7 +392,7 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
     i_b, i_h = i_bh // H, i_bh % H
     NT = tl.cdiv(T, BT)
     seq = (i_b * T * H + i_h) * N
-    ROW: tl.constexpr = H * N
+    ROW = H * N
     NC: tl.constexpr = BT // BC
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, N)
@@ -369,21 +406,19 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
     earlier = (o_c[None, :] < o_c[:, None]).to(tl.float32)
     shift = (o_c[None, :] == o_c[:, None] + 1).to(tl.float32)
     du = tl.zeros([N], dtype=tl.float32)
-    for m in tl.static_range(NC):
+    for m in range(NC):  # loops, not unrolled: 4x less code to compile, the same work
         # dS^(m+1): dh[c] carried back over the later sub-chunks, plus their queries, 16 rows at a time
-        dS = tl.load(dh_c)
-        if m < NC - 1:
-            gap = tl.zeros([N], dtype=tl.float32)  # Σ lw from the end of sub-chunk m to the start of l
-            dS_q = tl.zeros([N, N], dtype=tl.float32)
-            for l in tl.static_range(m + 1, NC):
-                rows_l = t0 + l * BC + o_c
-                msk_l = (rows_l < T)[:, None]
-                offs_l = seq + rows_l[:, None] * ROW + o_k[None, :]
-                prev_l, _ = _shifted_log_decays(w_ptr, offs_l, o_c, rows_l, T, BC, ROW)
-                rt = _load_f32(r_ptr, offs_l, msk_l) * tl.exp(gap[None, :] + tl.cumsum(prev_l, axis=0))
-                dS_q += _dot(tl.trans(rt), _load_f32(dy_ptr, offs_l, msk_l))
-                gap += tl.sum(_log_decay(w_ptr, offs_l, msk_l), axis=0)
-            dS = dS * tl.exp(gap)[:, None] + dS_q
+        gap = tl.zeros([N], dtype=tl.float32)  # Σ lw from the end of sub-chunk m to the start of l
+        dS_q = tl.zeros([N, N], dtype=tl.float32)
+        for l in range(m + 1, NC):  # none after the last sub-chunk: dS = dh[c]
+            rows_l = t0 + l * BC + o_c
+            msk_l = (rows_l < T)[:, None]
+            offs_l = seq + rows_l[:, None] * ROW + o_k[None, :]
+            prev_l, _ = _shifted_log_decays(w_ptr, offs_l, o_c, rows_l, T, BC, ROW)
+            rt = _load_f32(r_ptr, offs_l, msk_l) * tl.exp(gap[None, :] + tl.cumsum(prev_l, axis=0))
+            dS_q += _dot(tl.trans(rt), _load_f32(dy_ptr, offs_l, msk_l))
+            gap += tl.sum(_log_decay(w_ptr, offs_l, msk_l), axis=0)
+        dS = tl.load(dh_c) * tl.exp(gap)[:, None] + dS_q
 
         rows = t0 + m * BC + o_c
         msk = (rows < T)[:, None]
@@ -402,8 +437,7 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
         dv = _dot(k * eb, dS)
         dlw = (e_m * tl.sum(S * dS, axis=1))[None, :] + _dot(later, r * dr) \
             + _dot(earlier, k * dk)
-        if m < NC - 1:
-            S = S * e_m[:, None] + _dot(tl.trans(k * eb), v)
+        S = S * e_m[:, None] + _dot(tl.trans(k * eb), v)  # S^(m+1) (after the last sub-chunk: unused)
         # the u bonus (no decay, no dlw)
         db = tl.sum(dy * v, axis=1)[:, None]  # d(bonus_t) = dy_t · v_t
         dr += db * u[None, :] * k
@@ -456,8 +490,8 @@ def _chunk_states(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, s0: torch.T
     NT = triton.cdiv(T, CHUNK)
     h = torch.empty(B * H, NT + 1, N, N, dtype=torch.float32, device=k.device)
     BV = _scan_block(N)
-    _fwd_state_kernel[(B * H, N // BV)](k, v, w, h if s0 is None else s0, h, T, H=H, N=N, BT=CHUNK, BV=BV,
-                                         HAS_S0=s0 is not None)
+    _launch(_fwd_state_kernel, (B * H, N // BV), k, v, w, h if s0 is None else s0, h, T=T, H=H, N=N, BT=CHUNK,
+            BV=BV, HAS_S0=s0 is not None)
     return h
 
 
@@ -467,7 +501,8 @@ def _forward(r, k, v, w, u, s0) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     h = _chunk_states(k, v, w, s0)
     y = torch.empty_like(r)
     BV = min(N, 64)
-    _fwd_output_kernel[(B * H, NT, N // BV)](r, k, v, w, u, h, y, T, H=H, N=N, BT=CHUNK, BC=SUB_CHUNK, BV=BV)
+    _launch(_fwd_output_kernel, (B * H, NT, N // BV), r, k, v, w, u, h, y, T=T, H=H, N=N, BT=CHUNK, BC=SUB_CHUNK,
+            BV=BV)
     return y, h[:, NT].reshape(B, H, N, N).clone(), h
 
 
@@ -478,12 +513,12 @@ def _backward(r, k, v, w, u, s0, dy, dsT):
     dh = torch.empty_like(h[:, :NT])
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device) if s0 is not None else dh
     BV = _scan_block(N)
-    _bwd_state_kernel[(B * H, N // BV)](r, w, dy, dh if dsT is None else dsT, dh, ds0, T, H=H, N=N, BT=CHUNK,
-                                         BV=BV, HAS_DST=dsT is not None, STORE_DS0=s0 is not None)
+    _launch(_bwd_state_kernel, (B * H, N // BV), r, w, dy, dh if dsT is None else dsT, dh, ds0, T=T, H=H, N=N,
+            BT=CHUNK, BV=BV, HAS_DST=dsT is not None, STORE_DS0=s0 is not None)
     dr, dk, dv, dw = (torch.empty_like(x) for x in (r, k, v, w))
     du = torch.empty(B * H, NT, N, dtype=torch.float32, device=r.device)
-    _bwd_grad_kernel[(B * H, NT)](r, k, v, w, u, dy, h, dh, dr, dk, dv, dw, du, T, H=H, N=N, BT=CHUNK,
-                                  BC=SUB_CHUNK)
+    _launch(_bwd_grad_kernel, (B * H, NT), r, k, v, w, u, dy, h, dh, dr, dk, dv, dw, du, T=T, H=H, N=N, BT=CHUNK,
+            BC=SUB_CHUNK)
     du = du.view(B, H, NT, N).sum(dim=(0, 2)).to(u.dtype)
     return dr, dk, dv, dw, du, (ds0 if s0 is not None else None)
 
