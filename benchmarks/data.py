@@ -34,8 +34,11 @@ import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -221,7 +224,8 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
     from ptbr.data import build_dataset, prepare_streaming_env
     from ptbr.data.build import BuildSettings, build_shards, parse_size
     from ptbr.data.faults import download_attempts
-    from ptbr.data.stream import read_manifest, streaming_tempdir
+    from ptbr.data.manifest import read_manifest
+    from ptbr.data.streaming_env import streaming_tempdir
 
     prepare_streaming_env()
     stock_cls = _stock_dataset_class()
@@ -328,9 +332,59 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
     return rows
 
 
+def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], tokenizer: str | Path,
+                        settings: Any, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write already-tokenized streams (split name -> 1-D token ids) as a dataset like ``build_shards``.
+
+    For data made without a corpus: the synthetic streams of the publish benchmark. Each stream is packed
+    into samples of seq_len + 1 tokens (the tail is dropped).
+    """
+    from ptbr.data.build import STAGING, TOKENIZER_COPY, SplitWriter, build_manifest, commit_build, existing_state
+    from ptbr.data.hashing import sha256_json
+    from ptbr.data.manifest import MANIFEST, parse_manifest
+    from ptbr.data.packing import choose_dtype
+    from ptbr.data.tokenizer import load_tokenizer
+    from ptbr.errors import DataError
+
+    settings.check()
+    if not streams or set(streams) - {"train", "val"}:
+        raise DataError(f"streams must be named train and/or val, not {sorted(streams)}")
+    output = Path(output)
+    _, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
+    dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
+    for name, stream in streams.items():
+        if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= tok_meta.vocab_size):
+            raise DataError(f"{name}: token ids must lie in [0, {tok_meta.vocab_size})")
+    key = sha256_json({"settings": asdict(settings), "tokenizer": tok_meta.sha256,
+                       "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()}})
+    state = existing_state(output, key)
+    if state == "current":
+        return parse_manifest((output / MANIFEST).read_bytes(), str(output))
+    if state not in ("absent", "empty", "damaged") and not overwrite:
+        raise DataError(f"{output} is not empty: {state}; pass overwrite=True to replace it")
+    staging = output / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)
+        split_info = {}
+        for name, stream in streams.items():
+            writer = SplitWriter(name, staging / name, settings.seq_len + 1, dtype, settings)
+            writer.add(np.asarray(stream), 0)
+            if writer.packer.samples_out == 0:
+                raise DataError(f"{name}: {len(stream)} tokens make no sample of {settings.seq_len + 1}")
+            split_info[name] = writer.finish()
+        manifest = build_manifest(tok_meta, dtype, settings, split_info, [],
+                             {"tokens": int(sum(len(v) for v in streams.values()))}, key)
+        commit_build(output, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
 def publish_dataset(args: argparse.Namespace, work: Path, tok_path: Path) -> Path:
     """A dataset of ``--publish-mb`` MB (random tokens: zstd cannot shrink them) to upload."""
-    from ptbr.data.build import BuildSettings, parse_size, write_token_dataset
+    from ptbr.data.build import BuildSettings, parse_size
     from ptbr.data.tokenizer import load_tokenizer
 
     _, info = load_tokenizer(tok_path)

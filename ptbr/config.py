@@ -8,6 +8,7 @@ themselves live with what they configure (``ptbr.model.config``, ``ptbr.train.co
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,7 +89,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted ``key=value`` overrides applied."""
-    import copy
 
     out = copy.deepcopy(data)
     for text in overrides:

@@ -14,6 +14,9 @@ Launchers disagree on what they export:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
 import os
 import re
 import socket
@@ -21,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ptbr.errors import PtbrError
+from ptbr.errors import AGREED_EXIT_CODES, PtbrError
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,6 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
     than GPUs, e.g. a 2-rank CPU command on a one-GPU workstation) are refused with one line
     (:func:`shared_gpu_problem`) instead of NCCL's "Duplicate GPU detected" in the middle of set-up.
     ``CUDA_VISIBLE_DEVICES=`` runs the same command on CPU with gloo."""
-    import datetime
 
     import torch
 
@@ -204,7 +206,6 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
 
 def check_one_gpu_per_rank(timeout_s: float) -> None:
     """Collective: every rank learns whether two ranks of a node share a GPU, and all refuse together."""
-    import datetime
 
     import torch
     import torch.distributed as tdist
@@ -235,7 +236,6 @@ def control_group(timeout_s: float) -> Any:
     """A CPU (gloo) process group for the small step-boundary agreements (stop signal, data faults).
     Its timeout may be longer than the training group's: one rank may be retrying a download while
     the others wait for it there."""
-    import datetime
 
     import torch.distributed as tdist
 
@@ -266,18 +266,14 @@ def gather(obj: Any, group: Any = None) -> list[Any]:
     return out
 
 
-# Endings every rank reaches together (the ranks agreed on them): done, preempted, an agreed data fault,
-# an agreed checkpoint-write failure, the non-finite stop. A crash (1) or a user error found by one rank (2)
-# may leave the others elsewhere, so those ranks leave without waiting.
-AGREED_EXIT_CODES = frozenset({0, 3, 65, 69, 74, 75})
-
-
 def shutdown(exit_code: int = 0, exit_as: int | None = None) -> None:
     """Leave cleanly and together: exit handlers (streaming's shared memory, loader workers) first; then,
-    for an agreed ending, a barrier so that all ranks exit at once (``srun --kill-on-bad-exit`` ends the
-    step when the first task exits non-zero, which would otherwise cut a slower rank's clean-up short);
-    then destroy the group and ``os._exit`` (avoids the exit-time abort gloo sometimes produces).
-    ``exit_as``: the process's exit code if not ``exit_code`` (see ptbr.supervise.report)."""
+    for an agreed ending (``ptbr.errors.AGREED_EXIT_CODES``; a crash or a user error found by one rank may
+    leave the others elsewhere, so those ranks leave without waiting), a barrier so that all ranks exit at
+    once (``srun --kill-on-bad-exit`` ends the step when the first task exits non-zero, which would
+    otherwise cut a slower rank's clean-up short); then destroy the group and ``os._exit`` (avoids the
+    exit-time abort gloo sometimes produces).
+    ``exit_as``: the process's exit code if not ``exit_code`` (see ptbr.train.supervise.report)."""
     import torch.distributed as tdist
 
     try:
@@ -295,8 +291,6 @@ def shutdown(exit_code: int = 0, exit_as: int | None = None) -> None:
 def _run_exit_handlers() -> None:
     """What a normal interpreter exit would run (os._exit skips it): mosaicml-streaming unlinks its
     shared memory there, without which Python's resource tracker warns about leaked segments."""
-    import atexit
-    import contextlib
 
     with contextlib.suppress(Exception):  # exiting anyway; a failing handler must not change the exit code
         atexit._run_exitfuncs()

@@ -20,7 +20,7 @@ from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
 from ptbr.data.encode import is_val_document, val_threshold
 from ptbr.data.packing import Packer, choose_dtype
 from ptbr.data.shm import clean_stale_streaming_shm
-from ptbr.data.stream import job_key, prepare_streaming_env
+from ptbr.data.streaming_env import job_key, prepare_streaming_env
 from ptbr.devtools.sample_text import portuguese_documents
 from ptbr.dist import local_world_size
 from ptbr.errors import DataError, PtbrError
@@ -127,7 +127,7 @@ def test_job_tmpdir_is_shared_by_a_job_and_distinct_between_jobs(monkeypatch: py
     with isolated_environ():
         import tempfile
 
-        from ptbr.data.stream import streaming_tempdir
+        from ptbr.data.streaming_env import streaming_tempdir
 
         before = tempfile.gettempdir()
         info = prepare_streaming_env(clean_shm=False)
@@ -259,7 +259,7 @@ def test_s3_server_tool_background_start_and_stop(tmp_path: Path) -> None:
 
 
 def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) -> None:
-    from ptbr.data.stream import _prune_old_job_dirs
+    from ptbr.data.streaming_env import _prune_old_job_dirs
 
     uid = os.geteuid()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -348,7 +348,7 @@ def test_init_from_copies_exported_weights_and_refuses_another_shape(tmp_path) -
     from safetensors.torch import save_file
 
     from ptbr.errors import PtbrError
-    from ptbr.infer.model_io import load_weights_into
+    from ptbr.model.weights import load_weights_into
 
     source = randomize_(RWKV6(TINY), seed=3)
     out = tmp_path / "export"

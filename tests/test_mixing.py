@@ -80,8 +80,8 @@ def test_proportions_follow_the_weights_and_eval_reports_each_source(sources, tm
     low, high = sorted((last["val_loss_mix_a"], last["val_loss_mix_b"]))
     assert low <= last["val_loss"] <= high  # pooled over both sources' tokens
     assert "mix_a" in proc.stdout + proc.stderr  # the eval log line names the sources
-    from ptbr.plot import _series, plot_run
-    from ptbr.plot import read_metrics as plot_records
+    from ptbr.train.plots import _series, plot_run
+    from ptbr.train.plots import read_metrics as plot_records
 
     assert run_dir / "plots" / "val_loss.png" in plot_run(run_dir)  # pooled and per-source lines
     assert _series(plot_records(run_dir), "eval", "val_loss_mix_b")[0] == [30, 60]

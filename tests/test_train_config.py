@@ -165,7 +165,7 @@ def test_data_sources_config() -> None:
 def test_loss_by_position_buckets() -> None:
     import torch
 
-    from ptbr.positions import bucket_edges, bucket_losses
+    from ptbr.model.loss import bucket_edges, bucket_losses
 
     assert bucket_edges(32) == [(0, 32)]
     assert bucket_edges(16384) == [(0, 128), (128, 512), (512, 2048), (2048, 8192), (8192, 16384)]

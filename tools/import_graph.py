@@ -1,10 +1,12 @@
-"""Print the import graph between ptbr's packages and any import cycle between its modules.
+"""Print the import graph between ptbr's packages, and check the layer rule of docs/architecture.md.
 
     python tools/import_graph.py            # package edges (A -> B: some module of A imports B)
     python tools/import_graph.py --modules  # module edges
+    python tools/import_graph.py --check    # exit 1 on an import against the layer rule or a module cycle
 
-Every ``import`` counts, also those inside functions (a lazy import is still a dependency). Used to
-keep the layering of ../shared/DESIGN.md: nothing imports upward, and no two modules import each other.
+Every ``import`` counts, also those inside functions (a lazy import is still a dependency). The rule: a
+package imports only packages of lower layers (:data:`LAYERS`), never one of its own layer or above, apart
+from the few module-level exceptions in :data:`ALLOWED`; and no two modules import each other.
 """
 
 from __future__ import annotations
@@ -16,6 +18,27 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Lower numbers are lower layers. Same-layer packages are independent of each other (training does not
+# import inference, cleaning does not import training).
+LAYERS: dict[str, int] = {
+    # foundation: used by all, use nothing of ptbr
+    "ptbr": 0, "ptbr.errors": 0, "ptbr.fsutil": 0, "ptbr.log": 0, "ptbr.progress": 0,
+    # shared services: configuration machinery, process placement, the WKV operator
+    "ptbr.config": 1, "ptbr.dist": 1, "ptbr.ops": 1,
+    # building blocks
+    "ptbr.model": 2, "ptbr.data": 2, "ptbr.checkpoint": 2,
+    # capabilities
+    "ptbr.train": 3, "ptbr.infer": 3, "ptbr.clean": 3, "ptbr.devtools": 3,
+    # whole-pipeline tour, then the command line
+    "ptbr.quickstart": 4,
+    "ptbr.commands": 5,
+    "ptbr.cli": 6,
+}
+# (importing module or package, imported module): exceptions to the rule, each with its reason
+ALLOWED: dict[tuple[str, str], str] = {
+    ("ptbr.checkpoint.run_state", "ptbr.data.hashing"): "one sha256 helper for every identity hash",
+}
 
 
 def module_name(path: Path) -> str:
@@ -100,11 +123,47 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def layer_of(module: str) -> tuple[str, int] | None:
+    """The layered package a module belongs to (its longest prefix in :data:`LAYERS`)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in LAYERS:
+            return name, LAYERS[name]
+    return None
+
+
+def violations(edges: dict[str, set[str]]) -> list[str]:
+    """Imports against the layer rule, one line each (``importer -> imported: why``)."""
+    found = []
+    for module, targets in sorted(edges.items()):
+        mine = layer_of(module)
+        if mine is None:
+            found.append(f"{module}: not in any layer (add its package to LAYERS in tools/import_graph.py)")
+            continue
+        for target in sorted(targets):
+            theirs = layer_of(target)
+            if theirs is None or theirs[0] == mine[0] or theirs[1] < mine[1]:
+                continue
+            if (module, target) in ALLOWED or (mine[0], target) in ALLOWED:
+                continue
+            where = "its own layer" if theirs[1] == mine[1] else "a higher layer"
+            found.append(f"{module} -> {target}: {theirs[0]} is in {where} ({theirs[1]}) than {mine[0]} ({mine[1]})")
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", action="store_true", help="module edges instead of package edges")
+    parser.add_argument("--check", action="store_true", help="only check the layer rule and cycles (exit 1)")
     args = parser.parse_args()
     edges = graph()
+    if args.check:
+        problems = violations(edges) + [" <-> ".join(c) + ": import cycle" for c in cycles(edges)]
+        for line in problems:
+            print(line)
+        print(f"layer rule: {len(problems)} violation(s)")
+        return 1 if problems else 0
     if args.modules:
         for m in sorted(edges):
             print(f"{m} -> {', '.join(sorted(edges[m])) or '-'}")

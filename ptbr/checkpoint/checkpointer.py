@@ -144,6 +144,14 @@ def apply_retention(root: str | Path, keep: int) -> list[Path]:
 
 # ----------------------------------------------------------------------------------- the checkpointer
 class Checkpointer:
+    """The only owner of a run's checkpoints directory: it saves, finds, commits, retains and loads them.
+
+    The trainer hands it plain values (a :class:`RunState`) and the DeepSpeed engine, never itself. ``save``
+    and ``load`` are collective (every rank writes or reads its shards; the ranks agree on a failed write);
+    ``plan`` decides what a resume continues from (native, or elastic through the universal format) and
+    refuses what cannot work; ``complete``, ``newest`` and ``estimated_bytes`` only read.
+    """
+
     def __init__(self, root: str | Path, env: DistEnv, *, engine: Any = None, keep: int = 3,
                  device: torch.device | None = None, zero_stage: int | None = None, precision: str = "",
                  model_bytes: int = 0, pause_before_commit_s: float = 0.0,

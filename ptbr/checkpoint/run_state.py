@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ptbr.data.hashing import sha256_bytes
 
 
 @dataclass
@@ -55,6 +56,6 @@ class RunState:
 
 def fingerprint(model_config: dict[str, Any], seq_len: int, manifest: dict[str, Any]) -> dict[str, str]:
     """What must not change across a resume: model shape, sequence length, dataset identity."""
-    dataset = manifest.get("dataset_hash") or hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    model = hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()[:16]
+    dataset = manifest.get("dataset_hash") or sha256_bytes(json.dumps(manifest, sort_keys=True).encode())
+    model = sha256_bytes(json.dumps(model_config, sort_keys=True).encode())[:16]
     return {"model": model, "seq_len": str(seq_len), "dataset": str(dataset)}

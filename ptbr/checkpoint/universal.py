@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ptbr.checkpoint.layout import MARKER, STATE, UNIVERSAL, Checkpoint
 from ptbr.errors import CheckpointError
-from ptbr.fsutil import atomic_write_text
+from ptbr.fsutil import atomic_write_text, replace_directory
 
 
 def universal_dir(ckpt: Checkpoint) -> Path:
@@ -43,8 +43,7 @@ def ensure_universal(ckpt: Checkpoint, log) -> Path:
     for name in (STATE,):
         shutil.copy2(ckpt.path / name, tmp / name)
     (tmp.parent / "latest_universal").unlink(missing_ok=True)  # written by the tool; we keep our own
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    replace_directory(tmp, out)
     atomic_write_text(out / MARKER, json.dumps({"converted_from": ckpt.tag}) + "\n")
     log(f"universal conversion done in {time.perf_counter() - t0:.1f} s")
     return out

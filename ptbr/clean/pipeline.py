@@ -15,10 +15,10 @@ Deterministic: same inputs + same config -> byte-identical output (fixed MinHash
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -30,7 +30,9 @@ from typing import Any
 from ptbr.clean import rules
 from ptbr.clean.config import CleanConfig
 from ptbr.data.corpus import InputFile, ReadStats, discover_inputs, iter_documents
+from ptbr.data.hashing import blake2b_128, sha256_bytes
 from ptbr.errors import DataError, PtbrError
+from ptbr.fsutil import atomic_write_text, replace_directory
 
 STEPS = ("read", "repair", "language", "quality", "exact_dedup", "near_dedup")
 EXAMPLES_PER_RULE = 3
@@ -93,7 +95,6 @@ def _use_config(cfg: CleanConfig) -> None:
 def _init_worker(cfg: CleanConfig) -> None:
     """Pool workers: Ctrl-C is the parent's to handle (it stops the pool); SIGTERM keeps its default action,
     which is how ``Pool.terminate`` stops workers."""
-    import signal
 
     _use_config(cfg)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -116,7 +117,7 @@ def judge(text: str, cfg: CleanConfig | None = None) -> Verdict:
             return Verdict(text, f"quality:{failed}", "quality")
     key = signature = None
     if cfg.exact_dedup.enabled:
-        key = hashlib.blake2b(rules.normalized_for_dedup(text).encode(), digest_size=16).digest()
+        key = blake2b_128(rules.normalized_for_dedup(text).encode())
     if cfg.near_dedup.enabled:
         from datasketch import MinHash
 
@@ -231,14 +232,8 @@ def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: i
             raise DataError(f"every one of the {stats.documents:,} documents was dropped (most by {top}); nothing "
                             "written: check the thresholds with --dry-run and the report's examples")
         if tmp is not None and out is not None:
-            from ptbr.fsutil import atomic_write_text, fsync_dir
-
             atomic_write_text(tmp / "report.json", json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(out)
-            fsync_dir(out.parent)
+            replace_directory(tmp, out)
             tmp = None
         return report
     finally:
@@ -255,7 +250,7 @@ def input_key(inputs: list[str], cfg: CleanConfig) -> str:
     """Identity of a cleaning job: the config and every input file's path, size and modification time."""
     files = sorted(discover_inputs(inputs), key=lambda f: f.rel)
     stamp = [(str(f.path.resolve()), f.size, f.path.stat().st_mtime_ns) for f in files]
-    return hashlib.sha256(json.dumps([cfg.model_dump(), stamp], sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps([cfg.model_dump(), stamp], sort_keys=True).encode())
 
 
 def clean_once(inputs: list[str], output: str, cfg: CleanConfig, log: Callable[[str], None] = print,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 DEFAULT_CONFIG = "configs/clean/pt-br.yaml"
 
@@ -22,8 +23,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ptbr.clean.config import CleanConfig
     from ptbr.clean.pipeline import clean, print_report
 

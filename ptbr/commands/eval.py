@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +17,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from ptbr.infer.evaluate import evaluate
     from ptbr.infer.model_io import load_model
 

@@ -11,7 +11,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptbr.plot import plot_run
+    from ptbr.train.plots import plot_run
 
     for path in plot_run(args.run_dir, args.out):
         print(path)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from ptbr.data.tokenizer import EOS_TOKEN
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="jsonl field holding the text")
     parser.add_argument("--txt-docs", choices=("file", "paragraph", "line"), default="file",
                         help=".txt documents: whole file, blank-line separated paragraphs, or lines")
-    parser.add_argument("--eos-token", default="<|endoftext|>", help="end-of-document token in the tokenizer")
+    parser.add_argument("--eos-token", default=EOS_TOKEN, help="end-of-document token in the tokenizer")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     parser.add_argument("--clean", nargs="?", const="configs/clean/pt-br.yaml", default=None, metavar="CONFIG",
                         help="clean the corpus first (ptbr corpus clean; default config %(const)s) into "
@@ -31,11 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import time
-
     from ptbr.data.build import BuildSettings, build_shards, parse_size
-    from ptbr.data.progress import human, human_bytes
+    from ptbr.progress import human, human_bytes
 
     settings = BuildSettings(
         seq_len=args.seq_len, val_fraction=args.val_fraction, split_seed=args.split_seed,
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, eos_token=args.eos_token)
     t0 = time.perf_counter()
     if args.clean:
-        from pathlib import Path
-
         from ptbr.clean.config import CleanConfig
         from ptbr.clean.pipeline import clean_once
 

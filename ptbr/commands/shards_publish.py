@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-
     from ptbr.data.build import parse_size
-    from ptbr.data.progress import human_bytes
     from ptbr.data.publish import publish
+    from ptbr.progress import human_bytes
 
     r = publish(args.local, args.url, force=args.force, jobs=args.jobs, part_size=parse_size(args.part_size),
                 progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

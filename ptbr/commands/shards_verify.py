@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -12,10 +13,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ptbr.data.progress import human_bytes
     from ptbr.data.verify import verify
+    from ptbr.progress import human_bytes
 
     report = verify(args.source, jobs=args.jobs, progress=not args.quiet)
     if report.ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 MEMORY_GPUS = (8, 16, 64)
 
@@ -14,8 +15,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from ptbr.model import RWKV6Config, count_parameters

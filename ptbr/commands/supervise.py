@@ -12,7 +12,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ptbr.supervise import supervise
+    from ptbr.train.supervise import supervise
 
     command = list(args.launcher)
     if command[:1] == ["--"]:

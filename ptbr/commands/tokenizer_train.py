@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from ptbr.data.tokenizer import EOS_TOKEN, PAD_TOKEN
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=32000, help="total vocabulary incl. special tokens")
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     parser.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
-                        help="extra special token (after <|endoftext|> and <|padding|>); repeatable")
+                        help=f"extra special token (after {EOS_TOKEN} and {PAD_TOKEN}); repeatable")
     parser.add_argument("--text-field", default="text", help="jsonl field holding the text")
     parser.add_argument("--txt-docs", choices=("file", "paragraph", "line"), default="file",
                         help=".txt documents: whole file, blank-line separated paragraphs, or lines")
@@ -23,10 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ptbr.data.progress import human_bytes
     from ptbr.data.tokenizer import train_tokenizer_from_corpus
+    from ptbr.progress import human_bytes
 
     report = train_tokenizer_from_corpus(
         args.input, args.output, vocab_size=args.vocab_size, min_frequency=args.min_frequency,

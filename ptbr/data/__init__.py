@@ -1,16 +1,37 @@
-"""Data pipeline: tokenizer, MDS shard building, S3 publishing, verification, streaming reader.
+"""The data pipeline, in four phases. Each module belongs to one; a phase uses only its own modules and the
+shared ones (``manifest``, ``hashing``, ``store``, ``s3``).
 
-The streaming entry points are re-exported lazily (``from ptbr.data import build_dataset``) so that
+=========  =====================================================================================
+phase      modules
+=========  =====================================================================================
+build      ``tokenizer`` (byte-level BPE: train, load, the facts shards depend on), ``corpus``
+           (input discovery and reading), ``encode`` (tokenizer worker processes, content-hash split),
+           ``packing`` (samples of seq_len + 1 tokens), ``build`` (``ptbr shards build``: MDS shards +
+           manifest, atomic and idempotent)
+publish    ``publish`` (``ptbr shards publish``: verified upload, ``_SUCCESS`` last), ``s3`` (boto3
+           clients, endpoint handling), ``store`` (read a dataset by relative path, local or s3://)
+check      ``verify`` (``ptbr shards verify``: every shard against its hashes and the vocabulary),
+           ``mds`` (MDS shards read without streaming), ``cache`` (cached shards re-checked once per job)
+read       ``stream`` (:func:`build_dataset`: one source or a weighted mixture, the one constructor),
+           ``mixture`` (a mixture's common manifest), ``token_dataset`` (the StreamingDataset of samples),
+           ``streaming_env`` (streaming made safe under any launcher), ``shm`` (stale shared memory),
+           ``faults`` (download retries, one-line data-source errors)
+shared     ``manifest`` (manifest.json, ``_SUCCESS``, dataset identity, :func:`read_manifest`),
+           ``hashing`` (sha256 / xxh64 of bytes, files and JSON)
+=========  =====================================================================================
+
+The read entry points are re-exported lazily (``from ptbr.data import build_dataset``) so that
 importing this package does not import mosaicml-streaming (3-6 s) in processes that never read.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _LAZY = {
-    "read_manifest": "ptbr.data.stream",
-    "prepare_streaming_env": "ptbr.data.stream",
+    "read_manifest": "ptbr.data.manifest",
+    "prepare_streaming_env": "ptbr.data.streaming_env",
     "build_dataset": "ptbr.data.stream",
     "dataset_cache_dir": "ptbr.data.stream",
     "TokenDataset": "ptbr.data.token_dataset",
@@ -21,7 +42,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ptbr.data' has no attribute {name!r}")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from ptbr import __version__
 from ptbr.data import encode
@@ -42,10 +41,10 @@ from ptbr.data.manifest import (
     stored_file,
 )
 from ptbr.data.packing import Packer, choose_dtype
-from ptbr.data.progress import ProgressBar
 from ptbr.data.tokenizer import EOS_TOKEN, TokenizerInfo, load_tokenizer
 from ptbr.errors import DataError
 from ptbr.fsutil import atomic_write_bytes, fsync_dir
+from ptbr.progress import ProgressBar
 
 STAGING = ".ptbr-build"
 TOKENIZER_COPY = "tokenizer.json"
@@ -119,7 +118,7 @@ def _describe_inputs(files: list[InputFile], progress: bool) -> list[dict[str, A
     return out
 
 
-def _existing_state(output: Path, key: str) -> str:
+def existing_state(output: Path, key: str) -> str:
     """'absent', 'empty', 'current' (same key, intact), 'damaged' (same key) or a reason it differs."""
     if not output.exists():
         return "absent"
@@ -159,7 +158,7 @@ def _intact(output: Path, manifest: dict[str, Any]) -> bool:
     return True
 
 
-class _SplitWriter:
+class SplitWriter:
     """One split: a packer feeding an MDSWriter, plus document and token counts."""
 
     def __init__(self, name: str, directory: Path, sample_len: int, dtype: str, settings: BuildSettings):
@@ -239,7 +238,7 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     files = discover_inputs(inputs)
     described = _describe_inputs(files, progress)
     key = _build_key(settings, tok_meta.sha256, described)
-    state = _existing_state(output, key)
+    state = existing_state(output, key)
     if state == "current":
         manifest = parse_manifest((output / MANIFEST).read_bytes(), str(output))
         log(f"{output}: up to date (dataset {manifest['dataset_hash'][:16]}); nothing to do")
@@ -259,7 +258,7 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
             raise DataError(f"{tokenizer} changed while the build was starting; run it again")
         manifest = _run_build(files, described, tok, tok_meta, dtype, settings, staging, key,
                               workers or default_workers(), progress)
-        _commit(output, staging, manifest)
+        commit_build(output, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(output, manifest, False)
@@ -270,9 +269,9 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
                progress: bool) -> dict[str, Any]:
     sample_len = settings.seq_len + 1
     stats = ReadStats()
-    splits = {"train": _SplitWriter("train", staging / "train", sample_len, dtype, settings)}
+    splits = {"train": SplitWriter("train", staging / "train", sample_len, dtype, settings)}
     if settings.val_fraction > 0:
-        splits["val"] = _SplitWriter("val", staging / "val", sample_len, dtype, settings)
+        splits["val"] = SplitWriter("val", staging / "val", sample_len, dtype, settings)
     threshold = encode.val_threshold(settings.val_fraction)
     init_args = (tok.to_str(), tok_meta.eos_id, dtype, threshold, settings.split_seed)
     docs = iter_documents(files, stats, text_field=settings.text_field, txt_docs=settings.txt_docs)
@@ -291,10 +290,11 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     _check_sizes(stats, splits, sample_len, len(files), settings)
     split_info = {name: w.finish() for name, w in splits.items()}
     inputs = [{k: v for k, v in d.items() if k != "rel"} for d in described]
-    return _manifest(tok_meta, dtype, settings, split_info, inputs, {**stats.to_dict(), "tokens": total_tokens}, key)
+    stats_dict = {**stats.to_dict(), "tokens": total_tokens}
+    return build_manifest(tok_meta, dtype, settings, split_info, inputs, stats_dict, key)
 
 
-def _manifest(tok_meta: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
+def build_manifest(tok_meta: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
               inputs: list[dict[str, Any]], stats: dict[str, Any], key: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -316,50 +316,7 @@ def _manifest(tok_meta: TokenizerInfo, dtype: str, settings: BuildSettings, spli
     return manifest
 
 
-def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], tokenizer: str | Path,
-                        settings: BuildSettings, *, overwrite: bool = False) -> dict[str, Any]:
-    """Write already-tokenized streams (split name -> 1-D token ids) as a dataset like ``build_shards``.
-
-    For data made without a corpus: synthetic benchmarks, or tests that need samples whose every
-    token is known. Each stream is packed into samples of seq_len + 1 tokens (the tail is dropped).
-    """
-    settings.check()
-    if not streams or set(streams) - {"train", "val"}:
-        raise DataError(f"streams must be named train and/or val, not {sorted(streams)}")
-    output = Path(output)
-    _, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
-    dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
-    for name, stream in streams.items():
-        if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= tok_meta.vocab_size):
-            raise DataError(f"{name}: token ids must lie in [0, {tok_meta.vocab_size})")
-    key = sha256_json({"settings": asdict(settings), "tokenizer": tok_meta.sha256,
-                       "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()}})
-    state = _existing_state(output, key)
-    if state == "current":
-        return parse_manifest((output / MANIFEST).read_bytes(), str(output))
-    if state not in ("absent", "empty", "damaged") and not overwrite:
-        raise DataError(f"{output} is not empty: {state}; pass overwrite=True to replace it")
-    staging = output / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)
-        split_info = {}
-        for name, stream in streams.items():
-            writer = _SplitWriter(name, staging / name, settings.seq_len + 1, dtype, settings)
-            writer.add(np.asarray(stream), 0)
-            if writer.packer.samples_out == 0:
-                raise DataError(f"{name}: {len(stream)} tokens make no sample of {settings.seq_len + 1}")
-            split_info[name] = writer.finish()
-        manifest = _manifest(tok_meta, dtype, settings, split_info, [],
-                             {"tokens": int(sum(len(v) for v in streams.values()))}, key)
-        _commit(output, staging, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
-
-
-def _check_sizes(stats: ReadStats, splits: dict[str, _SplitWriter], sample_len: int, n_files: int,
+def _check_sizes(stats: ReadStats, splits: dict[str, SplitWriter], sample_len: int, n_files: int,
                  settings: BuildSettings) -> None:
     if stats.documents == 0:
         raise DataError(f"empty corpus: no non-empty documents in {n_files} input file(s)"
@@ -375,7 +332,7 @@ def _check_sizes(stats: ReadStats, splits: dict[str, _SplitWriter], sample_len: 
                         f"{settings.val_fraction}), lower --seq-len, or pass --val-fraction 0")
 
 
-def _commit(output: Path, staging: Path, manifest: dict[str, Any]) -> None:
+def commit_build(output: Path, staging: Path, manifest: dict[str, Any]) -> None:
     """Replace the previous build's entries (manifest first), move the new ones in, manifest last."""
     (output / MANIFEST).unlink(missing_ok=True)
     for name in ("train", "val"):

@@ -67,7 +67,7 @@ class ReadStats:
                 "invalid_utf8_replaced": self.invalid_utf8, "bad_records_skipped": self.bad_records}
 
 
-def classify(path: Path) -> tuple[str, str | None] | None:
+def file_format(path: Path) -> tuple[str, str | None] | None:
     """(kind, compression) from the file name, or None when the file is not a corpus file."""
     suffixes = [s.lower() for s in path.suffixes]
     compression = None
@@ -86,7 +86,7 @@ def discover_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[InputFile]
     for item in inputs:
         root = Path(item)
         if root.is_file():
-            kind = classify(root)
+            kind = file_format(root)
             if kind is None:
                 raise DataError(f"{root}: unsupported file type; supported: {SUPPORTED}")
             files.append(InputFile(root, str(item), root.name, kind[0], kind[1], root.stat().st_size))
@@ -96,7 +96,7 @@ def discover_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[InputFile]
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for fname in sorted(filenames):
                     p = Path(dirpath) / fname
-                    kind = classify(p)
+                    kind = file_format(p)
                     if kind is not None and not fname.startswith(".") and p.is_file():
                         rel = p.relative_to(root).as_posix()
                         found.append(InputFile(p, str(Path(str(item)) / rel), rel, kind[0], kind[1],

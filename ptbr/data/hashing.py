@@ -41,6 +41,11 @@ def xxh3_file(path: str | Path) -> str:
     return _file_digest(path, xxhash.xxh3_128())
 
 
+def blake2b_128(data: bytes) -> bytes:
+    """A 16-byte digest for in-memory identity (exact-duplicate keys): fast, and collisions negligible."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def canonical_json(obj: Any) -> bytes:
     """Key-sorted compact JSON: the same object always hashes the same."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

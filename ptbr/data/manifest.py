@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from ptbr.data.hashing import sha256_bytes, sha256_json
+from ptbr.data.store import open_store
 from ptbr.errors import DataError
 
 FORMAT = "ptbr-mds"
@@ -72,3 +73,23 @@ def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
         raise DataError(f"{source}: manifest format {manifest['format_version']} is newer than this "
                         f"ptbr understands ({FORMAT_VERSION}); upgrade ptbr")
     return manifest
+
+
+def read_manifest(source: str) -> dict[str, Any]:
+    """The manifest of a dataset directory or a published s3:// prefix.
+
+    Remotely the prefix must be committed: ``_SUCCESS`` present and equal to sha256(manifest.json).
+    """
+    store = open_store(source)
+    data = store.get(MANIFEST)
+    if data is None:
+        raise DataError(f"{source}: no {MANIFEST} (not a ptbr dataset, or its build/publish did not finish)")
+    if store.remote:
+        success = store.get(SUCCESS)
+        if success is None:
+            raise DataError(f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
+                            f"re-run 'ptbr shards publish'")
+        if not success_matches(success, data):
+            raise DataError(f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
+                            f"interrupted); re-run 'ptbr shards publish'")
+    return parse_manifest(data, source)

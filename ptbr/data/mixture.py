@@ -1,4 +1,5 @@
-"""Weighted mixing of several published datasets: streaming's own ``Stream(proportion=...)``.
+"""Weighted mixing of several published datasets: their common manifest (the datasets themselves are read
+by ``ptbr.data.stream.build_dataset``, with streaming's own ``Stream(proportion=...)``).
 
 Streaming draws ``epoch_size x weight / sum(weights)`` samples from each stream per epoch (sub-sampling
 or repeating, seeded by the shuffle seed), then shuffles them together; its resume state covers all
@@ -14,14 +15,7 @@ import json
 from typing import Any
 
 from ptbr.data.hashing import sha256_bytes
-from ptbr.data.stream import (
-    build_dataset,
-    join_source,
-    prepare_split_cache,
-    read_manifest,
-    streaming_options,
-    streaming_tempdir,
-)
+from ptbr.data.manifest import read_manifest
 from ptbr.errors import DataError
 
 MUST_AGREE = {"vocab_size": "vocabulary size", "seq_len": "seq_len", "eos_id": "end-of-document id",
@@ -54,32 +48,3 @@ def read_mixture(specs: list[Any]) -> dict[str, Any]:
                       "shards": sum(int(m["splits"][split]["shards"]) for m in manifests)}
               for split in ref["splits"] if all(split in m["splits"] for m in manifests)}
     return {**ref, "dataset_hash": sha256_bytes(identity), "splits": splits, "mixture": parts}
-
-
-def build_mixed_dataset(specs: list[Any], manifest: dict[str, Any], split: str, *, cache_root: str,
-                        batch_size: int, shuffle: bool, seed: int, num_canonical_nodes: int | None = None,
-                        download_retry_s: float = 300.0, download_timeout_s: float = 60.0,
-                        **streaming_kwargs: Any):
-    """A TokenDataset drawing from every source of ``manifest["mixture"]`` in proportion to its weight;
-    one source: :func:`ptbr.data.stream.build_dataset`."""
-    common = dict(cache_root=cache_root, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                  num_canonical_nodes=num_canonical_nodes, download_retry_s=download_retry_s,
-                  download_timeout_s=download_timeout_s)
-    if "mixture" not in manifest:
-        return build_dataset(specs[0].source, split, **common, **streaming_kwargs)
-    from streaming import Stream
-
-    from ptbr.data.token_dataset import TokenDataset
-
-    streams = []
-    for part in manifest["mixture"]:
-        source = part["source"]
-        local = prepare_split_cache(source, split, cache_root, part)  # part holds its dataset_hash and splits
-        streams.append(Stream(remote=join_source(source, split), local=str(local), proportion=part["weight"]))
-    num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s,
-                                            download_timeout_s)
-    streaming_kwargs.setdefault("predownload", 8 * batch_size)
-    with streaming_tempdir():
-        return TokenDataset(manifest=manifest, source=specs[0].source, retry_window_s=download_retry_s,
-                            streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-                            num_canonical_nodes=num_canonical_nodes, **streaming_kwargs)

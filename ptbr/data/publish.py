@@ -31,8 +31,8 @@ import xxhash
 from ptbr.data import s3
 from ptbr.data.hashing import sha256_bytes
 from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, manifest_sha256, parse_manifest, stored_file
-from ptbr.data.progress import ProgressBar
 from ptbr.errors import DataError
+from ptbr.progress import ProgressBar
 
 CLAIM = "_PUBLISHING"
 META_HASH = "xxh64"

@@ -1,4 +1,4 @@
-"""Streaming reader: a published (s3://) or local dataset as a StreamingDataset of token samples.
+"""Reading a published dataset: one StreamingDataset of token samples over one source or a weighted mixture.
 
 Typical use in a training process (every rank, before building any DataLoader)::
 
@@ -10,6 +10,10 @@ Typical use in a training process (every rank, before building any DataLoader)::
         ds.load_state_dict(resume_state)        # BEFORE the first iteration (see TokenDataset)
     loader = torch.utils.data.DataLoader(ds, batch_size=per_rank_batch, num_workers=2)
 
+A single source is a mixture of one: :func:`build_dataset` takes a path or URL, or a list of weighted
+sources (``data.sources``), and builds every dataset the same way (cache layout, index check, hash
+validation, retries, predownload, canonical nodes, error messages, sample-count check).
+
 Cache safety: shards are cached under ``cache_root/<dataset_hash[:16]>/<split>``, and the
 dataset hash covers every shard's xxh64 (through index.json), so a re-published remote gets a
 new directory and never serves stale samples; index.json is downloaded by us and checked against
@@ -18,152 +22,59 @@ the manifest, and shards are validated (xxh64) on download.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ptbr.data.cache import check_cached_shards
 from ptbr.data.faults import download_attempts, install_retry_logging
 from ptbr.data.hashing import sha256_bytes
-from ptbr.data.manifest import INDEX, MANIFEST, SUCCESS, parse_manifest, success_matches
+from ptbr.data.manifest import INDEX
+from ptbr.data.mixture import read_mixture
 from ptbr.data.s3 import is_s3
 from ptbr.data.store import open_store
+from ptbr.data.streaming_env import ENV_DONE, job_key, prepare_streaming_env, streaming_tempdir
 from ptbr.dist import local_world_size
 from ptbr.errors import DataError
+from ptbr.fsutil import atomic_write_bytes
 from ptbr.log import info
 
 if TYPE_CHECKING:
     from ptbr.data.token_dataset import TokenDataset
 
-_ENV_DONE = "PTBR_STREAMING_ENV"
-_TMP_ENV = "PTBR_STREAMING_TMPDIR"
+
+class Source(Protocol):
+    """One weighted dataset of a mixture (the training config's ``SourceSpec`` is one)."""
+
+    source: str
+    weight: float
+
+    def label(self) -> str: ...
 
 
-def read_manifest(source: str) -> dict[str, Any]:
-    """The manifest of a dataset directory or a published s3:// prefix.
+@dataclass(frozen=True)
+class OneSource:
+    """A dataset on its own: the mixture of one that a plain path or URL stands for."""
 
-    Remotely the prefix must be committed: ``_SUCCESS`` present and equal to sha256(manifest.json).
-    """
-    store = open_store(source)
-    data = store.get(MANIFEST)
-    if data is None:
-        raise DataError(f"{source}: no {MANIFEST} (not a ptbr dataset, or its build/publish did not finish)")
-    if store.remote:
-        success = store.get(SUCCESS)
-        if success is None:
-            raise DataError(f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
-                            f"re-run 'ptbr shards publish'")
-        if not success_matches(success, data):
-            raise DataError(f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
-                            f"interrupted); re-run 'ptbr shards publish'")
-    return parse_manifest(data, source)
+    source: str
+    weight: float = 1.0
+
+    def label(self) -> str:
+        return self.source
 
 
-# ------------------------------------------------------------------------------ environment
-def job_key() -> str:
-    """An id shared by the ranks of one job on a node and distinct between concurrent jobs."""
-    if os.environ.get("PTBR_JOB_ID"):
-        return os.environ["PTBR_JOB_ID"]
-    if os.environ.get("SLURM_JOB_ID"):
-        parts = [os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_STEP_ID", ""),
-                 os.environ.get("SLURM_RESTART_COUNT", "")]
-        return "slurm" + ".".join(p for p in parts if p)
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    if run_id and run_id != "none":
-        return "torchrun-" + run_id
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("MASTER_PORT"):
-        return f"{os.environ.get('MASTER_ADDR', 'localhost')}-{os.environ['MASTER_PORT']}"
-    return f"pid{os.getpid()}"
+def as_sources(source: str | os.PathLike[str] | Sequence[Source]) -> list[Source]:
+    """A path or URL as a mixture of one; a list of sources as it is. URLs lose a trailing slash."""
+    specs: list[Source] = ([OneSource(str(source))] if isinstance(source, str | os.PathLike) else list(source))
+    if not specs:
+        raise DataError("no data source given")
+    return [OneSource(s.source.rstrip("/"), s.weight) if is_s3(s.source) and s.source.endswith("/") else s
+            for s in specs]
 
 
-def prepare_streaming_env(*, job_id: str | None = None, clean_shm: bool = True) -> dict[str, Any]:
-    """Make mosaicml-streaming safe under any launcher; call before building datasets (idempotent).
-
-    * ``LOCAL_WORLD_SIZE`` from LOCAL_SIZE (deepspeed), SLURM_NTASKS_PER_NODE / SLURM_GPUS_ON_NODE
-      (srun), OMPI_COMM_WORLD_LOCAL_SIZE (mpirun) when missing; otherwise every rank believes it
-      is a node of its own and ranks collide on shared-memory names.
-    * a temporary directory per job for streaming's file locks (it leaks two per dataset and skips
-      their prefixes), shared by all ranks of the job on the node since the locks must be common
-      to them. Only streaming uses it (see :func:`streaming_tempdir`): the process's TMPDIR stays
-      as it is, so e.g. torch's compile caches keep living across jobs.
-    * stale streaming segments in /dev/shm removed, never a live one (see ptbr.data.shm).
-    """
-    from ptbr.data.shm import clean_stale_streaming_shm
-
-    if job_id:
-        os.environ["PTBR_JOB_ID"] = job_id
-    report: dict[str, Any] = {}
-    lws, source = local_world_size()
-    os.environ["LOCAL_WORLD_SIZE"] = str(lws)
-    report["local_world_size"] = (lws, source)
-    key = job_key()
-    if os.environ.get(_ENV_DONE) != key:
-        base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
-        tmp = base / f"ptbr-{os.geteuid()}-{key}"
-        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.environ[_TMP_ENV] = str(tmp)
-        os.environ[_ENV_DONE] = key
-        if key.startswith("pid"):  # a single process owns it: remove it when the process ends
-            atexit.register(shutil.rmtree, tmp, True)
-        _prune_old_job_dirs(base, keep=tmp)
-    report["tmpdir"] = os.environ[_TMP_ENV]
-    report["removed_shm"] = clean_stale_streaming_shm() if clean_shm else []
-    return report
-
-
-@contextlib.contextmanager
-def streaming_tempdir() -> Iterator[str]:
-    """Point ``tempfile.gettempdir()`` at the job's directory while a StreamingDataset is created.
-
-    Streaming reads the temporary directory only in its constructor (lock paths are stored in the
-    dataset, and travel with it to DataLoader workers), so the switch can be this narrow.
-    """
-    path = os.environ.get(_TMP_ENV)
-    if not path:
-        prepare_streaming_env()
-        path = os.environ[_TMP_ENV]
-    saved = tempfile.tempdir
-    tempfile.tempdir = path
-    try:
-        yield path
-    finally:
-        tempfile.tempdir = saved
-
-
-JOB_DIR_MAX_AGE_S = 7 * 24 * 3600
-
-
-def _prune_old_job_dirs(base: Path, keep: Path, max_age_s: float = JOB_DIR_MAX_AGE_S) -> None:
-    """Remove this user's per-job dirs of dead single processes, or untouched for a week.
-
-    Ranks of a multi-process job cannot tell when the last of them is done with the directory, so
-    they do not delete it at exit; a single process does (atexit), unless it ends by os._exit or a
-    signal: then its dead pid gives it away here.
-    """
-    import time
-
-    cutoff = time.time() - max_age_s
-    prefix = f"ptbr-{os.geteuid()}-"
-    for d in base.glob(prefix + "*"):
-        try:
-            if d == keep or not d.is_dir() or d.is_symlink():
-                continue
-            key = d.name[len(prefix):]
-            dead_pid = key.startswith("pid") and key[3:].isdigit() and not Path(f"/proc/{key[3:]}").exists()
-            newest = max([d.stat().st_mtime, *(p.stat().st_mtime for p in d.iterdir())])
-            if dead_pid or newest < cutoff:
-                shutil.rmtree(d, ignore_errors=True)
-        except OSError:
-            continue
-
-
-# --------------------------------------------------------------------------------- dataset
 def dataset_cache_dir(cache_root: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> Path:
     """Where a split of this dataset version is cached: one directory per dataset hash."""
     return Path(cache_root) / manifest["dataset_hash"][:16] / split
@@ -188,9 +99,7 @@ def place_index(source: str, split: str, local: Path, manifest: dict[str, Any]) 
         raise DataError(f"{source}: {split}/{INDEX} does not match the manifest (the dataset changed while "
                         f"being read, or is damaged: run 'ptbr shards verify {source}')")
     local.mkdir(parents=True, exist_ok=True)
-    tmp = local / f".{INDEX}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, data)
 
 
 def default_num_canonical_nodes(shuffle_algo: str, physical_nodes: int) -> int:
@@ -251,46 +160,63 @@ def streaming_options(streaming_kwargs: dict[str, Any], num_canonical_nodes: int
     return num_canonical_nodes
 
 
-def build_dataset(source: str, split: str, *, cache_root: str, batch_size: int, shuffle: bool, seed: int,
-                  num_canonical_nodes: int | None = None, download_retry_s: float = 300.0,
-                  download_timeout_s: float = 60.0, **streaming_kwargs: Any) -> TokenDataset:
-    """A TokenDataset over ``split`` of the dataset at ``source`` (s3://bucket/prefix or a directory).
+def predownload_default(manifest: dict[str, Any], split: str, batch_size: int) -> int:
+    """Samples to download ahead: two shards. streaming's default (8 batches) is far less than one shard of
+    ptbr's small samples, and makes the iterator wait on its "ready" thread every few dozen samples; two
+    shards ahead costs no more disk."""
+    split_info = manifest["splits"][split]
+    per_shard = -(-int(split_info["samples"]) // max(int(split_info["shards"]), 1))
+    return max(8 * batch_size, 2 * per_shard)
+
+
+def build_dataset(source: str | os.PathLike[str] | Sequence[Source], split: str, *, cache_root: str,
+                  batch_size: int, shuffle: bool, seed: int, num_canonical_nodes: int | None = None,
+                  download_retry_s: float = 300.0, download_timeout_s: float = 60.0,
+                  manifest: dict[str, Any] | None = None, **streaming_kwargs: Any) -> TokenDataset:
+    """A TokenDataset over ``split`` of one dataset (s3://bucket/prefix or a directory) or of a weighted
+    mixture of several (each source's share of the samples is its weight over the sum: streaming's
+    ``Stream(proportion=...)``).
 
     Items are ``{"input": int64[seq_len], "target": int64[seq_len], "sample_id": int}``.
-    ``streaming_kwargs`` go to StreamingDataset (predownload, cache_limit, shuffle_algo, ...);
-    ``validate_hash`` defaults to "xxh64". A shard download is retried (streaming's backoff, botocore's
+    ``manifest``: the one :func:`ptbr.data.mixture.read_mixture` returned for these sources, if the caller
+    already read it. ``streaming_kwargs`` go to StreamingDataset (predownload, cache_limit, shuffle_algo,
+    ...); ``validate_hash`` defaults to "xxh64". A shard download is retried (streaming's backoff, botocore's
     adaptive mode) for at least ``download_retry_s`` seconds; cached shards that no longer match the
     published hashes are deleted first (once per job and node) so that they are downloaded again.
     """
+    from streaming import Stream
+
     from ptbr.data.token_dataset import TokenDataset
 
-    if os.environ.get(_ENV_DONE) is None:
+    if os.environ.get(ENV_DONE) is None:
         prepare_streaming_env()
-    source = str(source).rstrip("/") if is_s3(source) else str(source)
-    manifest = read_manifest(source)
+    specs = as_sources(source)
+    manifest = manifest or read_mixture(specs)
     if split not in manifest["splits"]:
-        raise DataError(f"{source}: no split {split!r} (has {', '.join(manifest['splits'])})")
-    local = prepare_split_cache(source, split, cache_root, manifest)
+        raise DataError(f"{specs[0].source}: no split {split!r} (has {', '.join(manifest['splits'])})")
+    # one stream per source; a single one draws every sample once per epoch (no proportion)
+    parts = manifest.get("mixture") or [{**manifest, "source": specs[0].source, "weight": None}]
+    streams, locals_ = [], []
+    for part in parts:
+        local = prepare_split_cache(part["source"], split, cache_root, part)
+        locals_.append(local)
+        streams.append(Stream(remote=join_source(part["source"], split), local=str(local),
+                              proportion=part["weight"]))
     num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s,
                                             download_timeout_s)
-    # streaming's default (8 batches) is far less than one shard of our small samples, and makes the
-    # iterator wait on its "ready" thread every few dozen samples; two shards ahead costs no more disk
-    split_info = manifest["splits"][split]
-    per_shard = -(-int(split_info["samples"]) // max(int(split_info["shards"]), 1))
-    streaming_kwargs.setdefault("predownload", max(8 * batch_size, 2 * per_shard))
+    streaming_kwargs.setdefault("predownload", predownload_default(manifest, split, batch_size))
     try:
         with streaming_tempdir():
-            ds = TokenDataset(manifest=manifest, source=source, retry_window_s=download_retry_s,
-                              remote=join_source(source, split), local=str(local), batch_size=batch_size,
-                              shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=num_canonical_nodes,
-                              **streaming_kwargs)
+            ds = TokenDataset(manifest=manifest, source=specs[0].source, retry_window_s=download_retry_s,
+                              streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
+                              num_canonical_nodes=num_canonical_nodes, **streaming_kwargs)
     except ValueError as exc:
         if "Reused local directory" not in str(exc):
             raise
         raise DataError(f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job: "
-                        f"streaming allows one live dataset per cache directory ({local}); drop the other "
-                        f"one first (del + gc.collect()) or use another cache_root") from None
+                        f"streaming allows one live dataset per cache directory ({', '.join(map(str, locals_))}); "
+                        "drop the other one first (del + gc.collect()) or use another cache_root") from None
     if ds.num_samples != manifest["splits"][split]["samples"]:
-        raise DataError(f"{source}: {split} has {ds.num_samples} samples, manifest says "
+        raise DataError(f"{specs[0].source}: {split} has {ds.num_samples} samples, manifest says "
                         f"{manifest['splits'][split]['samples']}")
     return ds

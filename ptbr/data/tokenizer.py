@@ -9,6 +9,7 @@ text, so no unknown token exists. NFC normalisation makes composed and decompose
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,11 +120,10 @@ def train_tokenizer_from_corpus(inputs: list[str], output: str | Path, *, vocab_
     Stops reading after ``max_bytes`` raw input bytes (a sample is enough for BPE). An existing
     output without ``overwrite``, no documents, or an unreadable input is a one-line DataError.
     """
-    import sys
 
     from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
-    from ptbr.data.progress import ProgressBar
     from ptbr.fsutil import atomic_write_text
+    from ptbr.progress import ProgressBar
 
     out = Path(output)
     if out.exists() and not overwrite:

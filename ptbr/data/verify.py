@@ -30,10 +30,10 @@ from ptbr.data.manifest import (
     success_matches,
 )
 from ptbr.data.mds import decompress, read_samples
-from ptbr.data.progress import ProgressBar
 from ptbr.data.s3 import is_s3
 from ptbr.data.store import LocalStore, S3Store
 from ptbr.errors import DataError
+from ptbr.progress import ProgressBar
 
 
 @dataclass

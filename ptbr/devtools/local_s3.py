@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -213,8 +214,6 @@ class LocalS3Server:
         return ids
 
     def _volumes_known_to_master(self) -> set[int]:
-        import urllib.request
-
         url = f"http://127.0.0.1:{self.ports['master']}/vol/status"
         with urllib.request.urlopen(url, timeout=2) as resp:
             status = json.loads(resp.read())

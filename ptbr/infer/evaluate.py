@@ -18,7 +18,7 @@ import torch
 
 from ptbr.errors import PtbrError
 from ptbr.infer.model_io import LoadedModel
-from ptbr.positions import bucket_losses
+from ptbr.model.loss import bucket_losses
 
 
 @dataclass

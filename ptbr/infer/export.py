@@ -38,9 +38,9 @@ import torch
 
 from ptbr import __version__
 from ptbr.checkpoint import layout
-from ptbr.data.progress import ProgressBar
 from ptbr.errors import CheckpointError, PtbrError
-from ptbr.fsutil import atomic_write_text, fsync_dir, fsync_file
+from ptbr.fsutil import atomic_write_text, staged_directory
+from ptbr.progress import ProgressBar
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -287,10 +287,7 @@ def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = 
     if not tok_src.is_file():
         raise PtbrError(f"no tokenizer at {tok_src}: pass --tokenizer PATH (the tokenizer.json of the dataset)")
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_directory(out) as tmp:
         config = {"model": model_cfg, "vocab_size": model_cfg["vocab_size"], "dtype": dtype, "format": fmt,
                   "weights": WEIGHTS[fmt], "step": int(state["step"]), "tokens": int(state["tokens"]),
                   "samples": int(state["samples"]), "tokenizer_sha256": state.get("tokenizer_sha256"),
@@ -306,21 +303,6 @@ def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = 
             nbytes = (tmp / WEIGHTS["rwkv"]).stat().st_size
         shutil.copyfile(tok_src, tmp / "tokenizer.json")
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
-        for f in tmp.iterdir():
-            fsync_file(f)
-        fsync_dir(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report = ExportReport(out, out / WEIGHTS[fmt], int(state["step"]), params, nbytes, time.perf_counter() - t0)
     log(f"exported {ckpt.path} (step {report.step}, {params:,} parameters) to {report.weights} as {dtype} "
         f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s")

@@ -29,6 +29,12 @@ def loader_worker_init(worker_id: int) -> None:
 
 
 class BatchStream:
+    """This rank's batches, one optimizer step at a time, and the stream position a checkpoint records.
+
+    ``next_step`` fetches every micro-batch of a step before any compute (a data-source failure is then
+    reported at the step boundary, not inside a collective); ``commit`` advances the position once the step
+    was trained, so an abandoned step is never counted; ``close`` stops the loader workers."""
+
     def __init__(self, loader: torch.utils.data.DataLoader, progress: Progress, micro_global: int,
                  source: str, sample_log: IO[str] | None = None, launch_id: int = 0) -> None:
         self.loader, self.progress, self.micro_global, self.source = loader, progress, micro_global, source

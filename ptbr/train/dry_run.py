@@ -20,11 +20,11 @@ from ptbr.checkpoint import fingerprint, layout
 from ptbr.checkpoint.checkpointer import decide
 from ptbr.data.faults import data_error
 from ptbr.data.mixture import read_mixture
-from ptbr.data.progress import fmt_eta, human, human_bytes
 from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes
 from ptbr.errors import ConfigError, DataError
 from ptbr.model import count_parameters
 from ptbr.model.memory import model_state_gib
+from ptbr.progress import fmt_eta, human, human_bytes
 from ptbr.train.config import TrainConfig
 
 

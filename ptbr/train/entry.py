@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     catch_early_stop_signals()  # before the heavy imports: a signal during them must not kill the rank
 
-    from ptbr import dist, supervise
+    from ptbr import dist
     from ptbr.errors import PtbrError
+    from ptbr.train import supervise
     from ptbr.train.config import TrainConfig
     from ptbr.train.preempt import StopRequest
 

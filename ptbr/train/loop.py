@@ -8,12 +8,10 @@ for good) so that all of them save the same checkpoint and leave with the same e
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,20 +21,29 @@ import torch.distributed as tdist
 
 from ptbr import dist
 from ptbr.checkpoint import Checkpointer, Progress, RunState, fingerprint, optim_state
-from ptbr.data.faults import classify, retry_bound_s
+from ptbr.data.faults import retry_bound_s
 from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes
 from ptbr.dist import DistEnv
-from ptbr.errors import ConfigError, CorruptDataError, DataError, DataSourceError, PtbrError
+from ptbr.errors import (
+    EXIT_PREEMPTED,
+    ConfigError,
+    CorruptDataError,
+    DataError,
+    DataSourceError,
+    NonFiniteError,
+    PtbrError,
+)
 from ptbr.fsutil import writable_problem
 from ptbr.log import info
 from ptbr.model import RWKV6, count_parameters
-from ptbr.positions import bucket_losses
 from ptbr.train.batches import BatchStream, loader_worker_init
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
-from ptbr.train.metrics import MetricsLogger, device_peak_tflops, format_eta, memory_gib
+from ptbr.train.evaluation import Evaluator
+from ptbr.train.metrics import LogWindow, MetricsLogger, as_float, device_peak_tflops, memory_gib, train_line
 from ptbr.train.optim import WarmupCosine, build_optimizer
-from ptbr.train.preempt import PREEMPTED_EXIT_CODE, StopRequest, agree
+from ptbr.train.preempt import StopRequest, agree
+from ptbr.train.run_files import write_run_files
 
 _FAULTS = {CorruptDataError.exit_code: CorruptDataError, DataSourceError.exit_code: DataSourceError}
 
@@ -56,23 +63,6 @@ def step_outcome(applied: bool, loss_finite: bool, scale: float | None, min_scal
     if scale is not None and loss_finite and scale > min_scale:
         return "loss_scale"
     return "nonfinite"
-
-
-class NonFiniteError(PtbrError):
-    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
-
-    exit_code = 3
-
-
-@dataclass
-class LogWindow:
-    """Accumulators for one logging interval."""
-
-    t0: float = field(default_factory=time.perf_counter)
-    steps: int = 0
-    loss: float = 0.0  # sum of finite losses of applied steps
-    n: int = 0  # how many
-    wait: float = 0.0  # seconds waiting for data
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +94,15 @@ def with_dataset_eos(cfg: TrainConfig, manifest: dict[str, Any]) -> TrainConfig:
 
 
 class Trainer:
+    """One rank's training run: data, model and engine, the step loop, and how the run ends.
+
+    ``run`` sets up (data and validation samples through :class:`~ptbr.train.evaluation.Evaluator`, the resume
+    plan and engine through :class:`~ptbr.checkpoint.Checkpointer`), then loops: fetch a step's batches
+    (:class:`~ptbr.train.batches.BatchStream`), agree with every rank on stopping (a signal, a data fault),
+    train, count (the non-finite guard), and log, evaluate or save when due. It returns the exit code every
+    rank agreed on (``ptbr.errors.EXIT_CODES``) or raises a one-line :class:`~ptbr.errors.PtbrError`.
+    """
+
     def __init__(self, cfg: TrainConfig, env: DistEnv, resume: str = "auto", allow_fresh_start: bool = False,
                  allow_config_change: bool = False, stop: StopRequest | None = None):
         self.cfg, self.env = cfg, env
@@ -144,8 +143,10 @@ class Trainer:
             raise ConfigError(problems[0])
 
     def setup_data(self) -> None:
+        """Collective: the training stream (one source or the weighted mixture) and the validation samples of
+        every source, after checking that the data suits the model."""
         from ptbr.data import build_dataset, prepare_streaming_env
-        from ptbr.data.mixture import build_mixed_dataset, read_mixture
+        from ptbr.data.mixture import read_mixture
 
         cfg = self.cfg
         specs = cfg.data.mixture()
@@ -157,37 +158,14 @@ class Trainer:
                       num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
                       download_timeout_s=cfg.data.download_timeout_s)
         extra = {"predownload": cfg.data.predownload} if cfg.data.predownload else {}
-        self.train_ds = build_mixed_dataset(specs, self.manifest, cfg.data.train_split, shuffle=cfg.data.shuffle,
-                                            seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common,
-                                            **extra)
+        self.train_ds = build_dataset(specs, cfg.data.train_split, manifest=self.manifest, shuffle=cfg.data.shuffle,
+                                      seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common, **extra)
         # validation per source (a mixture reports each source's loss and the pooled one)
-        self.eval_sets: dict[str, tuple[torch.Tensor, int]] = {}
-        self.val_datasets = []  # kept open for the run, as streaming expects of a dataset it registered
+        self.evaluator = Evaluator(self.env, self.device, cfg.batch.micro_batch_size, cfg.train.eval_samples,
+                                   cfg.train.segment_len, self.agree)
         for spec in specs:
             val_ds = build_dataset(spec.source, cfg.data.val_split, shuffle=False, seed=cfg.train.seed, **common)
-            self.val_datasets.append(val_ds)
-            self.eval_sets[spec.label()] = self.load_eval_samples(val_ds, spec.source)
-
-    def load_eval_samples(self, val_ds, source: str) -> tuple[torch.Tensor, int]:
-        """This rank's share of the first ``eval_samples`` validation samples of one source, read once at
-        start (int32 [k, seq_len+1]) so that evaluations never wait on the data source, and how many there
-        are. Every rank gets the same number of rows: indices past the count are padding (see
-        :meth:`evaluate`)."""
-        n = min(self.cfg.train.eval_samples, len(val_ds))
-        world, rank = self.env.world_size, self.env.rank
-        rows, fault = [], None
-        try:
-            for j in range(-(-n // world)):
-                item = val_ds[min(rank + world * j, n - 1)]
-                rows.append(torch.cat([item["input"], item["target"][-1:]]).to(torch.int32))
-        except Exception as exc:  # noqa: BLE001 - data-source failures are agreed on below
-            fault = classify(exc, source)
-            if fault is None:
-                raise
-        _, fault = self.agree(False, fault)
-        if fault:
-            raise fault
-        return torch.stack(rows), n
+            self.evaluator.add_source(spec.label(), val_ds, spec.source)
 
     def make_loader(self) -> torch.utils.data.DataLoader:
         workers = self.cfg.data.num_workers
@@ -203,7 +181,7 @@ class Trainer:
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = RWKV6(cfg.model)
         if fresh and cfg.train.init_from:  # e.g. a long-context stage continuing a shorter run's weights
-            from ptbr.infer.model_io import load_weights_into
+            from ptbr.model.weights import load_weights_into
 
             load_weights_into(model, cfg.train.init_from)
             info(f"initial weights from {cfg.train.init_from}")
@@ -237,23 +215,6 @@ class Trainer:
                  "tokenizer_sha256": self.manifest.get("tokenizer", {}).get("sha256")}
         return RunState(self.progress, self.data_state(), self.fingerprint(), self.global_batch,
                         self.cfg.batch.micro_batch_size, self.accum, extra)
-
-    def keep_tokenizer(self) -> None:
-        """Rank 0: a copy of the dataset's tokenizer in the run directory (exports and generation use it)."""
-        from ptbr.data.hashing import sha256_bytes, sha256_file
-        from ptbr.data.store import open_store
-        from ptbr.fsutil import atomic_write_bytes
-
-        meta = self.manifest.get("tokenizer", {})
-        target = self.run_dir / "tokenizer.json"
-        if not meta.get("sha256") or (target.is_file() and sha256_file(target) == meta["sha256"]):
-            return
-        data = open_store(self.cfg.data.source).get(meta.get("file", "tokenizer.json"))
-        if data is None or sha256_bytes(data) != meta["sha256"]:
-            info(f"warning: {self.cfg.data.source} has no tokenizer.json matching its manifest; exports will "
-                 "need --tokenizer")
-            return
-        atomic_write_bytes(target, data)
 
     def fingerprint(self) -> dict[str, str]:
         return fingerprint(self.cfg.model.shape(), self.cfg.data.seq_len, self.manifest)
@@ -339,46 +300,6 @@ class Trainer:
         message = next(msg for c, msg in (r for r in reports if r) if c == code)
         return stop, _FAULTS.get(code, DataError)(message)
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean token NLL over the first ``eval_samples`` validation sequences (of every source of a mixture:
-        ``val_loss_<name>`` each, ``val_loss`` pooled over all their tokens). Every rank runs the same number
-        of equally sized batches (ZeRO-3 gathers parameters collectively); padding rows carry weight 0, so
-        the result does not depend on the world size."""
-        totals = {name: self._nll_sum(tokens, n) for name, (tokens, n) in self.eval_sets.items()}
-        per_position = sum(totals.values())  # [T + 1]: summed NLL at every position, then the sequence count
-        nll, count = per_position[:-1], float(per_position[-1])
-        loss = float(nll.sum() / (count * len(nll)))
-        result: dict[str, Any] = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-                                  "val_tokens": int(count * len(nll)),
-                                  "val_loss_by_position": bucket_losses(nll, count)}
-        if len(totals) > 1:
-            result.update({f"val_loss_{name}": float(t[:-1].sum() / (t[-1] * (len(t) - 1)))
-                           for name, t in totals.items()})
-        return result
-
-    def _nll_sum(self, eval_tokens: torch.Tensor, n: int) -> torch.Tensor:
-        """Summed NLL at every position over the first ``n`` samples, then their count ([T + 1]), all ranks
-        together."""
-        world, rank, mb = self.env.world_size, self.env.rank, self.cfg.batch.micro_batch_size
-        ids = torch.tensor([rank + world * j for j in range(len(eval_tokens))])
-        total = torch.zeros(eval_tokens.shape[1], dtype=torch.float64, device=self.device)
-        self.engine.eval()
-        for start in range(0, len(ids), mb):
-            rows = torch.arange(start, min(start + mb, len(ids)))
-            pad = mb - len(rows)
-            weight = torch.cat([(ids[rows] < n).to(torch.float64), torch.zeros(pad, dtype=torch.float64)])
-            rows = torch.cat([rows, rows[-1:].expand(pad)])  # keep every batch the same size
-            tokens = eval_tokens[rows].long().to(self.device)
-            x, y = tokens[:, :-1], tokens[:, 1:]
-            nll = self.engine(x, targets=y, segment_len=self.cfg.train.segment_len, reduction="none")
-            weight = weight.to(self.device)
-            total[:-1] += (nll.view(mb, -1).double() * weight[:, None]).sum(0)
-            total[-1] += weight.sum()
-        self.engine.train()
-        tdist.all_reduce(total)
-        return total.cpu()
-
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
         try:
@@ -430,8 +351,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         if not env.is_main:
             return
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_yaml_dict(), indent=2) + "\n")
-        self.keep_tokenizer()
+        write_run_files(self.run_dir, cfg.to_yaml_dict(), self.manifest, cfg.data.source)
         self.metrics.log({"kind": "start", "step": self.progress.step, "world_size": env.world_size,
                           "launcher": env.launcher, "num_nodes": env.num_nodes, "zero_stage": cfg.zero.stage,
                           "precision": cfg.precision, "parameters": count_parameters(cfg.model),
@@ -451,11 +371,9 @@ class Trainer:
         p.step += 1
         p.samples += self.global_batch
         p.tokens += self.global_batch * self.cfg.data.seq_len
+        window.add(loss if outcome == "applied" else None, wait)
         if outcome == "applied":
             p.nonfinite_in_row = 0
-            if math.isfinite(loss):
-                window.loss += loss
-                window.n += 1
         elif outcome == "loss_scale":  # fp16: DeepSpeed lowered the loss scale and skipped; not a bad step
             p.skipped_steps += 1
             p.loss_scale_skips += 1
@@ -470,15 +388,13 @@ class Trainer:
                      f"({p.nonfinite_in_row} in a row, {p.skipped_steps} in total)")
             if p.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
                 raise NonFiniteError(self.nonfinite_message())
-        window.steps += 1
-        window.wait += wait
 
     def stop_preempted(self) -> int:
         if self.checkpointer.last_saved_step != self.progress.step:
             self.save()
         if self.env.is_main:
-            info(f"preempted: checkpoint of step {self.progress.step} committed, exiting with {PREEMPTED_EXIT_CODE}")
-        return PREEMPTED_EXIT_CODE
+            info(f"preempted: checkpoint of step {self.progress.step} committed, exiting with {EXIT_PREEMPTED}")
+        return EXIT_PREEMPTED
 
     def stop_on_fault(self, fault: PtbrError) -> None:
         """A data source failed for good on some rank: save what the run holds (saving needs no data),
@@ -512,7 +428,7 @@ class Trainer:
         step_time = elapsed / w.steps
         record = {
             "kind": "train", "step": p.step, "tokens": p.tokens, "loss": loss,
-            "lr": float(self.engine.get_lr()[0]), "grad_norm": _as_float(self.engine.get_global_grad_norm()),
+            "lr": float(self.engine.get_lr()[0]), "grad_norm": as_float(self.engine.get_global_grad_norm()),
             "tokens_per_s": tps, "tokens_per_s_per_device": tps / env.world_size,
             "step_time_s": step_time, "data_wait_share": float(stats[2]) / env.world_size / elapsed,
             "memory_gib": memory_gib(), "skipped_steps": p.skipped_steps,
@@ -522,24 +438,14 @@ class Trainer:
             record.update(loss_scale=optim_state.loss_scale(self.engine), loss_scale_skips=p.loss_scale_skips)
         if self.peak_tflops:
             record["mfu"] = self.flops_per_token * tps / (self.peak_tflops * 1e12 * env.world_size)
-        mfu = f" mfu {record['mfu'] * 100:.1f}%" if "mfu" in record else ""
-        line = (f"step {p.step}/{cfg.train.max_steps} loss {loss:.4f} lr {record['lr']:.2e} "
-                f"gnorm {record['grad_norm']:.3f} tok/s {tps:,.0f} ({tps / env.world_size:,.0f}/dev){mfu} "
-                f"data {record['data_wait_share'] * 100:.0f}% mem {record['memory_gib']:.2f}GiB "
-                f"eta {format_eta(record['eta_s'])}")
+        line = train_line(record, cfg.train.max_steps, env.world_size)
         self.metrics.log(record, line)
 
     def log_eval(self) -> None:
-        result = self.evaluate()
+        result = self.evaluator.evaluate(self.engine)
         self.last_eval_step = self.progress.step
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
         per_source = "".join(f", {k[len('val_loss_'):]} {v:.4f}" for k, v in result.items()
                              if k.startswith("val_loss_") and isinstance(v, float))
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})")
-
-
-def _as_float(x: Any) -> float:
-    if x is None:
-        return float("nan")
-    return float(x.item() if isinstance(x, torch.Tensor) else x)

@@ -8,10 +8,11 @@ import math
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptbr.data.progress import fmt_eta
+from ptbr.progress import fmt_eta
 
 # Dense bf16 peak per device, TFLOP/s (no sparsity), from the vendors' data sheets. Matched against the CUDA
 # device name in this order, first match wins: the specific variants (PCIe, NVL, L40S) before the family,
@@ -64,6 +65,42 @@ def memory_gib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**30
+
+
+@dataclass
+class LogWindow:
+    """Accumulators for one logging interval."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    loss: float = 0.0  # sum of finite losses of applied steps
+    n: int = 0  # how many
+    wait: float = 0.0  # seconds waiting for data
+
+    def add(self, loss: float | None, wait: float) -> None:
+        """One optimizer step: its loss if the update was applied (a non-finite one is left out), its data wait."""
+        if loss is not None and math.isfinite(loss):
+            self.loss += loss
+            self.n += 1
+        self.steps += 1
+        self.wait += wait
+
+
+def as_float(x: Any) -> float:
+    """A DeepSpeed scalar (tensor, number or None) as a float (None: nan)."""
+    if x is None:
+        return float("nan")
+    return float(x.item() if hasattr(x, "item") else x)
+
+
+def train_line(record: dict[str, Any], max_steps: int, world_size: int) -> str:
+    """The stdout line of a ``train`` record."""
+    tps = record["tokens_per_s"]
+    mfu = f" mfu {record['mfu'] * 100:.1f}%" if "mfu" in record else ""
+    return (f"step {record['step']}/{max_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+            f"gnorm {record['grad_norm']:.3f} tok/s {tps:,.0f} ({tps / world_size:,.0f}/dev){mfu} "
+            f"data {record['data_wait_share'] * 100:.0f}% mem {record['memory_gib']:.2f}GiB "
+            f"eta {format_eta(record['eta_s'])}")
 
 
 def format_eta(seconds: float) -> str:

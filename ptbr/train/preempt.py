@@ -9,17 +9,18 @@ save the same checkpoint. A second signal during the save changes nothing, and t
 The signal may reach every process of the job at once (Slurm signals the whole step; a terminal
 or ``kill -- -PGID`` the whole group): DataLoader workers ignore it (:func:`ignore_stop_signals`)
 and are stopped by their rank; launchers run under ``ptbr supervise`` keep it blocked, so only the
-ranks act on it (see :mod:`ptbr.supervise`).
+ranks act on it (see :mod:`ptbr.train.supervise`).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from multiprocessing import resource_tracker
 from typing import Any
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the Slurm scripts requeue on it
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+from ptbr.errors import STOP_SIGNALS
+
 _early_signum: int | None = None
 
 
@@ -44,7 +45,6 @@ def _start_resource_tracker() -> None:
     """Start Python's shared-memory resource tracker now, with the stop signals ignored (an ignored
     disposition survives its fork and exec). Slurm signals every process of a step; a tracker killed by
     SIGUSR1 makes the rank's clean exit print tracebacks (the tracker already ignores SIGTERM/SIGINT)."""
-    from multiprocessing import resource_tracker
 
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:

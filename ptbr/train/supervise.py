@@ -32,8 +32,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ptbr.errors import AGREED_EXIT_CODES, EXIT_OK, EXIT_PREEMPTED, STOP_SIGNALS
+from ptbr.fsutil import atomic_write_text
+
 STATUS_DIR_ENV = "PTBR_STATUS_DIR"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 # ------------------------------------------------------------------------------- rank side
@@ -53,20 +55,16 @@ def announce(rank: int) -> None:
 def report(rank: int, exit_code: int) -> int:
     """Tell a supervisor (if any) how this rank ends; returns the code to exit with.
 
-    An ending all ranks agreed on (``ptbr.dist.AGREED_EXIT_CODES``: done, preempted, an agreed data
+    An ending all ranks agreed on (``ptbr.errors.AGREED_EXIT_CODES``: done, preempted, an agreed data
     fault or save failure, the non-finite stop) is reported to the supervisor and shown to the launcher
     as 0, so that the launcher shuts down quietly instead of printing its failure report; the
     supervisor exits with the real code. Anything else keeps its code: the launcher must stop the
     other ranks."""
-    from ptbr.dist import AGREED_EXIT_CODES
-
     d = _status_dir()
     if d is None:
         return exit_code
     try:
-        tmp = d / f".rank{rank}.json.tmp"
-        tmp.write_text(json.dumps({"rank": rank, "exit_code": exit_code}))
-        os.replace(tmp, d / f"rank{rank}.json")
+        atomic_write_text(d / f"rank{rank}.json", json.dumps({"rank": rank, "exit_code": exit_code}))
     except OSError:
         return exit_code
     return 0 if exit_code in AGREED_EXIT_CODES else exit_code
@@ -100,8 +98,8 @@ def exit_code(launcher_code: int, reported: list[int]) -> int:
         distinct = sorted(set(reported))
         if len(distinct) == 1:
             return distinct[0]
-        failures = [c for c in distinct if c not in (0, 75)]
-        return failures[0] if failures else 75
+        failures = [c for c in distinct if c not in (EXIT_OK, EXIT_PREEMPTED)]
+        return failures[0] if failures else EXIT_PREEMPTED
     return 128 - launcher_code if launcher_code < 0 else launcher_code
 
 
