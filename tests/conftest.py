@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Without a GPU, Triton kernels run in the interpreter; it must be chosen before triton is imported.
@@ -16,31 +17,24 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("PTBR_TEST_THREADS", "2")))
 
 
+# Fixtures shared by many test modules: the S3 server and the published tiny dataset, the data tests' datasets.
+pytest_plugins = ["tests.helpers.fixtures", "tests.helpers.data_fixtures"]
 SERVER_FIXTURES = {"s3_server", "tiny_dataset"}
+SYSTEM = Path(__file__).resolve().parent / "system"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tiers: a test that needs the S3 server is ``slow`` (so are the multi-process modules, marked in
-    the module); ``bash tools/test.sh -m "not slow"`` is the fast tier for day-to-day work."""
+    """Tiers by place: everything under tests/system/ (real processes: multi-rank training, the S3 server, the
+    Slurm daemons) is ``slow``; tests/unit/ is the fast tier (``bash tools/test.sh tests/unit``), and a unit
+    test that asks for a server is in the wrong place."""
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SYSTEM in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+        elif servers := SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} needs a server ({', '.join(sorted(servers))}): move it to "
+                                    "tests/system/")
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real SeaweedFS S3 server on 127.0.0.1 (ptbr.devtools.local_s3), shared by the session, killed at the end."""
-    from ptbr.devtools.local_s3 import LocalS3Server
-
-    server = LocalS3Server(tmp_path_factory.mktemp("s3server")).start()
-    yield server
-    server.stop()
-
-
-# The published tiny dataset (real CLI pipeline on the real S3 server), shared by training tests.
-from tests.fixtures_train import tiny_dataset  # noqa: E402, F401
