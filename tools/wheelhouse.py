@@ -67,8 +67,8 @@ OPTIONAL_WHY = {"clean": "only `ptbr corpus clean` imports them, and datasketch 
 # What `import streaming` really executes (streaming/__init__ -> base, text, vision, multimodal): brotli, snappy
 # and zstd (base/compression), catalogue (base/registry_utils), filelock (base/dataset), typing_extensions,
 # PIL (base/format/mds/encodings), transformers (base/dataloader, text/c4), torchvision (vision/base), numpy,
-# tqdm, xxhash; boto3 for s3:// (ptbr needs it anyway). Its caps numpy<2.2 and transformers<5 are not applied:
-# ptbr's tests run it with numpy 2.x and transformers 5 (tests/test_airgap.py).
+# tqdm, xxhash; boto3 for s3:// (ptbr needs it anyway). Its caps numpy<2.2, transformers<5 and xxhash<4 are not
+# applied: tests/test_airgap.py runs it with numpy 2.4, transformers 5 and xxhash 4.
 STREAMING_IMPORTS = ("boto3>=1.21.45", "brotli>=1.0.9", "python-snappy>=0.6.1", "zstd>=1.5.2.5", "catalogue>=2",
                      "filelock", "typing-extensions", "pillow", "transformers", "torchvision", "numpy", "tqdm",
                      "xxhash", "matplotlib", "torch")
