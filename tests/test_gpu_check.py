@@ -129,3 +129,5 @@ def test_the_step_limits_fit_the_budget():
     keys = [s.key for s in gc.steps(dry=False)]
     assert set(keys) == set(gc.LIMITS) and {s.key for s in gc.steps(dry=True)} == set(gc.DRY_LIMITS)
     assert sum(gc.LIMITS.values()) <= gc.BUDGET - 20 and gc.BUDGET <= 8 * 60
+    assert gc.pytest_counts("== 3 failed, 20 passed, 2 skipped, 300 deselected in 9.1s ==") == {
+        "failed": 3, "passed": 20, "skipped": 2, "deselected": 300}
