@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Sourced by the entry scripts: create .venv (or $PTBR_VENV) and install ptbr with its test
 # extras. Idempotent and quiet when everything is already installed.
+#
+# Air-gapped node (no network, a python3 that holds CUDA torch and triton):
+#   bash tools/setup_env.sh --wheelhouse DIR    installs ptbr (editable) and what DIR holds into $PYTHON
+#   (default python3) itself, no venv, no index; torch and triton are never touched; says in one line what is
+#   missing if DIR is incomplete. DIR comes from tools/wheelhouse.sh, run where there is network.
 set -euo pipefail
+if [ "${1:-}" = "--wheelhouse" ]; then
+    if [ -z "${2:-}" ]; then echo "setup: --wheelhouse needs a directory" >&2; exit 2; fi
+    exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/offline_install.py" "$2" \
+        --repo "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" "${@:3}"
+fi
 VENV=${PTBR_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
