@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,17 @@ def export(d: DistEnv) -> None:
     })
 
 
+# DeepSpeed calls these two collectives by the names torch 2.9+ deprecates, and every rank would print a
+# FutureWarning for each at its first step, into the job log. Only these two messages are silenced.
+DEEPSPEED_DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                                    r"`torch\.distributed\.reduce_scatter_tensor` is deprecated")
+
+
+def quiet_deepspeed_deprecations() -> None:
+    for message in DEEPSPEED_DEPRECATED_COLLECTIVES:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
 def setup(timeout_s: float = 1800.0) -> DistEnv:
     """Detect, export and initialise torch.distributed (NCCL on GPU, gloo on CPU). ``timeout_s`` bounds
     how long a collective waits for a rank that is gone (train.collective_timeout_s).
@@ -197,6 +209,7 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     import deepspeed
 
+    quiet_deepspeed_deprecations()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                timeout=datetime.timedelta(seconds=timeout_s))
     if cuda and d.world_size > 1:

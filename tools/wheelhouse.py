@@ -84,7 +84,7 @@ LEFT_OUT_WHY = {
 # Packages with no wheel on the index that are built here, and how: only pure-Python results are accepted.
 SDIST_BUILDS = {"deepspeed": {"DS_BUILD_OPS": "0"}}
 # ptbr itself is installed from the checkout (editable, no build isolation): the node needs its build backend.
-BUILD_REQUIREMENT = "setuptools>=70.1"  # >= 70.1 builds editable wheels without the separate `wheel` package
+BUILD_REQUIREMENT = "setuptools>=77"  # >= 77: SPDX license strings (PEP 639); >= 70.1: editable wheels without `wheel`
 
 
 def canon(name: str) -> str:

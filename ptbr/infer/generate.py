@@ -58,21 +58,35 @@ def prefill(lm: LoadedModel, tokens: list[int], chunk: int = PREFILL_CHUNK) -> t
     return logits, state
 
 
-def sample(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings, gen: torch.Generator) -> int:
-    logits = logits.clone()
-    if s.presence_penalty or s.frequency_penalty:
-        logits -= s.presence_penalty * (counts > 0).float() + s.frequency_penalty * counts
-    if s.temperature == 0:
-        return int(torch.argmax(logits))
+def penalized(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """Logits minus ``presence_penalty`` for every token already generated and ``frequency_penalty`` times
+    how often it was (OpenAI's definition)."""
+    if not (s.presence_penalty or s.frequency_penalty):
+        return logits
+    return logits - (s.presence_penalty * (counts > 0).float() + s.frequency_penalty * counts)
+
+
+def distribution(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """The probabilities sampled from (temperature > 0): softmax at the temperature, then only the ``top_k``
+    likeliest tokens, then only the smallest set of likeliest tokens whose probability reaches ``top_p``."""
     probs = torch.softmax(logits / s.temperature, dim=-1)
     if s.top_k:
-        kth = torch.topk(probs, min(s.top_k, probs.numel())).values[-1]
-        probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
+        kth = torch.topk(probs, min(s.top_k, probs.numel())).indices
+        probs = torch.zeros_like(probs).scatter(0, kth, probs[kth])  # exactly k, ties or not
     if s.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < s.top_p  # the smallest set reaching top_p
+        total = sorted_probs.sum()
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < s.top_p * total  # the smallest set reaching top_p
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs * keep)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+    return probs / probs.sum()
+
+
+def sample(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings, gen: torch.Generator) -> int:
+    """The next token: greedy at temperature 0, else drawn from :func:`distribution` of the penalized logits."""
+    logits = penalized(logits, counts, s)
+    if s.temperature == 0:
+        return int(torch.argmax(logits))
+    return int(torch.multinomial(distribution(logits, s), 1, generator=gen))
 
 
 def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
@@ -90,33 +104,63 @@ def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     logits, state = prefill(lm, tokens)
     rnn = RNN(lm.model)
     counts = torch.zeros(logits.shape[-1])
-    pending: list[int] = []  # tokens not decoded yet: they end inside a multi-byte character
-    held = ""  # decoded text not shown yet: it may be the start of a stop string
+    text = TextStream(lm.tokenizer, settings.stop)
     for _ in range(settings.max_tokens):
         token = sample(logits[0].cpu(), counts, settings, gen)
         if token == lm.eos_id and not settings.ignore_eos:
             break
         counts[token] += 1
-        pending.append(token)
         if on_token is not None:
             on_token(token)
-        piece = lm.tokenizer.decode(pending)  # byte-level BPE: any token boundary is a byte boundary
-        if not piece.endswith("\ufffd"):  # else a character is still incomplete: wait for its next byte
-            pending = []
-            held += piece
-            hits = [i for i in (held.find(st) for st in settings.stop) if i >= 0]
-            if hits:
-                if min(hits) > 0:
-                    yield held[:min(hits)]
-                return
-            keep = _stop_prefix_at_end(held, settings.stop)
-            if len(held) > keep:
-                yield held[:len(held) - keep]
-                held = held[len(held) - keep:]
+        piece = text.add(token)
+        if piece:
+            yield piece
+        if text.stopped:
+            return
         logits, state = rnn.step(torch.tensor([token], device=lm.device), state)
-    rest = held + (lm.tokenizer.decode(pending) if pending else "")
+    rest = text.finish()
     if rest:
         yield rest
+
+
+class TextStream:
+    """Token ids in, text out, only what is certain: complete UTF-8 characters (byte-level BPE may cut one
+    across tokens), and nothing that may be the start of a stop string. ``finish`` gives what is left when
+    generation ends, without a character cut in half (no U+FFFD at the end of a ``--max-tokens`` cut)."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...] = ()) -> None:
+        self.tokenizer, self.stops = tokenizer, stops
+        self.pending: list[int] = []  # tokens not decoded yet: they end inside a multi-byte character
+        self.held = ""  # decoded text not shown yet: it may be the start of a stop string
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        """The text that ``token`` completes (possibly ""); sets ``stopped`` at a stop string (not included),
+        after which nothing more is shown."""
+        if self.stopped:
+            return ""
+        self.pending.append(token)
+        piece = self.tokenizer.decode(self.pending)  # byte-level BPE: any token boundary is a byte boundary
+        if piece.endswith("\ufffd"):  # a character is still incomplete: wait for its next byte
+            return ""
+        self.pending = []
+        self.held += piece
+        hits = [i for i in (self.held.find(st) for st in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.held = self.held[:min(hits)], ""
+            return out
+        keep = _stop_prefix_at_end(self.held, self.stops)
+        out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return out
+
+    def finish(self) -> str:
+        """What is held back, and the complete characters of the pending tokens (an incomplete one is dropped)."""
+        if self.stopped:
+            return ""
+        tail = self.tokenizer.decode(self.pending).rstrip("\ufffd") if self.pending else ""
+        self.pending = []
+        return self.held + tail
 
 
 def _stop_prefix_at_end(text: str, stops: tuple[str, ...]) -> int:

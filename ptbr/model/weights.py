@@ -31,9 +31,17 @@ def read_state_dict(model_dir: Path, config: dict[str, Any]) -> dict[str, torch.
 def read_export_config(model_dir: Path, what: str) -> dict[str, Any]:
     """config.json of an exported model; ``what`` names the caller in the error."""
     cfg_path = model_dir / "config.json"
+    hint = "make one with: ptbr export RUN_DIR OUT_DIR"
     if not cfg_path.is_file():
-        raise PtbrError(f"{what}{model_dir} is not an exported model (no config.json); create one with ptbr export")
-    return json.loads(cfg_path.read_text())
+        raise PtbrError(f"{what}{model_dir} is not a ptbr export (no config.json); {hint}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise PtbrError(f"{what}{cfg_path} is not valid JSON, so {model_dir} is not a ptbr export; {hint}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise PtbrError(f"{what}{model_dir} is not a ptbr export (its config.json has no 'model' section: another "
+                        f"tool's model, e.g. Hugging Face's?); {hint}")
+    return config
 
 
 def fill_weights(model: RWKV6, model_dir: Path, config: dict[str, Any], what: str) -> None:

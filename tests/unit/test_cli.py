@@ -38,3 +38,16 @@ def test_info_lists_presets_with_parameters_and_memory():
         assert row["inference_bf16_gib"] * 2**30 >= 2 * row["parameters"]
     text = ptbr("info", "--memory").stdout
     assert "1,462,509,568" in text and "zero3_64gpu" in text
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Olá"], ["eval", "--data", "/nonexistent"]])
+@pytest.mark.parametrize("config", ['{"architectures": ["RwkvForCausalLM"], "model_type": "rwkv"}', "not json", None])
+def test_a_directory_that_is_not_an_export_is_one_line(tmp_path, command, config):
+    """A Hugging Face model directory (its config.json has no 'model' section), a broken config.json, none."""
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    proc = ptbr(command[0], str(tmp_path), *command[1:])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("ptbr: error: ") and "is not a ptbr export" in line
+    assert line.endswith("make one with: ptbr export RUN_DIR OUT_DIR")
