@@ -43,7 +43,7 @@ def seconds(pattern: str, log: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=2048)

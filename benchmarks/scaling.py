@@ -48,7 +48,7 @@ def train(ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--ranks", default="1,2,4")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=512)

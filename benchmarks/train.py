@@ -118,7 +118,7 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=2048)

@@ -21,7 +21,7 @@ from ptbr.errors import PtbrError  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", required=True, help="hostfile to write")
     ap.add_argument("--nodelist", "--hosts", dest="nodelist", default=os.environ.get("SLURM_JOB_NODELIST"),
                     help="hosts, comma-separated or in Slurm's gpu[01-04] form (default: $SLURM_JOB_NODELIST)")

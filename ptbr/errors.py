@@ -37,7 +37,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              "requeue after a delay", agreed=True),
     ExitCode(74, "a checkpoint could not be written (disk full, quota); the partial one was removed", "stop",
              agreed=True),
-    ExitCode(75, "preempted (signal); a checkpoint was committed", "requeue", agreed=True),
+    ExitCode(75, "stopped by a signal (time limit, preemption, `scancel`); a checkpoint was committed",
+             "requeue on the time-limit signal; leave SIGTERM to Slurm", agreed=True),
 )
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_NONFINITE = 0, 1, 2, 3
 EXIT_DATA_CORRUPT, EXIT_SOURCE_UNAVAILABLE, EXIT_CHECKPOINT_WRITE, EXIT_PREEMPTED = 65, 69, 74, 75  # sysexits.h

@@ -10,5 +10,5 @@
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@600
 #SBATCH --open-mode=append
-#SBATCH --output=ptbr-%x-%j.out
+#SBATCH --output=%x-%j.out
 exec bash "${PTBR_HOME:-$(dirname "$(scontrol show job "$SLURM_JOB_ID" -o | sed -n 's/.* Command=\([^ ]*\).*/\1/p')")/..}/slurm/ptbr_job.sh" configs/train/140m.yaml "$@"

@@ -156,3 +156,10 @@ def newest_usable(root: str | Path, warn, max_step: int | None = None) -> Checkp
             return ckpt
         warn(f"skipping checkpoint {ckpt.tag}: " + "; ".join(problems))
     return None
+
+
+def disk_still_needed(root: str | Path, each_bytes: int, keep: int) -> int:
+    """Free bytes the run still needs for its checkpoints: at the peak, ``keep`` complete ones plus the one
+    being written; those already on disk take no more (at least one more is always needed)."""
+    present = sum(1 for c in list_checkpoints(root) if not c.problems())
+    return each_bytes * max(1, keep + 1 - present)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ptbr.errors import DataError
+from ptbr.errors import DataError, DataSourceError
 
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                     "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -94,7 +94,7 @@ def translate(exc: BaseException, context: str, url: S3Url | None = None) -> Dat
                          f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ConnectTimeoutError |
                   bx.ReadTimeoutError):
-        return DataError(f"{context}: cannot reach S3 at {safe_endpoint()} ({exc.__class__.__name__})")
+        return DataSourceError(f"{context}: cannot reach S3 at {safe_endpoint()} ({exc.__class__.__name__})")
     if isinstance(exc, bx.ClientError):
         code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -1,9 +1,9 @@
 """Language-model loss: cross-entropy in float32, with RWKV-LM's optional L2Wrap, and loss by position.
 
 Loss by token position answers "does the model use long context?": positions are bucketed by powers of 4
-from 128 (0-128, 128-512, 512-2048, ...) up to the sequence length; a model that uses its context has a lower
-loss in the later buckets. Shared by the training evaluation (``val_loss_by_position`` in metrics.jsonl,
-drawn by ``ptbr plot``) and ``ptbr eval``.
+from 128 (0-128, 128-512, 512-2048, ...; from seq_len / 4 below 512 tokens) up to the sequence length; a model
+that uses its context has a lower loss in the later buckets. Shared by the training evaluation
+(``val_loss_by_position`` in metrics.jsonl, drawn by ``ptbr plot``) and ``ptbr eval``.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ FACTOR = 4
 
 
 def bucket_edges(seq_len: int) -> list[tuple[int, int]]:
-    """[(start, end), ...] covering positions 0..seq_len-1 (one bucket when seq_len <= 128)."""
-    edges, lo, hi = [], 0, FIRST_EDGE
+    """[(start, end), ...] covering positions 0..seq_len-1: powers of 4 from 128; below 512 tokens from seq_len / 4
+    (at least 2), so that a short context still has an early and a late bucket to compare."""
+    edges, lo, hi = [], 0, min(FIRST_EDGE, max(2, seq_len // FACTOR))
     while lo < seq_len:
         edges.append((lo, min(hi, seq_len)))
         lo, hi = hi, hi * FACTOR

@@ -119,9 +119,12 @@ class BatchConfig(StrictModel):
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size is not None:
             if self.global_batch_size % per_step:
-                raise ConfigError(
-                    f"batch.global_batch_size ({self.global_batch_size}) must be a multiple of "
-                    f"micro_batch_size x world size ({self.micro_batch_size} x {world_size} = {per_step})")
+                fits = [m for m in range(self.micro_batch_size, 0, -1)
+                        if self.global_batch_size % (m * world_size) == 0]
+                fix = (f"set batch.micro_batch_size={fits[0]}" if fits else
+                       "no micro-batch splits it: use a GPU count that divides it (ptbr train --dry-run lists them)")
+                raise ConfigError(f"batch.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                                  f"micro_batch_size x world size ({self.micro_batch_size} x {world_size}); {fix}")
             accum = self.global_batch_size // per_step
             if self.grad_accum is not None and self.grad_accum != accum:
                 raise ConfigError(f"batch.grad_accum ({self.grad_accum}) contradicts global_batch_size "
@@ -220,7 +223,15 @@ class TrainConfig(StrictModel):
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        """The config file at ``path`` with ``key=value`` overrides. A ``model:`` file named in the config file
+        is found relative to that file's directory (``model: ../model/tiny.yaml``), so the config works from
+        any working directory; a ``model=...`` override is relative to the working directory, like every
+        other path on the command line. Run-time paths inside the file (``data.source``, ``data.cache_dir``,
+        ``train.run_dir``, ``train.init_from``) are relative to the working directory."""
         data = load_yaml(path)
+        model = data.get("model")
+        if isinstance(model, str) and model.endswith((".yaml", ".yml")) and not Path(model).is_absolute():
+            data["model"] = str(Path(path).parent / model)
         if isinstance(data.get("model"), str | dict):  # before the overrides: model.* applies to a preset too
             data["model"] = model_spec(data["model"], str(path), key="model.preset")
         return validate(cls, apply_overrides(data, overrides or []), str(path))

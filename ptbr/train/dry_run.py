@@ -26,6 +26,7 @@ from ptbr.model import count_parameters
 from ptbr.model.memory import model_state_gib
 from ptbr.progress import fmt_eta, human, human_bytes
 from ptbr.train.config import TrainConfig
+from ptbr.train.node_counts import NodePlan
 
 
 def planned_world(world_size: int | None, nodes: int | None) -> tuple[int, int]:
@@ -55,8 +56,6 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
     from ptbr.train.loop import check_dataset
 
     world, n_nodes = planned_world(world_size, nodes)
-    accum, global_batch = cfg.batch.resolve(world)
-    tokens_per_step = global_batch * cfg.data.seq_len
     try:
         manifest = read_mixture(cfg.data.mixture())
     except DataError:
@@ -67,8 +66,10 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
     samples = int(manifest["splits"][cfg.data.train_split]["samples"])
     run_dir = Path(cfg.train.run_dir)
     root = run_dir / "checkpoints"
+    # the global batch the run keeps (checked against the planned GPUs below, after the node counts)
+    planned_batch = cfg.batch.global_batch_size or (cfg.batch.grad_accum or 1) * cfg.batch.micro_batch_size * world
     decision = decide(root, resume, fingerprint=fingerprint(cfg.model.shape(), cfg.data.seq_len, manifest),
-                      world_size=world, global_batch_size=global_batch, allow_fresh_start=allow_fresh_start,
+                      world_size=world, global_batch_size=planned_batch, allow_fresh_start=allow_fresh_start,
                       allow_config_change=allow_config_change, log=lambda _m: None, dry_run=True)
     if decision is None:
         ncn = cfg.data.num_canonical_nodes or default_num_canonical_nodes(cfg.data.shuffle_algo, n_nodes)
@@ -80,7 +81,11 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
         step = int(decision.record["step"])
         what = (f"resume {decision.tag} at step {step} "
                 + (f"(elastic: saved by {decision.record['world_size']} ranks)" if decision.elastic else "(native)"))
+    nodes_plan = NodePlan(ncn, cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world // n_nodes)
+    nodes_plan.check(n_nodes)
     check_canonical_nodes(ncn, n_nodes, samples)
+    accum, global_batch = cfg.batch.resolve(world)
+    tokens_per_step = global_batch * cfg.data.seq_len
 
     params = count_parameters(cfg.model)
     mem = model_state_gib(cfg.model, world, n_nodes)
@@ -91,7 +96,7 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
         ckpt_bytes = int(sum(marker["files"].values()))
     existing = next((p for p in [run_dir, *run_dir.resolve().parents] if p.exists()), Path("/"))
     free = shutil.disk_usage(existing).free
-    need = ckpt_bytes * (cfg.train.keep_checkpoints + 1)
+    need = layout.disk_still_needed(root, ckpt_bytes, cfg.train.keep_checkpoints)
     rate = tokens_per_s or measured_tokens_per_s(run_dir)
     remaining = max(0, cfg.train.max_steps - step)
     rows = [
@@ -103,20 +108,21 @@ def plan(cfg: TrainConfig, *, world_size: int | None = None, nodes: int | None =
         ("data", f"{_describe_sources(manifest, cfg.data.source)}: {samples:,} training samples, "
                  f"dataset {manifest['dataset_hash'][:16]}; "
                  f"{remaining * global_batch / samples:.2f} epochs to go"),
-        ("stream", f"{ncn} canonical nodes (node counts that work: divisors and multiples of {ncn})"),
+        ("nodes", f"{ncn} canonical nodes; {nodes_plan.describe()}"),
         ("context", _describe_context(cfg)),
         ("resume", what),
         ("memory/GPU", f"model states {mem[str(cfg.zero.stage)]:.2f} GiB at ZeRO {cfg.zero.stage} (ZeRO-1 "
                        f"{mem['1']:.2f}, 2 {mem['2']:.2f}, 3 {mem['3']:.2f}; DeepSpeed's estimators, activations "
                        "not included)"),
-        ("checkpoint", f"{human_bytes(ckpt_bytes)} each, {human_bytes(need)} with {cfg.train.keep_checkpoints} kept "
-                       f"+ 1 being written; {human_bytes(free)} free at {existing}"),
+        ("checkpoint", f"{human_bytes(ckpt_bytes)} each; {cfg.train.keep_checkpoints} kept + 1 being written need "
+                       f"{human_bytes(need)} more; {human_bytes(free)} free at {existing}"),
         ("time", f"{remaining:,} steps to go = {fmt_eta(remaining * tokens_per_step / rate)} at {rate:,.0f} tok/s"
                  if rate else f"{remaining:,} steps to go (pass --tokens-per-s for a time)"),
     ]
     if free < need:
-        rows.append(("WARNING", f"{existing} has {human_bytes(free)} free, below {human_bytes(need)} (one checkpoint "
-                                f"plus the {cfg.train.keep_checkpoints} kept): a save will fail (exit 74)"))
+        rows.append(("WARNING", f"{existing} has {human_bytes(free)} free, below the {human_bytes(need)} its "
+                                f"checkpoints will take ({cfg.train.keep_checkpoints} kept + 1 being written): a save "
+                                "will fail (exit 74)"))
     return rows
 
 

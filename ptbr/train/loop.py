@@ -21,6 +21,7 @@ import torch.distributed as tdist
 
 from ptbr import dist
 from ptbr.checkpoint import Checkpointer, Progress, RunState, fingerprint, optim_state
+from ptbr.checkpoint.layout import disk_still_needed
 from ptbr.data.faults import retry_bound_s
 from ptbr.data.stream import check_canonical_nodes, default_num_canonical_nodes
 from ptbr.dist import DistEnv
@@ -41,6 +42,7 @@ from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
 from ptbr.train.evaluation import Evaluator
 from ptbr.train.metrics import LogWindow, MetricsLogger, as_float, device_peak_tflops, memory_gib, train_line
+from ptbr.train.node_counts import NodePlan
 from ptbr.train.optim import WarmupCosine, build_optimizer
 from ptbr.train.preempt import StopRequest, agree
 from ptbr.train.run_files import write_run_files
@@ -232,8 +234,10 @@ class Trainer:
         if plan and not data.get("num_canonical_nodes"):  # written by a version that left it unresolved
             data["num_canonical_nodes"] = default_num_canonical_nodes(
                 self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
-        check_canonical_nodes(int(data.get("num_canonical_nodes") or self.train_ds.num_canonical_nodes),
-                              self.env.num_nodes, self.train_ds.num_samples)
+        ncn = int(data.get("num_canonical_nodes") or self.train_ds.num_canonical_nodes)
+        NodePlan(ncn, self.cfg.batch.global_batch_size, self.cfg.batch.micro_batch_size,
+                 self.env.local_world_size).check(self.env.num_nodes)
+        check_canonical_nodes(ncn, self.env.num_nodes, self.train_ds.num_samples)
         self.setup_model(load_universal=bool(plan and plan.elastic), fresh=plan is None)
         self.checkpointer.engine = self.engine
         if plan is None:
@@ -360,10 +364,13 @@ class Trainer:
         info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
              f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
              f"ZeRO {cfg.zero.stage}, {cfg.precision}, {count_parameters(cfg.model):,} parameters")
-        need, free = self.checkpointer.estimated_bytes(), shutil.disk_usage(self.run_dir).free
-        if free < need * 2:  # the next checkpoint is written before the oldest kept one is removed
-            info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free; a checkpoint needs about "
-                 f"{need / 2**30:.2f} GiB and the next save writes one before it removes an old one")
+        each = self.checkpointer.estimated_bytes()
+        need = disk_still_needed(self.ckpt_root, each, cfg.train.keep_checkpoints)
+        free = shutil.disk_usage(self.run_dir).free
+        if free < need:  # the same rule as the dry run: keep_checkpoints complete ones plus the one being written
+            info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free, below the {need / 2**30:.2f} GiB its "
+                 f"checkpoints will take ({each / 2**30:.2f} GiB each, train.keep_checkpoints="
+                 f"{cfg.train.keep_checkpoints} plus one being written); a save that does not fit ends the run (74)")
 
     def account(self, loss: float, outcome: StepOutcome, wait: float, window: LogWindow) -> None:
         """Progress counters and the non-finite guard after one optimizer step."""

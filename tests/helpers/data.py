@@ -132,3 +132,18 @@ def isolated_environ() -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved_env)
         tempfile.tempdir = saved_tmp
+
+
+def gpt2_byte_table() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (``bytes_to_unicode``), which byte-level BPE writes tokens in;
+    written out here, independently of ``tokenizers``, to recover the bytes a token stands for."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table

@@ -152,14 +152,18 @@ class SlurmCluster:
 
     def start_now(self, job_id: int, timeout: float = 60) -> None:
         """A requeued job waits for its BeginTime (about 2 minutes): let it start now. The requeue may set
-        the BeginTime after a first update, so repeat until the job has left PENDING."""
+        the BeginTime after a first update, so repeat until the job has left PENDING.
+
+        Slurm revokes the old incarnation's credential at the requeue and refuses a launch whose credential
+        is not strictly newer, at one-second resolution ("Job credential revoked": the new start fails at
+        once), so the update waits until the nodes are idle and two more seconds have passed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.job(job_id).get("JobState") != "PENDING":
                 return
-            # the previous incarnation must be gone from the nodes first (else Slurm kills the new one:
-            # "Job credential revoked")
+            # the previous incarnation must be gone from the nodes first
             if set(self.run("sinfo", "-h", "-o", "%T", check=False).stdout.split()) <= {"idle"}:
+                time.sleep(2)
                 self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
             time.sleep(2)
         raise TimeoutError(f"job {job_id} did not start after its requeue")

@@ -120,7 +120,7 @@ def test_server_killed_midway_then_restarted_publish_completes(many_shards: Path
         wait_for_shards(server, "crash", "ds", proc)
         server.stop()  # SIGKILL to the whole SeaweedFS process group
         _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 2 and "Traceback" not in stderr
+        assert proc.returncode == 69 and "Traceback" not in stderr  # the data source is unreachable (EXIT_CODES)
         assert stderr.strip().startswith("ptbr: error: ") and "cannot reach S3" in stderr
         assert len(stderr.strip().splitlines()) == 1
 
@@ -149,3 +149,32 @@ def test_prefix_with_foreign_objects_is_refused_unless_force(s3_server, many_sha
     assert_ok(forced)
     assert json.loads(forced.stdout)["deleted"] == 1
     assert "notes.txt" not in keys(s3_server, "foreign", "ds")
+
+
+@pytest.mark.parametrize("marker", [None, b"0" * 64 + b"\n"], ids=["missing", "another manifest's"])
+def test_readers_and_verify_refuse_a_prefix_without_its_commit_marker(s3_server, many_shards: Path, marker):
+    """The commit rule of publishing: manifest.json present but _SUCCESS missing (a publish still running or
+    interrupted before its last write), or a _SUCCESS that names another manifest (a re-publish in progress)."""
+    from ptbr.data.manifest import read_manifest
+
+    bucket = "commit-" + ("missing" if marker is None else "mismatch")
+    s3_server.create_bucket(bucket)
+    url, env = f"s3://{bucket}/ds", s3_server.env()
+    assert_ok(run_cli("shards", "publish", str(many_shards), url, "--quiet", env=env))
+    client = s3_server.client()
+    if marker is None:
+        client.delete_object(Bucket=bucket, Key="ds/_SUCCESS")
+        needle = "no _SUCCESS marker: the dataset is not (completely) published"
+    else:
+        client.put_object(Bucket=bucket, Key="ds/_SUCCESS", Body=marker)
+        needle = "_SUCCESS does not match manifest.json"
+    assert "manifest.json" in keys(s3_server, bucket, "ds")
+    with isolated_environ(), pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        os.environ.update(env)
+        read_manifest(url)
+    verify = run_cli("shards", "verify", url, "--quiet", env=env)  # lists every problem, then one error line
+    assert verify.returncode != 0 and "Traceback" not in verify.stderr
+    problem = "problem: _SUCCESS: missing" if marker is None else "problem: _SUCCESS: does not match manifest.json"
+    assert problem in verify.stderr and verify.stderr.strip().splitlines()[-1].endswith("1 problem(s) found")
+    assert_one_line_error(run_cli("train", "--dry-run", "--config", "configs/train/tiny_cpu.yaml",
+                                  f"data.source={url}", env=env), needle)

@@ -80,14 +80,23 @@ def test_elastic_resume_follows_the_uninterrupted_run(uninterrupted, tiny_datase
 
     assert resumes(run_dir) == [(RESUME_AT, "elastic", before, world)]
 
-    # the optimizer came back as it was saved: RWKV-LM groups with their own settings, Adam step 20
+    # The optimizer after the elastic load (its record is written right after the load, from the live optimizer
+    # at the new world size) against what it must be, independently of the repair that used the saved record:
+    # the groups of the uninterrupted run at this world size (never repaired), the config's settings, Adam's
+    # step, and the weights and both Adam moments, checksummed position by position on the new layout.
     saved = state_of(source, layout.tag_for(RESUME_AT))["optimizer"]
-    again = state_of(run_dir, layout.tag_for(RESUME_AT, 1))  # written right after the elastic load
+    again = state_of(run_dir, layout.tag_for(RESUME_AT, 1))
     assert again["world_size"] == world
-    assert again["optimizer"]["groups"] == saved["groups"]
-    groups = {g["name"]: g for g in saved["groups"]}
-    assert groups["decay"]["weight_decay"] > 0 and groups["time_decay"]["lr_scale"] == 2.0
-    assert {g["step"] for g in saved["groups"]} == {float(RESUME_AT)}
+    unrepaired = state_of(reference, layout.tag_for(RESUME_AT))["optimizer"]["groups"]
+    assert again["optimizer"]["groups"] == unrepaired
+    groups = {g["name"]: g for g in again["optimizer"]["groups"]}
+    assert groups["decay"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0.0  # tiny_cpu.yaml
+    assert groups["time_decay"]["lr_scale"] == 2.0 and {g["step"] for g in groups.values()} == {float(RESUME_AT)}
+    assert set(again["optimizer"]["params"]) == set(saved["params"])
+    for name, per_key in saved["params"].items():
+        assert set(again["optimizer"]["params"][name]) == set(per_key) == {"fp32", "exp_avg", "exp_avg_sq"}
+        for key, sums in per_key.items():
+            assert again["optimizer"]["params"][name][key] == pytest.approx(sums, rel=1e-9, abs=1e-12), (name, key)
 
     # exactly the reference's samples at every step after the resume, none lost or read twice
     ours, ref = samples_by_step(run_dir), after(samples_by_step(reference), RESUME_AT)

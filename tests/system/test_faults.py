@@ -224,14 +224,14 @@ def test_full_disk_during_a_save_is_one_line_and_resumable(dataset, tmp_path) ->
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_unwritable_run_dir_is_one_line_before_any_work(dataset, tmp_path) -> None:
-    args = train_args(tmp_path / "unused", dataset.url, *COMMON)
-    args[args.index(f"train.run_dir={tmp_path / 'unused'}")] = "train.run_dir=/proc/ptbr-run"
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args], env=dataset.env, capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+@pytest.mark.parametrize("key", ["train.run_dir", "data.cache_dir"])
+def test_unwritable_run_or_cache_dir_is_one_line_before_any_work(dataset, tmp_path, key) -> None:
+    args = [a for a in train_args(tmp_path / "unused", dataset.url, *COMMON) if not a.startswith(f"{key}=")]
+    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args, f"{key}=/proc/ptbr-dir"],
+                          env=dataset.env, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2
     [line] = error_lines(proc.stderr)
-    assert line.startswith("ptbr: error: train.run_dir=/proc/ptbr-run cannot be written")
+    assert line.startswith(f"ptbr: error: {key}=/proc/ptbr-dir cannot be written")
     assert "world 1" not in proc.stderr  # nothing was set up
     assert_clean(proc.stderr)
 

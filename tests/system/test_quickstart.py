@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,8 +153,9 @@ def test_debian_packages_become_a_portuguese_corpus(tmp_path):
 
     try:
         sources = fetch_debian_corpus(tmp_path / "corpus", print, packages=("fortunes-br", "manpages-pt-br"))
-    except PtbrError as exc:
-        if "failed" in str(exc):
+    except PtbrError as exc:  # only an unreachable archive (apt's own network errors) skips; under CI it fails
+        if re.search(r"apt-get \w+ .* failed \((Could not resolve|Failed to fetch|Temporary failure|Unable to "
+                     r"connect|Connection (timed out|refused))", str(exc)):
             pytest.skip(f"the Debian archive is not reachable here: {exc}")
         raise
     assert set(sources["packages"]) == {"fortunes-br", "manpages-pt-br"}

@@ -175,3 +175,24 @@ def test_refuses_to_silently_start_over(reference, tiny_dataset, tmp_path) -> No
     proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *changed], env=tiny_dataset.env,
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode != 0 and "was written for a different model" in proc.stderr
+
+
+def test_an_optimizer_that_does_not_match_its_record_stops_the_resume(tiny_dataset, tmp_path):
+    """End to end: the optimizer record of a checkpoint says another weight decay than the optimizer DeepSpeed
+    loads (as a load that silently mixed up the param groups would): the resumed run stops with one line naming
+    the difference, before any step, on every rank."""
+    run_dir = tmp_path / "run"
+    proc = torchrun(2, train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=10"), tiny_dataset.env)
+    assert proc.returncode == 0, describe(proc)
+    state = run_dir / "checkpoints" / layout.tag_for(10) / layout.STATE
+    text = state.read_text()
+    assert '"weight_decay": 0.01' in text  # the decay group (tiny_cpu.yaml)
+    state.write_text(text.replace('"weight_decay": 0.01', '"weight_decay": 0.02', 1))  # same size: still complete
+    procs = start_ranks(2, train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=12"), tiny_dataset.env,
+                        tmp_path / "logs")
+    assert wait_all(procs) == [2, 2]
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("ptbr: error:")]
+    assert len(errors) == 1 and "does not match the checkpoint: decay: weight_decay is 0.01, the checkpoint has 0.02" \
+        in errors[0], log[-3000:]
+    assert "Traceback" not in log and last_step(run_dir) == 10

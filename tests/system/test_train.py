@@ -108,10 +108,14 @@ def test_deepspeed_launcher_with_bf16(tiny_dataset, tmp_path) -> None:
     assert start["precision"] == "bf16"
 
 
-def test_nonfinite_loss_skips_the_update(tiny_dataset, tmp_path) -> None:
+@pytest.mark.parametrize(("stage", "precision"), [(3, "fp32"), (2, "bf16"), (1, "bf16")],
+                         ids=["zero3-fp32", "zero2-bf16 (the presets)", "zero1-bf16 (BF16_Optimizer)"])
+def test_nonfinite_loss_skips_the_update(tiny_dataset, tmp_path, stage, precision) -> None:
+    """Where the presets run too: bf16 at ZeRO-2, and ZeRO-1 in bf16, whose DeepSpeed optimizer is another class
+    (BF16_Optimizer): a NaN loss on one rank skips the update on both and is counted."""
     run_dir = tmp_path / "nan"
-    trained(h.torchrun, run_dir, tiny_dataset, "train.max_steps=6", "train.log_every=1", "zero.stage=3",
-            "debug.nonfinite_loss_at_steps=[2]")
+    trained(h.torchrun, run_dir, tiny_dataset, "train.max_steps=6", "train.log_every=1", f"zero.stage={stage}",
+            f"precision={precision}", "debug.nonfinite_loss_at_steps=[2]")
     records = [r for r in h.read_metrics(run_dir) if r["kind"] == "train"]
     assert records[-1]["skipped_steps"] == 1
     assert math.isnan(records[2]["loss"]) and all(math.isfinite(r["loss"]) for r in records[3:])

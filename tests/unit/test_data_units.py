@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 import zstandard
 
 from ptbr.data.corpus import ReadStats, discover_inputs, iter_documents
@@ -72,7 +73,8 @@ def test_split_rule_is_by_content_and_close_to_the_fraction() -> None:
     th = val_threshold(0.1)
     flags = [is_val_document(d, th, 0) for d in docs]
     assert 0.08 < sum(flags) / len(flags) < 0.12
-    assert flags == [is_val_document(d, th, 0) for d in docs]
+    # the documented rule, computed here independently: val iff xxh64(utf8(text), seed) < fraction * 2**64
+    assert flags == [xxhash.xxh64_intdigest(d.encode("utf-8"), seed=0) < int(0.1 * 2**64) for d in docs]
     assert flags != [is_val_document(d, th, 1) for d in docs]
     assert not any(is_val_document(d, val_threshold(0.0), 0) for d in docs)
 

@@ -17,6 +17,7 @@ from ptbr.devtools.sample_text import portuguese_documents
 from ptbr.errors import ConfigError, DataError
 from ptbr.train import dry_run
 from ptbr.train.config import TrainConfig
+from ptbr.train.node_counts import NodePlan
 from tests.helpers.train_harness import REPO, TINY_CONFIG
 
 
@@ -46,7 +47,9 @@ def test_the_table_resolves_batch_data_stream_and_resume(dataset: Path, tmp_path
     assert rows["world"] == "4 ranks on 2 node(s) (2 per node)"
     assert rows["batch"] == "micro 4 x accum 1 x 4 = 16 sequences of 32 = 512 tokens per step"
     assert f"{samples(dataset):,} training samples" in rows["data"]
-    assert rows["stream"].startswith("2 canonical nodes") and rows["resume"] == "fresh start"
+    assert rows["nodes"] == ("2 canonical nodes; node counts that work at micro-batch 4, 2 GPU(s) per node: 1, 2; "
+                             "with a smaller batch.micro_batch_size also 4 (micro 2), 8 (micro 1)")
+    assert rows["resume"] == "fresh start"
     assert rows["time"] == "100 steps to go = 01:40 at 512 tok/s"
     assert "WARNING" not in rows
 
@@ -67,9 +70,10 @@ def test_the_table_says_how_a_sample_is_run(dataset: Path, tmp_path: Path) -> No
 
 
 def test_problems_are_one_line(dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="must be a multiple of micro_batch_size x world size"):
+    with pytest.raises(ConfigError, match=r"batch.global_batch_size \(8\) does not split over 1 nodes x 3 GPU\(s\) at "
+                                          r"any micro-batch; node counts that work at micro-batch 4"):
         dry_run.plan(config(dataset, tmp_path), world_size=3, nodes=1)
-    with pytest.raises(DataError, match="3 nodes cannot read a stream of 4 canonical nodes"):
+    with pytest.raises(ConfigError, match="3 nodes cannot read a stream of 4 canonical nodes"):
         dry_run.plan(config(dataset, tmp_path, "data.num_canonical_nodes=4", "batch.global_batch_size=24"),
                      world_size=3, nodes=3)
     with pytest.raises(DataError, match="hold sequences of 32 tokens but data.seq_len is 64"):
@@ -86,6 +90,23 @@ def test_the_resume_decision_changes_nothing_on_disk(dataset: Path, tmp_path: Pa
         dry_run.plan(cfg, world_size=1, nodes=1)
     assert dict(dry_run.plan(cfg, world_size=1, nodes=1, allow_fresh_start=True))["resume"] == "fresh start"
     assert broken.is_dir() and not list(broken.parent.glob("discarded-*"))  # not moved aside
+
+
+def test_node_counts_come_from_the_stream_and_the_batch() -> None:
+    """The 1b5 preset (global batch 512, micro-batch 8, 8 GPUs per node, 6720 canonical nodes)."""
+    plan = NodePlan(6720, 512, 8, 8)
+    assert plan.working_counts() == [1, 2, 4, 8]
+    assert plan.with_smaller_micro_batch() == [(16, 4), (32, 2), (64, 1)]
+    plan.check(4)  # 8 nodes -> 4 after losing some: works
+    with pytest.raises(ConfigError, match=r"does not split over 6 nodes x 8 GPU\(s\) at any micro-batch"):
+        plan.check(6)  # the README's old example: 512 samples do not split over 48 GPUs
+    with pytest.raises(ConfigError, match="set batch.micro_batch_size=4"):
+        plan.check(16)
+    with pytest.raises(ConfigError, match="21 nodes cannot read a stream of 8 canonical nodes"):
+        NodePlan(8, None, 8, 8).check(21)
+    # grad_accum instead of a global batch: only the stream limits the node count
+    assert NodePlan(6720, None, 8, 8).working_counts(limit=16) == working_node_counts(6720, limit=16)
+    assert 21 in NodePlan(6720, 21 * 8 * 4, 4, 8).working_counts() and 35 in NodePlan(6720, None, 4, 8).working_counts()
 
 
 def test_node_count_rules() -> None:
@@ -107,6 +128,9 @@ def test_memory_estimates_follow_deepspeed(gpus: int) -> None:
     p = 1_462_509_568
     assert mem["2"] == pytest.approx((2 * p + int(18 * p / gpus)) / 2**30)
     assert mem["1"] == pytest.approx((4 * p + 16 * p / gpus) / 2**30)
+    # DeepSpeed's ZeRO-3 estimator (no offload): 4 bytes of the largest layer (here the 32,000 x 2048 embedding,
+    # gathered whole) plus 18 bytes per parameter partitioned over all GPUs
+    assert mem["3"] == pytest.approx((4 * 32000 * 2048 + int(18 * p / gpus)) / 2**30)
     assert mem["3"] < mem["2"] < mem["1"]
 
 

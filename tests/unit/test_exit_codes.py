@@ -21,16 +21,20 @@ def test_readme_table_is_the_exit_code_table():
 
 
 def slurm_requeue_codes() -> set[int]:
-    """The codes on the ``case`` arm of slurm/ptbr_job.sh that requeues the job."""
+    """The codes on the ``case`` arms of slurm/ptbr_job.sh that may requeue the job (``requeue``, or
+    ``after_signal``, which requeues on the time-limit signal)."""
     script = (REPO / "slurm" / "ptbr_job.sh").read_text()
-    case = script[script.index('case $code in'):]
+    case = script[script.index("case $code in"):]
     case = case[:case.index("esac")]
     arms = re.findall(r"^\s*([0-9 |*]+)\)\s*(.*?);;", case, flags=re.MULTILINE | re.DOTALL)
-    return {int(c) for pattern, action in arms if "requeue" in action for c in re.findall(r"\d+", pattern)}
+    return {int(c) for pattern, action in arms if re.search(r"\b(requeue|after_signal)\b", action)
+            for c in re.findall(r"\d+", pattern)}
 
 
 def test_slurm_script_requeues_on_exactly_the_requeue_codes():
     assert slurm_requeue_codes() == set(errors.REQUEUE_EXIT_CODES) == {69, 75}
+    script = (REPO / "slurm" / "ptbr_job.sh").read_text()
+    assert "if [ $code -eq 69 ]; then" in script  # and the pre-flight requeues on an unreachable data source
 
 
 def test_error_classes_and_the_stop_signals_come_from_the_table():

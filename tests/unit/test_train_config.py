@@ -167,7 +167,9 @@ def test_loss_by_position_buckets() -> None:
 
     from ptbr.model.loss import bucket_edges, bucket_losses
 
-    assert bucket_edges(32) == [(0, 32)]
+    assert bucket_edges(32) == [(0, 8), (8, 32)]
+    assert bucket_edges(256) == [(0, 64), (64, 256)]
+    assert bucket_edges(512) == [(0, 128), (128, 512)]
     assert bucket_edges(16384) == [(0, 128), (128, 512), (512, 2048), (2048, 8192), (8192, 16384)]
     nll = torch.cat([torch.full((128,), 3.0), torch.full((384,), 2.0), torch.full((88,), 1.0)]) * 4  # 4 sequences
     assert bucket_losses(nll, 4) == {"0-128": 3.0, "128-512": 2.0, "512-600": 1.0}
