@@ -247,7 +247,7 @@ def test_bad_inputs_are_one_line(runs, tmp_path):
     exists = export(run, tmp_path / "exists")
     assert "already exists; pass --overwrite" in error_of("export", str(run), str(exists))
     assert "needs --run-dir" in error_of("export", "6", str(tmp_path / "o"))
-    assert "is not an exported model" in error_of("generate", str(tmp_path), "--prompt", "oi")
+    assert "is not a ptbr export" in error_of("generate", str(tmp_path), "--prompt", "oi")
     assert "--prompt is empty" in error_of("generate", str(exists), "--prompt", "")
     assert "--top-p must be in (0, 1]" in error_of("generate", str(exists), "--prompt", "oi", "--top-p", "0")
     assert "more than the 3 accepted" in error_of("generate", str(exists), "--prompt", "uma frase bem longa aqui",
