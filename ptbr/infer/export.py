@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,9 +42,12 @@ from ptbr.data.progress import ProgressBar
 from ptbr.errors import CheckpointError, PtbrError
 from ptbr.fsutil import atomic_write_text, fsync_dir, fsync_file
 
+if TYPE_CHECKING:
+    from ptbr.infer.gguf import GgufReport
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-FORMATS = ("safetensors", "rwkv")
+FORMATS = ("safetensors", "rwkv", "gguf")
 WEIGHTS = {"safetensors": "model.safetensors", "rwkv": "model.pth"}
 CHUNK = 1 << 22  # elements read, cast and written at a time (16 MiB of fp32)
 _MADV_DONTNEED = 4
@@ -271,7 +274,12 @@ def write_rwkv_pth(safetensors_path: Path, path: Path, shared: dict[str, str]) -
 # ------------------------------------------------------------------------------- the command
 def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = "safetensors",
            run_dir: str | None = None, tokenizer: str | None = None, overwrite: bool = False, progress: bool = True,
-           log: Callable[[str], None] = print) -> ExportReport:
+           log: Callable[[str], None] = print) -> ExportReport | GgufReport:
+    if fmt == "gguf":  # llama.cpp's single file: ptbr.infer.gguf (which calls back here for a checkpoint)
+        from ptbr.infer.gguf import export_gguf
+
+        return export_gguf(target, out_dir, dtype=dtype, run_dir=run_dir, tokenizer=tokenizer,
+                           overwrite=overwrite, progress=progress, log=log)
     if dtype not in DTYPES:
         raise PtbrError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if fmt not in FORMATS:
