@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--name", default=None, help="gguf: the model card's name (default: ptbr RWKV-6 <size>)")
-    parser.add_argument("--license", default=None, dest="license_",
+    parser.add_argument("--license", default=None, dest="license_", metavar="LICENSE",
                         help="gguf: the model card's licence, e.g. apache-2.0 (default: unspecified)")
 
 

@@ -348,7 +348,8 @@ def export_gguf(target: str, out_dir: str | Path, *, dtype: str = "f16", run_dir
     step = int(weights.config.get("step", 0))
     report = GgufReport(out, out / WEIGHTS, step, facts.parameters, nbytes, time.perf_counter() - t0, dtype)
     log(f"exported {target} (step {step}, {facts.parameters:,} parameters) to {report.weights} as {dtype} "
-        f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s; run it: llama-cli -m {report.weights} -p \"...\"")
+        f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s; run it: llama-completion -m {report.weights} "
+        '-no-cnv -p "..."')
     if facts.head_size not in CUDA_HEAD_SIZES:
         log(f"note: head size {facts.head_size}: llama.cpp runs it on CPU; its CUDA kernel needs 64 or 128")
     return report
