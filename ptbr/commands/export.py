@@ -26,15 +26,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fmt == "gguf":  # imported on its own: converting an export directory needs no torch
+    from pathlib import Path
+
+    from ptbr.infer.export_reader import is_export_dir
+
+    dtype = args.dtype or ("f16" if args.fmt == "gguf" else "bf16")
+    if args.fmt == "gguf" and is_export_dir(Path(args.checkpoint)):  # converted as it is: no torch in this process
         from ptbr.infer.gguf import export_gguf
 
-        export_gguf(args.checkpoint, args.out_dir, dtype=args.dtype or "f16", run_dir=args.run_dir,
-                    tokenizer=args.tokenizer, overwrite=args.overwrite, progress=not args.quiet, name=args.name,
-                    license_=args.license_)
+        export_gguf(args.checkpoint, args.out_dir, dtype=dtype, tokenizer=args.tokenizer, overwrite=args.overwrite,
+                    progress=not args.quiet, name=args.name, license_=args.license_)
         return 0
     from ptbr.infer.export import export
 
-    export(args.checkpoint, args.out_dir, dtype=args.dtype or "bf16", fmt=args.fmt, run_dir=args.run_dir,
-           tokenizer=args.tokenizer, overwrite=args.overwrite, progress=not args.quiet)
+    export(args.checkpoint, args.out_dir, dtype=dtype, fmt=args.fmt, run_dir=args.run_dir, tokenizer=args.tokenizer,
+           overwrite=args.overwrite, progress=not args.quiet, name=args.name, license_=args.license_)
     return 0

@@ -23,8 +23,9 @@ What llama.cpp expects (its converter ``convert_hf_to_gguf.py``, class ``Rwkv6Mo
 Written with the ``gguf`` package (gguf-py, llama.cpp's own): header, key-values and tensor infos first,
 then every tensor streamed in blocks of rows (converted, quantized, written, dropped), so memory holds
 one block, never the model. From a checkpoint the fp32 master weights are first exported to a temporary
-safetensors file (``ptbr.infer.export``, itself streamed); an existing export directory is read directly,
-without torch. The output directory is written under a temporary name and renamed when complete.
+safetensors file (``ptbr.infer.export.export(fmt="gguf")``, itself streamed, then this module); an existing
+export directory is read directly, without torch. The output directory is written under a temporary name and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -310,46 +311,45 @@ def _commit(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
 
 
-def export_gguf(target: str, out_dir: str | Path, *, dtype: str = "f16", run_dir: str | None = None,
-                tokenizer: str | None = None, overwrite: bool = False, progress: bool = True,
-                name: str | None = None, license_: str | None = None,
-                log: Callable[[str], None] = print) -> GgufReport:
-    """``target``: an export directory (read as it is), or what ``ptbr export`` reads (a run directory, a
-    checkpoint directory, a step with ``run_dir``), whose fp32 master weights are exported first."""
+def check_request(out_dir: str | Path, dtype: str, overwrite: bool) -> str:
+    """The resolved dtype, after the checks that must fail before any work: an unknown dtype, an existing output."""
     dtype = resolve_dtype(dtype)
+    if Path(out_dir).exists() and not overwrite:
+        raise PtbrError(f"{out_dir} already exists; pass --overwrite to replace it")
+    return dtype
+
+
+def export_gguf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "f16", tokenizer: str | None = None,
+                overwrite: bool = False, progress: bool = True, name: str | None = None,
+                license_: str | None = None, source_label: str | None = None,
+                log: Callable[[str], None] = print) -> GgufReport:
+    """An export directory (``ptbr export``) -> ``OUT_DIR/model.gguf``, without torch. A checkpoint goes through
+    ``ptbr.infer.export.export(fmt="gguf")``, which exports its fp32 master weights first and calls this."""
+    dtype = check_request(out_dir, dtype, overwrite)
     qtype = DTYPES[dtype]
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise PtbrError(f"{out} already exists; pass --overwrite to replace it")
+    source, out = Path(model_dir), Path(out_dir)
+    if not is_export_dir(source):
+        raise PtbrError(f"{source} is not an export directory (no config.json naming its weights)")
     t0 = time.perf_counter()
-    source = Path(target)
+    weights = ExportedWeights(source)
+    facts = ModelFacts.of(weights)
+    vocab = vocab_from_tokenizer(Path(tokenizer) if tokenizer else source / "tokenizer.json", facts.vocab_size)
+    specs = tensor_plan(weights, facts.n_layer, qtype, log)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if not is_export_dir(source):
-            from ptbr.infer.export import export  # torch and the checkpoint reader: only for checkpoints
-
-            export(target, tmp / "fp32", dtype="fp32", run_dir=run_dir, tokenizer=tokenizer, progress=progress,
-                   log=lambda _msg: None)
-            source, tokenizer = tmp / "fp32", None
-        weights = ExportedWeights(source)
-        facts = ModelFacts.of(weights)
-        tok = Path(tokenizer) if tokenizer else source / "tokenizer.json"
-        vocab = vocab_from_tokenizer(tok, facts.vocab_size)
-        specs = tensor_plan(weights, facts.n_layer, qtype, log)
         nbytes = write_gguf(tmp / WEIGHTS, specs, lambda wr: add_metadata(
             wr, facts, vocab, weights.config, qtype, name, license_), progress)
-        shutil.rmtree(tmp / "fp32", ignore_errors=True)
         _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     step = int(weights.config.get("step", 0))
     report = GgufReport(out, out / WEIGHTS, step, facts.parameters, nbytes, time.perf_counter() - t0, dtype)
-    log(f"exported {target} (step {step}, {facts.parameters:,} parameters) to {report.weights} as {dtype} "
-        f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s; run it: llama-completion -m {report.weights} "
-        '-no-cnv -p "..."')
+    log(f"exported {source_label or source} (step {step}, {facts.parameters:,} parameters) to {report.weights} as "
+        f"{dtype} ({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s; run it: llama-completion -m "
+        f'{report.weights} -no-cnv -p "..."')
     if facts.head_size not in CUDA_HEAD_SIZES:
         log(f"note: head size {facts.head_size}: llama.cpp runs it on CPU; its CUDA kernel needs 64 or 128")
     return report
