@@ -31,7 +31,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "ptbr.commands.shards_verify"),
     (("train",), "train a model from a YAML config (any launcher: deepspeed, torchrun, srun)",
      "ptbr.commands.train"),
-    (("export",), "turn a sharded checkpoint into single-file weights (safetensors or the rwkv .pth)",
+    (("export",), "turn a sharded checkpoint into single-file weights (safetensors, the rwkv .pth, or GGUF for "
+     "llama.cpp)",
      "ptbr.commands.export"),
     (("generate",), "continue a prompt with an exported model", "ptbr.commands.generate"),
     (("eval",), "loss, perplexity and bits per byte of an exported model on a dataset split", "ptbr.commands.eval"),

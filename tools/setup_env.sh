@@ -25,6 +25,10 @@ if ! "$VENV/bin/python" -c "import ptbr, deepspeed, streaming, rwkv" 2>/dev/null
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # torch 2.14.1 is the release this project is tested with (served from the local disk here).
     "$VENV/bin/python" -m pip install -q "torch==2.14.1"
+    # llama-cpp-python (test extra) compiles llama.cpp once per machine, pip caches the wheel: no multimodal lib,
+    # no AMX kernels (ggml's AMX q8_0 path died on an invalid opcode, tilezero, here; torch's AMX runs fine)
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; [ "$(uname -m)" = x86_64 ] || NO_AMX=""
+    export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'}"
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     touch "$VENV/.ptbr-installed"
 fi

@@ -28,11 +28,12 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,9 +43,12 @@ from ptbr.errors import CheckpointError, PtbrError
 from ptbr.fsutil import atomic_write_text, staged_directory
 from ptbr.progress import ProgressBar
 
+if TYPE_CHECKING:
+    from ptbr.infer.gguf import GgufReport
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-FORMATS = ("safetensors", "rwkv")
+FORMATS = ("safetensors", "rwkv", "gguf")
 WEIGHTS = {"safetensors": "model.safetensors", "rwkv": "model.pth"}
 CHUNK = 1 << 22  # elements read, cast and written at a time (16 MiB of fp32)
 _MADV_DONTNEED = 4
@@ -269,9 +273,36 @@ def write_rwkv_pth(safetensors_path: Path, path: Path, shared: dict[str, str]) -
 
 
 # ------------------------------------------------------------------------------- the command
+def export_gguf_of(target: str, out_dir: str | Path, *, dtype: str, run_dir: str | None, tokenizer: str | None,
+                   overwrite: bool, progress: bool, log: Callable[[str], None], name: str | None,
+                   license_: str | None) -> GgufReport:
+    """llama.cpp's single file (``ptbr.infer.gguf``): an export directory is converted as it is; a checkpoint's
+    fp32 master weights are exported to a temporary directory next to ``out_dir`` first."""
+    from ptbr.infer.export_reader import is_export_dir
+    from ptbr.infer.gguf import check_request, export_gguf
+
+    options = {"dtype": dtype, "overwrite": overwrite, "progress": progress, "log": log, "name": name,
+               "license_": license_}
+    if is_export_dir(Path(target)):
+        return export_gguf(target, out_dir, tokenizer=tokenizer, **options)
+    check_request(out_dir, dtype, overwrite)  # before the fp32 export, not after it
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp32-") as tmp:
+        fp32 = export(target, Path(tmp) / "fp32", dtype="fp32", run_dir=run_dir, tokenizer=tokenizer,
+                      progress=progress, log=lambda _msg: None)
+        return export_gguf(fp32.out_dir, out, source_label=str(json.loads(
+            (fp32.out_dir / "config.json").read_text())["checkpoint"]), **options)
+
+
 def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = "safetensors",
            run_dir: str | None = None, tokenizer: str | None = None, overwrite: bool = False, progress: bool = True,
-           log: Callable[[str], None] = print) -> ExportReport:
+           log: Callable[[str], None] = print, name: str | None = None,
+           license_: str | None = None) -> ExportReport | GgufReport:
+    """``name`` and ``license_``: the model card of a GGUF export (``fmt="gguf"``)."""
+    if fmt == "gguf":
+        return export_gguf_of(target, out_dir, dtype=dtype, run_dir=run_dir, tokenizer=tokenizer,
+                              overwrite=overwrite, progress=progress, log=log, name=name, license_=license_)
     if dtype not in DTYPES:
         raise PtbrError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if fmt not in FORMATS:

@@ -2,7 +2,7 @@
 
 corpus (Debian pt-BR packages, or ``--corpus``) -> tokenizer -> cleaning + MDS shards -> local S3 server
 (SeaweedFS on 127.0.0.1) -> ``ptbr shards verify`` -> 2 gloo ranks under ZeRO-2 streaming from S3,
-with evaluation and checkpoints -> export -> generate -> eval -> loss plot.
+with evaluation and checkpoints -> export -> GGUF for llama.cpp -> generate -> eval -> loss plot.
 
 Each stage runs the same ``ptbr`` command a user would type (printed before it runs), so the output
 doubles as a tour of the CLI. A second run reuses what is there: the corpus, tokenizer and shards are
@@ -177,6 +177,17 @@ class Quickstart:
         self.done.append(("exported weights", f"{out / 'model.safetensors'} (+ config.json, tokenizer.json)"))
         return out
 
+    def gguf(self, model: Path) -> Path:
+        """The export as one GGUF file for llama.cpp (f16), redone only for a newer step."""
+        out = self.work / "gguf"
+        step = json.loads((model / "config.json").read_text()).get("step")
+        if _gguf_step(out / "model.gguf") == step:
+            self.say(f"gguf: reusing {out / 'model.gguf'} (step {step})")
+        else:
+            self.ptbr("export", str(model), str(out), "--format", "gguf", "--dtype", "f16", "--overwrite")
+        self.done.append(("GGUF for llama.cpp", f"{out / 'model.gguf'} (f16, tokenizer inside)"))
+        return out / "model.gguf"
+
     def generate(self, model: Path) -> str:
         text = self.ptbr("generate", str(model), "--prompt", PROMPT, "--max-tokens", str(self.s.max_tokens),
                          "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", capture=True)
@@ -213,6 +224,7 @@ class Quickstart:
             url = self.publish(shards)
             run_dir = self.train(url)
             model = self.export(run_dir)
+            gguf = self.gguf(model)
             self.generate(model)
             self.evaluate(model, url)
             self.plot(run_dir)
@@ -222,15 +234,17 @@ class Quickstart:
                 self.say("S3: server stopped")
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
-        self.summary(url, run_dir, model)
+        self.summary(url, run_dir, model, gguf)
         return 0
 
-    def summary(self, url: str, run_dir: Path, model: Path) -> None:
+    def summary(self, url: str, run_dir: Path, model: Path, gguf: Path) -> None:
         width = max(len(k) for k, _ in self.done)
         print(f"\nquickstart finished in {time.monotonic() - self.t0:.0f} s. Everything is under {self.work}:")
         for stage, what in self.done:
             print(f"  {stage:<{width}}  {what}")
         w = shlex.quote(str(self.work))
+        in_python = (f"from llama_cpp import Llama; llm = Llama({json.dumps(str(gguf))}, verbose=False); "
+                     'print(llm("A Constituição Federal", max_tokens=100)["choices"][0]["text"])')
         print(f"""
 Next, try (after `source {shlex.quote(str(Path(sys.executable).parent / 'activate'))}`, which puts `ptbr` on PATH):
   ptbr generate {w}/export --prompt "A Constituição Federal" --max-tokens 100   # more text
@@ -238,8 +252,22 @@ Next, try (after `source {shlex.quote(str(Path(sys.executable).parent / 'activat
   bash launch/quickstart.sh --corpus DIR                                       # the same on your own .txt/.jsonl
   ptbr train --dry-run --config configs/train/1b5.yaml data.source=s3://BUCKET/PREFIX   # plan a real run
   sbatch slurm/train_1b5.sh data.source=s3://BUCKET/PREFIX                     # train it on a Slurm cluster
+Run the GGUF in llama.cpp (its llama-completion program; `llama-cli -no-cnv` in older builds), or through
+llama-cpp-python, which the environment above already has:
+  llama-completion -m {shlex.quote(str(gguf))} -no-cnv -p "A Constituição Federal" -n 100
+  python -c {shlex.quote(in_python)}
 The shards stay in the local S3 data directory ({self.work / 's3'}); `python tools/s3_server.py start --dir
 {self.work / 's3'} --background` serves them again ({url}).""")
+
+
+def _gguf_step(path: Path) -> int | None:
+    """The training step a GGUF export records (ptbr.step), or None when there is none."""
+    if not path.is_file():
+        return None
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("ptbr.step")
+    return None if field is None else int(field.contents())
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -243,7 +243,7 @@ def test_bad_inputs_are_one_line(runs, tmp_path):
     broken.mkdir(parents=True)
     assert "not a complete checkpoint" in error_of("export", str(broken), str(tmp_path / "o"))
     assert "--dtype must be one of" in error_of("export", str(run), str(tmp_path / "o"), "--dtype", "int8")
-    assert "--format must be one of" in error_of("export", str(run), str(tmp_path / "o"), "--format", "gguf")
+    assert "--format must be one of" in error_of("export", str(run), str(tmp_path / "o"), "--format", "onnx")
     exists = export(run, tmp_path / "exists")
     assert "already exists; pass --overwrite" in error_of("export", str(run), str(exists))
     assert "needs --run-dir" in error_of("export", "6", str(tmp_path / "o"))

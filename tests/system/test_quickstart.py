@@ -76,6 +76,13 @@ def test_quickstart_runs_every_stage_and_a_second_run_reuses_them(tmp_path):
     assert json.loads((work / "eval.json").read_text())["loss"] > 0
     assert list((work / "run" / "plots").glob("*.png"))
     assert "quickstart finished" in out and str(work / "export" / "model.safetensors") in out
+    # the GGUF, and the llama.cpp commands the summary prints: the llama-cpp-python one runs as printed
+    assert "$ ptbr export" in out and "--format gguf" in out and (work / "gguf" / "model.gguf").is_file()
+    assert f"llama-completion -m {work / 'gguf' / 'model.gguf'}" in out
+    [python_cmd] = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("python -c ")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ran = subprocess.run(python_cmd, shell=True, capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr[-2000:]
     assert "AWS_SECRET_ACCESS_KEY" not in out + first.stderr
 
     # the shards were published with _SUCCESS: check on a server started again on the same data
@@ -96,6 +103,7 @@ def test_quickstart_runs_every_stage_and_a_second_run_reuses_them(tmp_path):
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert "tokenizer: reusing" in second.stdout and "train: resuming from step_00000012" in second.stdout
     assert "already finished: nothing to train" in second.stdout and "export: reusing" in second.stdout
+    assert "gguf: reusing" in second.stdout
     assert (work / "export" / "model.safetensors").stat().st_mtime == export_mtime
     assert layout.newest_usable(work / "run" / "checkpoints", print).step == 12
     assert (work / "generated.txt").read_text() == generated  # same seed, same weights, same text
