@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.abc import MetaPathFinder
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
@@ -44,8 +43,9 @@ def _register_after(loader) -> None:
     loader.exec_module = exec_module
 
 
-class _RegistryFinder(MetaPathFinder):
-    """Finds nothing itself: wraps the loader of ``lm_eval.api.registry`` so that :func:`register` runs right
+class _RegistryFinder:
+    """A meta-path finder (duck-typed: ``importlib.abc`` costs more to import than everything else here) that
+    finds nothing itself: it wraps the loader of ``lm_eval.api.registry`` so that :func:`register` runs right
     after the module's own code."""
 
     def find_spec(self, fullname: str, path=None, target=None) -> ModuleSpec | None:
