@@ -10,7 +10,10 @@ The record (``kind: bench``: every task's primary score, the seconds it took) go
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,24 +88,46 @@ class TrainingBench:
             mine[name].data = p.data.detach().clone().to(self.device)
 
     def run(self, engine: Any, step: int, tokens: int) -> dict[str, Any] | None:
-        """Collective: the benchmark record on rank 0 (None elsewhere)."""
+        """Collective: the benchmark record on rank 0 (None elsewhere). lm-eval seeds Python's, NumPy's and
+        torch's generators; they are put back afterwards, so a run with benchmarks trains as one without."""
         t0 = time.perf_counter()
         self._copy_weights(engine)
         record = None
         if self.is_main:
-            from ptbr.bench.harness import PtbrHarnessLM
-            from ptbr.bench.results import flat_scores, summarize
-            from ptbr.bench.runner import evaluate
-            from ptbr.bench.scorer import ModelScorer
-
-            scorer = ModelScorer(self.model, self.tokenizer, self.eos_id, self.device,
-                                 info={"step": step, "tokens": tokens})
-            lm = PtbrHarnessLM(scorer, batch_size=self.cfg.batch.micro_batch_size)
-            tm, tasks = self.tasks
-            raw = evaluate(lm, tm, tasks, limit=self.cfg.train.bench_limit)
-            summary = summarize(raw, scorer.info, limit=self.cfg.train.bench_limit)
-            record = {"kind": "bench", "step": step, "tokens": tokens, "limit": self.cfg.train.bench_limit,
-                      "seconds": time.perf_counter() - t0, "scores": flat_scores(summary)}
+            with _rng_kept():
+                record = self._bench(step, tokens, t0)
         if tdist.is_initialized():
             tdist.barrier(group=self.control)
         return record
+
+    def _bench(self, step: int, tokens: int, t0: float) -> dict[str, Any]:
+        """Rank 0: the tasks on the plain copy, through the same harness model as ptbr bench."""
+        from ptbr.bench.harness import PtbrHarnessLM
+        from ptbr.bench.results import flat_scores, summarize
+        from ptbr.bench.runner import evaluate
+        from ptbr.bench.scorer import ModelScorer
+
+        scorer = ModelScorer(self.model, self.tokenizer, self.eos_id, self.device,
+                             info={"step": step, "tokens": tokens})
+        lm = PtbrHarnessLM(scorer, batch_size=self.cfg.batch.micro_batch_size)
+        tm, tasks = self.tasks
+        raw = evaluate(lm, tm, tasks, limit=self.cfg.train.bench_limit)
+        summary = summarize(raw, scorer.info, limit=self.cfg.train.bench_limit)
+        return {"kind": "bench", "step": step, "tokens": tokens, "limit": self.cfg.train.bench_limit,
+                "seconds": time.perf_counter() - t0, "scores": flat_scores(summary)}
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
