@@ -10,10 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from lm_eval.api.model import TemplateLM
-
 from ptbr.bench.scorer import Scorer
 from ptbr.bench.scoring import CHUNK, continuation_logprobs, generate
+from ptbr.errors import PtbrError
+
+try:
+    from lm_eval.api.model import TemplateLM
+except ImportError:  # lm-eval is optional (ptbr[bench]): every module of ptbr imports without it
+
+    class TemplateLM:  # type: ignore[no-redef]
+        def __init__(self) -> None:
+            raise PtbrError("benchmarks need lm-evaluation-harness: pip install 'ptbr[bench]'")
 
 DEFAULT_BATCH = 8
 DEFAULT_MAX_GEN_TOKS = 256

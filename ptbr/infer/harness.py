@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lm_eval.api.registry import register_model
 
 from ptbr.bench.harness import DEFAULT_BATCH, DEFAULT_MAX_GEN_TOKS, PtbrHarnessLM
 from ptbr.bench.scorer import ModelScorer
@@ -22,6 +21,14 @@ from ptbr.errors import PtbrError
 from ptbr.infer.model_io import LoadedModel, load_model
 from ptbr.infer.rnn import RNN
 from ptbr.log import info
+
+try:
+    from lm_eval.api.registry import register_model
+except ImportError:  # lm-eval is optional (ptbr[bench]); PtbrLM then refuses to start (PtbrHarnessLM)
+
+    def register_model(*names: str):  # type: ignore[no-redef]
+        return lambda cls: cls
+
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
