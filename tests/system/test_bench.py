@@ -1,9 +1,10 @@
 """lm-evaluation-harness on a trained tiny export, without network: the harness's numbers against ptbr's own.
 
-Costs about 2 minutes on 2 cores: one 1-rank training run of 30 steps and its export (~25 s), the harness
-in-process (~10 s), three ``ptbr bench`` / ``lm_eval`` commands under ``unshare -n`` (~10-25 s each: lm-eval
-indexes its built-in tasks only for the offline-download case), an editable install into a temporary prefix
-(~8 s) and a wheel build (~8 s).
+Costs about 3.5 minutes on 2 busy cores: the module's fixture (~80 s: the session's S3 server and tiny dataset,
+shared with the other system tests, then a 1-rank training run of 30 steps and its export), the harness
+in-process (~10 s), ``ptbr bench`` / ``lm_eval`` commands under ``unshare -n`` (~10-30 s each; the offline-Hub
+case makes lm-eval index its ~13,000 built-in task files, ~40 s of the bad-input test), an editable install
+into a temporary prefix and a wheel build (~5 s each).
 """
 
 from __future__ import annotations
