@@ -36,6 +36,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "ptbr.commands.export"),
     (("generate",), "continue a prompt with an exported model", "ptbr.commands.generate"),
     (("eval",), "loss, perplexity and bits per byte of an exported model on a dataset split", "ptbr.commands.eval"),
+    (("bench",), "lm-evaluation-harness benchmarks (Portuguese suite) on exported models, one comparison table",
+     "ptbr.commands.bench"),
     (("supervise",), "run torchrun / the deepspeed launcher so the job exits with its ranks' code (75 on "
      "preemption)", "ptbr.commands.supervise"),
     (("plot",), "turn a run directory's metrics into PNG charts", "ptbr.commands.plot"),

@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating virtual environment in $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import ptbr, deepspeed, streaming, rwkv" 2>/dev/null \
+if ! "$VENV/bin/python" -c "import ptbr, deepspeed, streaming, rwkv, lm_eval, wandb" 2>/dev/null \
         || [ ! -x "$VENV/bin/weed" ] \
         || [ pyproject.toml -nt "$VENV/.ptbr-installed" ]; then
     echo "setup: installing ptbr and its dependencies (a few minutes on a fresh machine)" >&2

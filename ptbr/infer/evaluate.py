@@ -1,4 +1,4 @@
-"""``ptbr eval``: loss, perplexity and bits per UTF-8 byte of an exported model on a dataset split.
+"""``ptbr eval``: loss, perplexity and bits per UTF-8 byte of an exported model on a dataset split or on texts.
 
 The samples are the split's first ``max_samples`` (in order, as the training run's evaluation reads
 them), so the loss of an fp32 export equals the run's own validation loss. Bits per byte divide the
@@ -18,7 +18,7 @@ import torch
 
 from ptbr.errors import PtbrError
 from ptbr.infer.model_io import LoadedModel
-from ptbr.model.loss import bucket_losses
+from ptbr.model.loss import bucket_edges, bucket_losses
 
 
 @dataclass
@@ -30,10 +30,14 @@ class EvalResult:
     ppl: float
     bits_per_byte: float
     loss_by_position: dict[str, float]
+    documents: list[dict[str, float]] | None = None  # --text: each document's summed NLL, tokens and bytes
 
     def as_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "tokens": self.tokens, "bytes": self.bytes, "loss": self.loss,
-                "ppl": self.ppl, "bits_per_byte": self.bits_per_byte, "loss_by_position": self.loss_by_position}
+        out = {"samples": self.samples, "tokens": self.tokens, "bytes": self.bytes, "loss": self.loss,
+               "ppl": self.ppl, "bits_per_byte": self.bits_per_byte, "loss_by_position": self.loss_by_position}
+        if self.documents is not None:
+            out["documents"] = self.documents
+        return out
 
 
 def utf8_bytes_per_token(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -83,3 +87,62 @@ def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int 
     loss = nll / tokens
     return EvalResult(n, tokens, nbytes, loss, math.exp(min(loss, 50.0)), nll / math.log(2) / max(nbytes, 1),
                       bucket_losses(per_position, n))
+
+
+TEXT_SEGMENT = 1024  # tokens per pass over a long document (the state carried): bounded logits memory
+
+
+def read_texts(paths: list[str]) -> list[str]:
+    """Documents from files: every line's ``text`` of a .jsonl, otherwise the whole file as one document."""
+    import json
+    from pathlib import Path
+
+    docs: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise PtbrError(f"--text {path}: no such file")
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".jsonl":
+            try:
+                docs += [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise PtbrError(f"--text {path}: every line must be a JSON object with a \"text\" field") from None
+        else:
+            docs.append(raw)
+    if not any(docs):
+        raise PtbrError("--text: the files hold no text")
+    return docs
+
+
+@torch.inference_mode()
+def evaluate_texts(lm: LoadedModel, texts: list[str]) -> EvalResult:
+    """Each document scored on its own, as lm-evaluation-harness's rolling log-likelihood defines it: the
+    end-of-document token, then every token of the document predicted once from all the text before it, through
+    the training loss (``model(x, targets=y, reduction="none")``, in segments with the state carried)."""
+    token_bytes = utf8_bytes_per_token(lm.tokenizer, lm.model.config.vocab_size)
+    docs, nll, tokens, nbytes = [], 0.0, 0, 0
+    encoded = [lm.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    longest = max((len(ids) for ids in encoded), default=0)
+    per_position = torch.zeros(max(longest, 1), dtype=torch.float64)
+    count = torch.zeros(max(longest, 1), dtype=torch.float64)
+    for ids in encoded:
+        if not ids:
+            docs.append({"nll": 0.0, "tokens": 0, "bytes": 0})
+            continue
+        x = torch.tensor([[lm.eos_id, *ids[:-1]]], device=lm.device)
+        y = torch.tensor([ids], device=lm.device)
+        token_nll = lm.model(x, targets=y, reduction="none", segment_len=TEXT_SEGMENT)[0].double().cpu()
+        doc_bytes = int(token_bytes[y[0].cpu()].sum())
+        docs.append({"nll": float(token_nll.sum()), "tokens": len(ids), "bytes": doc_bytes})
+        nll += float(token_nll.sum())
+        tokens += len(ids)
+        nbytes += doc_bytes
+        per_position[:len(ids)] += token_nll
+        count[:len(ids)] += 1
+    if tokens == 0:
+        raise PtbrError("--text: the documents hold no tokens")
+    loss = nll / tokens
+    by_position = {f"{lo}-{hi}": float(per_position[lo:hi].sum() / count[lo:hi].sum())
+                   for lo, hi in bucket_edges(longest) if count[lo:hi].sum() > 0}
+    return EvalResult(len(texts), tokens, nbytes, loss, math.exp(min(loss, 50.0)),
+                      nll / math.log(2) / max(nbytes, 1), by_position, docs)

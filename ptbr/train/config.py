@@ -146,6 +146,19 @@ class ZeroConfig(StrictModel):
         return self
 
 
+class WandbConfig(StrictModel):
+    """Weights & Biases tracking from rank 0 (``pip install 'ptbr[wandb]'``); off unless ``mode`` says otherwise."""
+
+    mode: Literal["online", "offline", "disabled"] = Field(
+        default="disabled", description="online: stream to the server; offline: write RUN_DIR/wandb for "
+                                        "`wandb sync` later; disabled: no W&B at all")
+    project: str | None = Field(default=None, description="W&B project (default: W&B's own)")
+    entity: str | None = Field(default=None, description="W&B team or user (default: the API key's)")
+    name: str | None = Field(default=None, description="run name (default: the run directory's name)")
+    tags: list[str] = Field(default_factory=list)
+    dir: str | None = Field(default=None, description="where W&B writes its files (default: train.run_dir)")
+
+
 class TrainLoopConfig(StrictModel):
     run_dir: str = "runs/default"
     seed: int = 1234
@@ -172,6 +185,12 @@ class TrainLoopConfig(StrictModel):
     collective_timeout_s: float = Field(default=1800.0, gt=0,
                                         description="a collective waiting longer for a rank (dead, hung, lost "
                                                     "node) fails, and the job ends")
+    wandb: WandbConfig = WandbConfig()
+    bench_every: int = Field(default=0, ge=0, description="run lm-eval tasks (train.bench_tasks) on the current "
+                             "weights every N steps, logged like validation loss; 0: never (needs ptbr[bench])")
+    bench_tasks: str = Field(default="ptbr_core", description="a suite or task names separated by commas")
+    bench_limit: int = Field(default=50, gt=0, description="examples per task in each training-time benchmark")
+    bench_include: list[str] = Field(default_factory=list, description="directories of lm-eval task YAML files")
 
 
 class DebugConfig(StrictModel):

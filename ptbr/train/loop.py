@@ -38,6 +38,7 @@ from ptbr.fsutil import writable_problem
 from ptbr.log import info
 from ptbr.model import RWKV6, count_parameters
 from ptbr.train.batches import BatchStream, loader_worker_init
+from ptbr.train.bench import TrainingBench
 from ptbr.train.config import TrainConfig
 from ptbr.train.ds_config import build_ds_config
 from ptbr.train.evaluation import Evaluator
@@ -116,6 +117,8 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.resumed_data_state: dict[str, Any] | None = None
         self.last_eval_step = -1
+        self.last_bench_step = -1
+        self.bench_clock = time.perf_counter()  # training time since the last benchmark (its overhead's base)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.accum, self.global_batch = cfg.batch.resolve(env.world_size)
         self.progress = Progress()
@@ -126,7 +129,8 @@ class Trainer:
         self.control = dist.control_group(
             cfg.train.collective_timeout_s + retry_bound_s(cfg.data.download_retry_s, cfg.data.download_timeout_s))
         self.check_writable()
-        self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard)
+        self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard, self.open_trackers())
+        self.bench = TrainingBench(cfg, env.is_main, self.control, self.device) if cfg.train.bench_every else None
         weight_bytes = 4 if cfg.precision == "fp32" else 2
         self.checkpointer = Checkpointer(
             self.ckpt_root, env, keep=cfg.train.keep_checkpoints, device=self.device, zero_stage=cfg.zero.stage,
@@ -143,6 +147,23 @@ class Trainer:
         problems = [p for rank_problems in dist.gather(mine, self.control) for p in rank_problems]
         if problems:
             raise ConfigError(problems[0])
+
+    def open_trackers(self) -> list:
+        """Collective: rank 0's W&B run (train.wandb); a failure to start it stops every rank with its line."""
+        settings, tracker, problem = self.cfg.train.wandb, [], None
+        if settings.mode != "disabled" and self.env.is_main:
+            from ptbr.train.tracking import WandbTracker
+
+            try:
+                tracker = [WandbTracker(settings, self.run_dir, self.cfg.to_yaml_dict())]
+            except ConfigError as exc:
+                problem = str(exc)
+            except Exception as exc:  # noqa: BLE001 - W&B's own errors (login, network): one line for the user
+                problem = f"train.wandb: W&B could not start ({type(exc).__name__}: {exc})"
+        problems = [p for p in dist.gather(problem, self.control) if p]
+        if problems:
+            raise ConfigError(problems[0])
+        return tracker
 
     def setup_data(self) -> None:
         """Collective: the training stream (one source or the weighted mixture) and the validation samples of
@@ -306,12 +327,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        code = 1
         try:
-            return self._run()
+            code = self._run()
+            return code
+        except PtbrError as exc:
+            code = exc.exit_code
+            raise
         finally:
             if self.stream is not None:
                 self.stream.close()  # stops the loader workers before the process exits
-            self.metrics.close()
+            self.metrics.close(code)
             self.stop.restore()
 
     def _run(self) -> int:
@@ -319,6 +345,9 @@ class Trainer:
         self.setup_data()
         self.resume()
         self.announce()
+        if self.bench is not None:  # after announce: the run directory holds the dataset's tokenizer now
+            self.bench.prepare(self.run_dir, int(self.manifest.get("eos_id") or 0))
+            self.bench_clock = time.perf_counter()
         self.stream = stream = self.open_batch_stream()
         window = LogWindow()
         while self.progress.step < cfg.train.max_steps:
@@ -333,6 +362,8 @@ class Trainer:
             window = self.after_step(loss, outcome, wait, window)
         if self.last_eval_step != self.progress.step:
             self.log_eval()
+        if self.bench is not None and self.last_bench_step != self.progress.step:
+            self.log_bench()
         if self.checkpointer.last_saved_step != self.progress.step:
             self.save()
         return 0
@@ -347,6 +378,8 @@ class Trainer:
             window = LogWindow()
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
             self.log_eval()
+        if self.bench is not None and step % cfg.train.bench_every == 0 and step < cfg.train.max_steps:
+            self.log_bench()
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             self.save()
         return window
@@ -399,6 +432,11 @@ class Trainer:
     def stop_preempted(self) -> int:
         if self.checkpointer.last_saved_step != self.progress.step:
             self.save()
+        newest = self.checkpointer.newest()
+        self.metrics.log({"kind": "preempt", "step": self.progress.step, "tokens": self.progress.tokens,
+                          "checkpoint": str(newest.path) if newest else None})
+        for mirror in self.metrics.mirrors:
+            mirror.preempting()
         if self.env.is_main:
             info(f"preempted: checkpoint of step {self.progress.step} committed, exiting with {EXIT_PREEMPTED}")
         return EXIT_PREEMPTED
@@ -456,3 +494,17 @@ class Trainer:
                              if k.startswith("val_loss_") and isinstance(v, float))
         self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
                                  f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})")
+
+    def log_bench(self) -> None:
+        """train.bench_every: the benchmark record, with its cost as a share of the training time since the last."""
+        trained_s = time.perf_counter() - self.bench_clock
+        record = self.bench.run(self.engine, self.progress.step, self.progress.tokens)
+        self.last_bench_step = self.progress.step
+        self.bench_clock = time.perf_counter()
+        if record is None:
+            return
+        record["train_seconds"] = trained_s
+        record["overhead"] = record["seconds"] / max(trained_s, 1e-9)
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in record["scores"].items())
+        self.metrics.log(record, f"bench step {self.progress.step}: {scores} ({record['seconds']:.1f} s, "
+                                 f"{record['overhead'] * 100:.1f}% of the training time since the last)")

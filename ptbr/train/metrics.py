@@ -110,11 +110,12 @@ def format_eta(seconds: float) -> str:
 class MetricsLogger:
     """Appends records to ``metrics.jsonl`` (kept across resumes) and mirrors them elsewhere."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, mirrors: list | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = None
         self._tb = None
+        self.mirrors = list(mirrors or [])  # e.g. ptbr.train.tracking.WandbTracker: log(record), close(code)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,11 +144,16 @@ class MetricsLogger:
                     for sub, v in value.items():
                         if isinstance(v, int | float):
                             self._tb.add_scalar(f"{record.get('kind', 'train')}/{key}/{sub}", v, record["step"])
+        for mirror in self.mirrors:
+            mirror.log(record)
         if line:
             print(line, flush=True)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         if self._file:
             self._file.close()
         if self._tb:
             self._tb.close()
+        for mirror in self.mirrors:
+            mirror.close(exit_code)
+        self.mirrors = []

@@ -1,4 +1,5 @@
-"""Charts from a run directory's ``metrics.jsonl``: loss, learning rate, throughput, validation."""
+"""Charts from a run directory's ``metrics.jsonl``: loss, learning rate, throughput, validation, and the
+one-picture dashboard (:mod:`ptbr.train.dashboard`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ptbr.errors import PtbrError
+from ptbr.train.dashboard import write_dashboard
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -78,6 +80,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     by_position = _plot_loss_by_position(records, out, plt)
     if by_position is not None:
         written.append(by_position)
+    dashboard = write_dashboard(records, Path(run_dir), out / "dashboard.png")
+    if dashboard is not None:
+        written.append(dashboard)
     if not written:
         raise PtbrError(f"{run_dir}/metrics.jsonl holds no training or evaluation records yet")
     return written

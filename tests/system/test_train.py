@@ -87,7 +87,8 @@ def test_metrics_files_and_plot(stage_runs, tmp_path) -> None:
                           capture_output=True, text=True, cwd=h.REPO, timeout=120)
     assert proc.returncode == 0, h.describe(proc)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["loss.png", "lr.png", "throughput.png", "val_loss.png", "val_loss_by_position.png"]
+    assert pngs == ["dashboard.png", "loss.png", "lr.png", "throughput.png", "val_loss.png",
+                    "val_loss_by_position.png"]
     assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
