@@ -270,7 +270,7 @@ def test_init_from_copies_exported_weights_and_refuses_another_shape(tmp_path) -
     wider = RWKV6(TINY.model_copy(update={"n_embd": 96}))
     with pytest.raises(PtbrError, match="another model shape \\(n_embd 64 != 96"):
         load_weights_into(wider, out)
-    with pytest.raises(PtbrError, match="not an exported model"):
+    with pytest.raises(PtbrError, match="is not a ptbr export"):
         load_weights_into(target, tmp_path)
 
 
