@@ -17,8 +17,10 @@ from typing import Any
 from ptbr.bench import results as res
 from ptbr.bench.runner import BenchError, evaluate, prepare
 from ptbr.bench.suites import task_names
+from ptbr.errors import PtbrError
 from ptbr.fsutil import atomic_write_text
 from ptbr.log import info
+from ptbr.model.weights import read_export_config
 
 RUN_RECORDS = "bench.jsonl"
 
@@ -26,10 +28,10 @@ RUN_RECORDS = "bench.jsonl"
 def check_export(path: str | Path) -> dict[str, Any]:
     """The export's config.json, or a one-line error."""
     path = Path(path)
-    cfg = path / "config.json"
-    if not path.is_dir() or not cfg.is_file():
-        raise BenchError(f"{path} is not an exported model (no config.json); create one with ptbr export")
-    config = json.loads(cfg.read_text(encoding="utf-8"))
+    try:
+        config = read_export_config(path, "")  # the one check of what an export is (a foreign config.json too)
+    except PtbrError as exc:
+        raise BenchError(str(exc)) from None
     weights = path / config.get("weights", "model.safetensors")
     if not weights.is_file():
         raise BenchError(f"{path}: {weights.name} is missing (an incomplete export? run ptbr export again)")

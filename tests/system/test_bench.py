@@ -202,6 +202,6 @@ def test_bad_inputs_are_one_line(export, tasks_dir, tmp_path):
 
     assert "unknown task 'ptbr_test_mcq' (did you mean ptbr_test_mc" in error_of(
         str(export), "--tasks", "ptbr_test_mcq", "--include-path", str(tasks_dir))
-    assert "is not an exported model" in error_of(str(tasks_dir), "--tasks", "ptbr_test_mc")
+    assert "is not a ptbr export" in error_of(str(tasks_dir), "--tasks", "ptbr_test_mc")
     line = error_of(str(export), "--tasks", "xwinograd_pt")
     assert "task xwinograd_pt needs its data from the Hugging Face Hub" in line and "cannot be reached" in line
