@@ -94,15 +94,13 @@ def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: in
     saved = record["fingerprint"]
     changed = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
     if changed and not allow_config_change:
-        raise CheckpointError(f"checkpoint {ckpt.tag} was written for a different " + ", ".join(changed) +
-                              " (model shape, seq_len and dataset must match); use a new train.run_dir, "
-                              "or pass --allow-config-change if this is intended")
+        raise CheckpointError(f"checkpoint {ckpt.tag} was written for a different {', '.join(changed)} (they must "
+                              "match); use a new train.run_dir, or --allow-config-change if it is on purpose")
     elastic = int(record["world_size"]) != world_size
     if elastic and int(record["global_batch_size"]) != global_batch_size:
-        raise CheckpointError(
-            f"resuming at world size {world_size} (saved at {record['world_size']}) must keep the "
-            f"global batch of {record['global_batch_size']} sequences to continue the same data order; set "
-            f"batch.global_batch_size={record['global_batch_size']}")
+        batch = record["global_batch_size"]
+        raise CheckpointError(f"a resume at world size {world_size} (saved at {record['world_size']}) keeps the data "
+                              f"order only with the same global batch: set batch.global_batch_size={batch}")
     return ResumePlan(ckpt.tag, ckpt.path, ckpt.path.parent, record, elastic)
 
 
@@ -243,8 +241,7 @@ class Checkpointer:
         if merged:
             kind = "universal (elastic)" if plan.elastic else "native"
             raise CheckpointError(f"the optimizer state after the {kind} load of {plan.path} does not match the "
-                                  f"checkpoint: {'; '.join(merged[:4])}; not training on it (report this with the "
-                                  "DeepSpeed version, or resume at the world size that wrote the checkpoint)")
+                                  f"checkpoint: {'; '.join(merged[:4])}; not training on it (resume at its world size)")
 
     # ------------------------------------------------------------------ save
     def save(self, state: RunState) -> Path:

@@ -327,9 +327,8 @@ def _check_sizes(stats: ReadStats, splits: dict[str, SplitWriter], sample_len: i
                         f"seq_len+1 = {sample_len} tokens; add text or lower --seq-len")
     if "val" in splits and splits["val"].packer.samples_out == 0:
         val = splits["val"]
-        raise DataError(f"validation split is empty: {val.documents} document(s), {val.packer.tokens_in} "
-                        f"tokens < one sample of {sample_len}; raise --val-fraction (now "
-                        f"{settings.val_fraction}), lower --seq-len, or pass --val-fraction 0")
+        raise DataError(f"validation split is empty: {val.packer.tokens_in} tokens < one sample of {sample_len}; raise "
+                        f"--val-fraction (now {settings.val_fraction}), lower --seq-len, or pass --val-fraction 0")
 
 
 def commit_build(output: Path, staging: Path, manifest: dict[str, Any]) -> None:

@@ -34,8 +34,7 @@ def read_mixture(specs: list[Any]) -> dict[str, Any]:
         tok = (m.get("tokenizer") or {}).get("sha256")
         if tok != ref_tok:
             raise DataError(f"data.sources: {spec.source} was tokenized with another tokenizer than {first.source} "
-                            f"(sha256 {str(tok)[:16]} vs {str(ref_tok)[:16]}); rebuild its shards with the same "
-                            "tokenizer.json")
+                            f"(sha256 {str(tok)[:16]} vs {str(ref_tok)[:16]}); rebuild it with the same tokenizer")
         for key, what in MUST_AGREE.items():
             if m.get(key) != ref.get(key):
                 raise DataError(f"data.sources: {spec.source} has {what} {m.get(key)}, {first.source} has "

@@ -127,8 +127,7 @@ def check_canonical_nodes(num_canonical_nodes: int, nodes: int, samples: int, ke
     if num_canonical_nodes % nodes and nodes % num_canonical_nodes:
         works = ", ".join(map(str, working_node_counts(num_canonical_nodes, limit=max(64, 2 * nodes))))
         raise DataError(f"{nodes} nodes cannot read a stream of {num_canonical_nodes} canonical nodes (one must divide "
-                        f"the other); node counts that work: {works}. The canonical node count is fixed when a run "
-                        f"starts: choose {key} divisible by every node count you may use (e.g. 6720)")
+                        f"the other); node counts that work: {works}; {key} is fixed when a run starts (e.g. 6720)")
 
 
 def physical_nodes() -> int:
@@ -213,9 +212,8 @@ def build_dataset(source: str | os.PathLike[str] | Sequence[Source], split: str,
     except ValueError as exc:
         if "Reused local directory" not in str(exc):
             raise
-        raise DataError(f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job: "
-                        f"streaming allows one live dataset per cache directory ({', '.join(map(str, locals_))}); "
-                        "drop the other one first (del + gc.collect()) or use another cache_root") from None
+        raise DataError(f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job (one per "
+                        "cache directory): drop the other (del + gc.collect()) or use another cache_root") from None
     if ds.num_samples != manifest["splits"][split]["samples"]:
         raise DataError(f"{specs[0].source}: {split} has {ds.num_samples} samples, manifest says "
                         f"{manifest['splits'][split]['samples']}")

@@ -91,6 +91,5 @@ class TokenDataset(StreamingDataset):
         epoch = int(obj.get("epoch", 0))
         if epoch < self.next_epoch:
             raise DataError(f"load_state_dict(epoch {epoch}) on a dataset that already iterated epoch "
-                            f"{self.next_epoch - 1}: streaming would ignore it; load the state into a freshly "
-                            f"built dataset before iterating it")
+                            f"{self.next_epoch - 1} (streaming would ignore it): load it into a fresh dataset")
         super().load_state_dict(obj)

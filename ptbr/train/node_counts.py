@@ -70,6 +70,6 @@ class NodePlan:
             raise ConfigError(f"batch.global_batch_size ({self.global_batch}) does not split over {nodes} nodes x "
                               f"{self.gpus_per_node} GPU(s) at any micro-batch; {self.describe(max(LIMIT, nodes))}")
         if m != self.micro_batch:
+            where = f"{nodes} nodes x {self.gpus_per_node} GPU(s)"
             raise ConfigError(f"batch.global_batch_size ({self.global_batch}) does not split into micro-batches of "
-                              f"{self.micro_batch} over {nodes} nodes x {self.gpus_per_node} GPU(s): set "
-                              f"batch.micro_batch_size={m}; {self.describe(max(LIMIT, nodes))}")
+                              f"{self.micro_batch} over {where}: set batch.micro_batch_size={m}; {self.describe()}")

@@ -88,5 +88,5 @@ def test_other_world_size_is_elastic_and_keeps_the_global_batch(tmp_path: Path) 
     assert plan(tmp_path, world=2).elastic is False
     p = plan(tmp_path, world=4)
     assert p.elastic and p.load_dir == tmp_path  # converted by the Checkpointer, not by the policy
-    with pytest.raises(CheckpointError, match="must keep the global batch of 8 sequences"):
+    with pytest.raises(CheckpointError, match="the same global batch: set batch.global_batch_size=8"):
         plan(tmp_path, world=4, batch=16)
