@@ -59,6 +59,15 @@ def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return seconds, peak
 
 
+def run_to_measure(work: Path, preset: str, run_dir: Path | None) -> Path:
+    """The run whose checkpoint is measured: ``run_dir`` if given, one already in ``work``, else a new one."""
+    if run_dir:
+        return run_dir
+    if (work / "run" / "checkpoints").is_dir():
+        return work / "run"
+    return checkpoint(work, preset)
+
+
 def checkpoint(work: Path, preset: str) -> Path:
     shards = build_dataset(work, seq_len=32, vocab=512)
     run_dir = work / "run"
@@ -206,12 +215,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ptbr-bench-export-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.run_dir:
-            run_dir = args.run_dir
-        elif (work / "run" / "checkpoints").is_dir():
-            run_dir = work / "run"
-        else:
-            run_dir = checkpoint(work, args.preset)
+        run_dir = run_to_measure(work, args.preset, args.run_dir)
         export_rows = []
         if not args.inference_only:
             export_rows = bench_export(run_dir, work, params)

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
-from benchmarks.export import bench_inference, checkpoint, peak_rss  # noqa: E402
+from benchmarks.export import bench_inference, peak_rss, run_to_measure  # noqa: E402
 from ptbr.data.build import default_workers  # noqa: E402
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
@@ -157,12 +157,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ptbr-bench-gguf-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.run_dir:
-            run_dir = args.run_dir
-        elif (work / "run" / "checkpoints").is_dir():
-            run_dir = work / "run"
-        else:
-            run_dir = checkpoint(work, args.preset)
+        run_dir = run_to_measure(work, args.preset, args.run_dir)
         export_rows: list[dict] = []
         if not args.skip_export:
             export_rows = bench_gguf_export(run_dir, work)

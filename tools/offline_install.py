@@ -17,7 +17,6 @@ Standard library only, plus pip (its vendored ``packaging`` where ``packaging`` 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -28,14 +27,9 @@ import sysconfig
 import time
 from pathlib import Path
 
-try:
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-    from packaging.version import Version
-except ImportError:  # pip always carries it
-    from pip._vendor.packaging.requirements import Requirement
-    from pip._vendor.packaging.utils import canonicalize_name
-    from pip._vendor.packaging.version import Version
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the builder's helpers (standard library + pip's packaging): one sha256 and one version logic for both tools
+from wheelhouse import Requirement, Version, canonicalize_name, sha256  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FROM_NODE_ONLY = ("torch", "triton")  # never from a wheelhouse: the node's CUDA stack stays (nvidia-* neither)
@@ -61,14 +55,6 @@ def satisfies(version: str | None, requirement: str) -> bool:
 
 def refused(name: str) -> bool:
     return name in FROM_NODE_ONLY or name.startswith("nvidia-")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan(wheelhouse: Path, have: dict[str, str]) -> tuple[dict, list[dict], list[str]]:

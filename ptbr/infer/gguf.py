@@ -30,8 +30,6 @@ renamed when complete.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ import numpy as np
 
 from ptbr import __version__
 from ptbr.errors import PtbrError
-from ptbr.fsutil import fsync_dir, fsync_file
+from ptbr.fsutil import fsync_file, staged_directory
 from ptbr.infer.export_reader import ExportedWeights, is_export_dir
 from ptbr.infer.gguf_vocab import PRE_TOKENIZER, TOKENIZER_MODEL, GgufVocab, vocab_from_tokenizer
 from ptbr.progress import ProgressBar
@@ -298,19 +296,6 @@ def write_gguf(path: Path, specs: list[TensorSpec], metadata: Callable[[gguf.GGU
 
 
 # ------------------------------------------------------------------------------- the command
-def _commit(tmp: Path, out: Path) -> None:
-    fsync_dir(tmp)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
-    fsync_dir(out.parent)
-
-
 def check_request(out_dir: str | Path, dtype: str, overwrite: bool) -> str:
     """The resolved dtype, after the checks that must fail before any work: an unknown dtype, an existing output."""
     dtype = resolve_dtype(dtype)
@@ -335,16 +320,9 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "f16
     facts = ModelFacts.of(weights)
     vocab = vocab_from_tokenizer(Path(tokenizer) if tokenizer else source / "tokenizer.json", facts.vocab_size)
     specs = tensor_plan(weights, facts.n_layer, qtype, log)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_directory(out) as tmp:  # the old OUT_DIR or the whole new one, never a half-written file
         nbytes = write_gguf(tmp / WEIGHTS, specs, lambda wr: add_metadata(
             wr, facts, vocab, weights.config, qtype, name, license_), progress)
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     step = int(weights.config.get("step", 0))
     report = GgufReport(out, out / WEIGHTS, step, facts.parameters, nbytes, time.perf_counter() - t0, dtype)
     log(f"exported {source_label or source} (step {step}, {facts.parameters:,} parameters) to {report.weights} as "
