@@ -137,7 +137,8 @@ def test_output_is_deterministic_and_dry_run_writes_nothing(cleaned, tmp_path):
     for f in out.glob("*.jsonl"):
         assert (tmp_path / "again" / f.name).read_bytes() == f.read_bytes()
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (out, tmp_path / "again"))
-    r1.pop("seconds"), r2.pop("seconds")
+    for r in (r1, r2):
+        r.pop("seconds"), r.pop("timing")
     assert r1 == r2
     dry = ptbr("corpus", "clean", "--input", str(corpus), "--output", str(tmp_path / "dry"), "--dry-run",
                "--report", str(tmp_path / "dry_report.json"))
@@ -221,3 +222,31 @@ def test_cleaning_leaves_the_calling_process_signals_alone(cleaned):
             "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == before)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["True", "True"], proc.stdout + proc.stderr[-2000:]
+
+
+TYPOGRAPHY = ("Machado de Assis escreveu: “Não tive filhos, não transmiti a nenhuma criatura o legado da nossa "
+              "miséria.” O narrador — um defunto autor — comenta a própria vida com ironia… E o leitor pergunta: "
+              "«que livro é este?» A resposta, dizia o crítico, está no ‘método’ do capítulo, e a obra continua a ser "
+              "lida nas escolas de todo o país, com edições novas a cada ano – de 1881 a hoje.")
+
+
+def test_repair_fixes_what_is_broken_and_keeps_typography_byte_for_byte(tmp_path):
+    import unicodedata
+
+    from ptbr.clean.config import CleanConfig
+    from ptbr.clean.rules import repair
+
+    cfg = CleanConfig()
+    assert repair(TYPOGRAPHY, cfg).encode() == unicodedata.normalize("NFC", TYPOGRAPHY).encode()
+    decomposed = unicodedata.normalize("NFD", TYPOGRAPHY)  # NFC is the one change allowed
+    assert repair(decomposed, cfg).encode() == unicodedata.normalize("NFC", TYPOGRAPHY).encode()
+    assert repair(mojibake("“ação” — é…"), cfg) == "“ação” — é…"  # mojibake of the typography itself
+    assert repair("a educa&ccedil;&atilde;o\x00\x07 p&uacute;blica", cfg) == "a educação pública"
+    assert repair("ﬁm ＡＢＣ", cfg) == "ﬁm ＡＢＣ"  # ligatures and full-width: written that way, kept
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    (corpus / "lit.jsonl").write_text(json.dumps({"text": TYPOGRAPHY}, ensure_ascii=False) + "\n", encoding="utf-8")
+    proc = ptbr("corpus", "clean", "--input", str(corpus), "--output", str(tmp_path / "out"), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert kept_texts(tmp_path / "out") == [unicodedata.normalize("NFC", TYPOGRAPHY)]
