@@ -138,6 +138,10 @@ def merge(plan: CleanPlan, count: int, work: Path, output: Path | None, cfg: Cle
         report.add(json.loads((part / "report.json").read_text()))
     report.read["files"] = len(plan.files)  # a file read by several parts (row groups) counts once
     report.timing["parts"] = [{"seconds": r["seconds"], "documents": r["documents"]} for r in records]
+    if count > 1:
+        for r in records:
+            log(f"clean: part {r['part']}/{count}: {r['documents']:,} documents read, {r['candidates']:,} kept before "
+                f"deduplication, {r['seconds']:,.1f} s")
     scratch = work / "merge"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
