@@ -34,24 +34,33 @@ PAIR = np.dtype([("first", "<u8"), ("other", "<u8")])
 REMOVED = np.dtype([("doc", "<u8"), ("rule", "u1")])
 RULES = {1: "exact_duplicate", 2: "near_duplicate"}
 READ_BLOCK = 4096  # records buffered per run file (64 KiB)
-RECORD_COST = 64  # bytes of memory per record in a slice (records, sort order, sorted copies, masks)
-PAIR_CHUNK = 1 << 20
+RECORD_COST = 96  # bytes of memory per record in a slice (records, sort order, sorted copies, masks)
+PAIR_CHUNK = 1 << 18  # pairs read at a time by the cluster step (4 MB, ~30 MB with temporaries)
 
 
 class SortedReader:
-    """Reads a file of records sorted by ``field`` in pieces: everything below a bound, then the next."""
+    """Reads a file of records sorted by ``field`` in pieces: everything below a bound, then the next.
+
+    The file is opened only to refill the buffer, so thousands of runs (parts x runs per part) never hold
+    thousands of open files."""
 
     def __init__(self, path: Path, dtype: np.dtype, field: str, block: int = READ_BLOCK) -> None:
-        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self.dtype, self.field, self.block = dtype, field, block
+        self.path, self.dtype, self.field, self.block = path, dtype, field, block
+        self._offset = 0
         self._buf = np.empty(0, dtype)
+
+    def _refill(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            self._buf = np.fromfile(f, dtype=self.dtype, count=self.block)
+        self._offset += self._buf.nbytes
 
     def below(self, bound: int | None) -> np.ndarray:
         """The records whose ``field`` < ``bound`` (all that remain when ``bound`` is None)."""
         pieces = []
         while True:
             if len(self._buf) == 0:
-                self._buf = np.fromfile(self._f, dtype=self.dtype, count=self.block)
+                self._refill()
                 if len(self._buf) == 0:
                     break
             cut = len(self._buf) if bound is None else int(np.searchsorted(self._buf[self.field], np.uint64(bound)))
@@ -60,9 +69,6 @@ class SortedReader:
             if len(self._buf):
                 break
         return np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def band_runs(parts: list[Path], band: str) -> list[Path]:
@@ -73,32 +79,29 @@ def write_pairs(runs: list[Path], out: BinaryIO, memory: int) -> int:
     """Merge one band's runs; write a (first, other) pair for every document that is not the first of its key
     group. Returns the number of pairs."""
     total = sum(p.stat().st_size for p in runs) // RECORD.itemsize
+    block = max(256, min(READ_BLOCK, memory // (4 * RECORD.itemsize * max(len(runs), 1))))  # buffers <= 1/4
     slices = max(1, math.ceil(total * RECORD_COST / memory))
     width = -(-(1 << 64) // slices)
-    readers = [SortedReader(p, RECORD, "key") for p in runs]
+    readers = [SortedReader(p, RECORD, "key", block) for p in runs]
     pairs = 0
-    try:
-        for s in range(slices):
-            bound = None if s == slices - 1 else (s + 1) * width
-            chunk = np.concatenate([r.below(bound) for r in readers]) if readers else np.empty(0, RECORD)
-            if len(chunk) < 2:
-                continue
-            order = np.lexsort((chunk["doc"], chunk["key"]))
-            keys, docs = chunk["key"][order], chunk["doc"][order]
-            del chunk, order
-            starts = np.empty(len(keys), dtype=bool)
-            starts[0] = True
-            np.not_equal(keys[1:], keys[:-1], out=starts[1:])
-            first = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
-            dup = ~starts
-            found = np.empty(int(dup.sum()), dtype=PAIR)
-            found["first"] = docs[first[dup]]
-            found["other"] = docs[dup]
-            found.tofile(out)
-            pairs += len(found)
-    finally:
-        for r in readers:
-            r.close()
+    for s in range(slices):
+        bound = None if s == slices - 1 else (s + 1) * width
+        chunk = np.concatenate([r.below(bound) for r in readers]) if readers else np.empty(0, RECORD)
+        if len(chunk) < 2:
+            continue
+        order = np.lexsort((chunk["doc"], chunk["key"]))
+        keys, docs = chunk["key"][order], chunk["doc"][order]
+        del chunk, order
+        starts = np.empty(len(keys), dtype=bool)
+        starts[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
+        dup = ~starts
+        found = np.empty(int(dup.sum()), dtype=PAIR)
+        found["first"] = docs[first[dup]]
+        found["other"] = docs[dup]
+        found.tofile(out)
+        pairs += len(found)
     return pairs
 
 

@@ -163,7 +163,6 @@ def merge(plan: CleanPlan, count: int, work: Path, output: Path | None, cfg: Cle
                         _filter_part(part, removed, out, report)
                 finally:
                     out.close()
-                    removed.close()
             _check_result(report, documents, dry_run, log)
             report.seconds = sum(r["seconds"] for r in records) + time.perf_counter() - t0
             if tmp is not None:

@@ -26,7 +26,7 @@ import numpy as np
 from ptbr.clean import rules
 from ptbr.clean.config import CleanConfig
 from ptbr.clean.report import STEPS, Report
-from ptbr.clean.signatures import SignatureWriter, band_names, doc_key, keys_of
+from ptbr.clean.signatures import SignatureWriter, band_names, doc_key, keys_of, spill_docs_for
 from ptbr.data.corpus import InputFile, ReadStats, Unit, discover_inputs, iter_units, units_of
 from ptbr.data.hashing import sha256_json
 from ptbr.data.parts import PartSpec, assign, finish_part, part_is_done, start_part
@@ -125,7 +125,7 @@ def _tagged(units: list[Unit], stats: ReadStats, text_field: str, txt_docs: str)
 # ------------------------------------------------------------------------------- the part
 def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, workers: int,
              text_field: str = "text", txt_docs: str = "file", log: Callable[[str], None] = print,
-             progress_every: float = 10.0) -> dict[str, Any]:
+             progress_every: float = 10.0, memory: int = 512 << 20) -> dict[str, Any]:
     """Clean part ``spec`` into ``work``; returns its DONE record (at once when it is done already)."""
     directory = work / spec.dirname()
     plan_key = plan.part_key(spec.count)
@@ -143,7 +143,8 @@ def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, w
     t0 = time.perf_counter()
     report = Report(config=cfg.model_dump(), key=plan.key)
     stats = ReadStats()
-    sig = SignatureWriter(directory / "sig", band_names(cfg))
+    names = band_names(cfg)
+    sig = SignatureWriter(directory / "sig", names, spill_docs_for(memory, len(names)))
     counts = {u.index: 0 for u in units}
     sources = {u.index: u.file.rel for u in units}
     candidates, last = 0, time.monotonic()

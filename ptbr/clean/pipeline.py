@@ -54,7 +54,7 @@ def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: i
         work = Path(tempfile.mkdtemp(prefix="ptbr-clean-"))
     try:
         run_part(plan, PartSpec(0, 1), work, cfg, workers=_workers(workers), text_field=text_field,
-                 txt_docs=txt_docs, log=log, progress_every=progress_every)
+                 txt_docs=txt_docs, log=log, progress_every=progress_every, memory=memory)
         return merge(plan, 1, work, out, cfg, dry_run=dry_run, memory=memory, log=log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -67,12 +67,13 @@ def _rerun_hint(output: str | None, work: Path) -> str:
 
 def clean_part(inputs: list[str], output: str | None, cfg: CleanConfig, spec: PartSpec, *, work: str | None = None,
                workers: int | None = None, text_field: str = "text", txt_docs: str = "file",
-               log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, Any]:
+               log: Callable[[str], None] = print, progress_every: float = 10.0,
+               memory: int = DEFAULT_MEMORY) -> dict[str, Any]:
     """Part ``spec`` of the cleaning into WORK (default ``OUTPUT.parts``); nothing when it is done already."""
     work_dir = _work_dir(output, work)
     plan = make_plan(inputs, cfg, text_field, txt_docs)
     return run_part(plan, spec, work_dir, cfg, workers=_workers(workers), text_field=text_field, txt_docs=txt_docs,
-                    log=log, progress_every=progress_every)
+                    log=log, progress_every=progress_every, memory=memory)
 
 
 def merge_parts(inputs: list[str], output: str | None, cfg: CleanConfig, count: int, *, work: str | None = None,

@@ -6,9 +6,10 @@ of each band's 8 MinHash values). Two documents are duplicates in a band when th
 64-bit keys make a false match between two distinct documents unlikely even at scale: about n^2 / 2^65
 expected per band, 4e-5 for 40M documents.
 
-A part keeps at most ``spill_docs`` documents' keys in memory; then every band's (key, document) records
-are sorted by key and written as one run file ``sig/<band>-<run>.bin`` (16 bytes a record). Memory
-therefore does not grow with the part, and the merge finds duplicates by a sorted merge of the runs.
+A part keeps at most ``spill_docs`` documents' keys in memory (:func:`spill_docs_for`: what fits the
+``--dedup-memory`` budget); then every band's (key, document) records are sorted by key and written as one
+run file ``sig/<band>-<run>.bin`` (16 bytes a record). Memory therefore does not grow with the part, and
+the merge finds duplicates by a sorted merge of the runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from ptbr.clean.config import CleanConfig
 
 RECORD = np.dtype([("key", "<u8"), ("doc", "<u8")])
 EXACT = "x"
-SPILL_DOCS = 1 << 18  # 4 MB of keys per band held before a run is written: ~70 MB for 15 bands with sorting
+
+
+def spill_docs_for(memory: int, bands: int) -> int:
+    """Documents whose keys fit ``memory``: 8 bytes per band held, ~40 bytes per document to sort a band."""
+    return max(1024, memory // (8 * bands + 40))
 
 
 def band_names(cfg: CleanConfig) -> list[str]:
@@ -59,7 +64,7 @@ def keys_of(text: str, cfg: CleanConfig) -> list[int]:
 class SignatureWriter:
     """Collects documents' band keys and writes them as sorted runs, one file per band and run."""
 
-    def __init__(self, directory: Path, names: list[str], spill_docs: int = SPILL_DOCS) -> None:
+    def __init__(self, directory: Path, names: list[str], spill_docs: int) -> None:
         self.directory, self.names = directory, names
         directory.mkdir(parents=True, exist_ok=True)
         self._keys = np.empty((spill_docs, len(names)), dtype=np.uint64)

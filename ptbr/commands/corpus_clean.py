@@ -30,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="deduplicate across the N finished parts in --work and write --output")
     parser.add_argument("--work", default=None, help="where the parts live (default: OUTPUT.parts)")
     parser.add_argument("--dedup-memory", default="512mb",
-                        help="memory for one slice of the duplicate search at the merge (e.g. 512mb)")
+                        help="memory for a part's deduplication keys before it writes them, and for one slice of "
+                             "the duplicate search at the merge (e.g. 512mb); the result does not depend on it")
     parser.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
                         help="a progress line this often (default 5, with --part 30)")
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.part is not None:
         spec = PartSpec.parse(args.part)
         clean_part(args.input, args.output, cfg, spec, work=args.work, workers=args.workers,
-                   progress_every=args.progress_every or 30.0, **common)
+                   progress_every=args.progress_every or 30.0, memory=parse_size(args.dedup_memory), **common)
         return 0
     if args.merge is not None:
         if args.merge < 1:

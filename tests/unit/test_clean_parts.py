@@ -36,11 +36,11 @@ def report_of(out: Path) -> dict:
     return r
 
 
-def run_parts(corpus: Path, out: Path, n: int, cfg: CleanConfig | None = None) -> None:
-    cfg = cfg or CleanConfig()
+def run_parts(corpus: Path, out: Path, n: int, memory: int = 512 << 20) -> None:
+    cfg = CleanConfig()
     for i in range(n):
-        clean_part([str(corpus)], str(out), cfg, PartSpec(i, n), workers=1, **QUIET)
-    merge_parts([str(corpus)], str(out), cfg, n, **QUIET)
+        clean_part([str(corpus)], str(out), cfg, PartSpec(i, n), workers=1, memory=memory, **QUIET)
+    merge_parts([str(corpus)], str(out), cfg, n, memory=memory, **QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,14 @@ def test_three_parts_give_the_one_machine_files_and_report(placed):
     assert report["dropped_by_rule"]["near_duplicate"] == 3  # the near copy and B, C of the chain
     assert report["read"]["files"] == 3 and report["read"]["documents"] == sum(
         len(f.read_text().splitlines()) for f in planted.files)
+
+
+def test_the_memory_budget_changes_nothing_but_memory(placed, tmp_path):
+    """2 KiB: the smallest runs in the parts (1,024 documents), and every band merged in several slices."""
+    root, _ = placed
+    run_parts(root / "in", tmp_path / "small", 2, memory=2048)
+    assert files_of(tmp_path / "small") == files_of(root / "one")
+    assert report_of(tmp_path / "small") == report_of(root / "one")
 
 
 def test_a_chain_is_one_cluster_and_only_its_first_document_is_kept(placed):
