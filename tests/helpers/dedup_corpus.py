@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptbr.devtools.sample_text import portuguese_documents
-from tests.unit.test_clean import BOILERPLATE, EN, ES, PT, SHORT, mojibake
+from tests.helpers.clean_texts import BOILERPLATE, EN, ES, PT, SHORT, mojibake
 
 
 @dataclass
