@@ -14,6 +14,7 @@ Every phase's time and peak memory go to the log and to the report's ``timing``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import time
@@ -37,7 +38,10 @@ DEFAULT_MEMORY = 512 << 20  # bytes for one slice of the band merge (the dedup's
 
 
 def peak_rss_reset() -> None:
-    """Start a new peak-memory window for this process (Linux: VmHWM is reset by clear_refs 5)."""
+    """Start a new peak-memory window for this process (Linux: VmHWM is reset by clear_refs 5), after handing
+    the heap that earlier phases freed back to the system (glibc), so that a phase is measured on its own."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
 
@@ -56,14 +60,15 @@ def peak_rss() -> int | None:
 @contextmanager
 def phase(timing: dict[str, Any], name: str, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
     peak_rss_reset()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     info: dict[str, Any] = {}
     yield info
     rss = peak_rss()
-    timing[name] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": rss and round(rss / 2**20, 1),
-                    **info}
+    timing[name] = {"seconds": round(time.perf_counter() - t0, 3), "cpu_s": round(time.process_time() - cpu0, 3),
+                    "peak_rss_mib": rss and round(rss / 2**20, 1), **info}
     extra = "".join(f", {k.replace('_', ' ')} {v:,}" for k, v in info.items())
-    log(f"clean: {name} in {timing[name]['seconds']:.1f} s, peak RSS {timing[name]['peak_rss_mib']} MiB{extra}")
+    log(f"clean: {name} in {timing[name]['seconds']:.2f} s ({timing[name]['cpu_s']:.2f} s CPU), peak RSS "
+        f"{timing[name]['peak_rss_mib']} MiB{extra}")
 
 
 def output_name(source: str) -> str:
@@ -100,7 +105,7 @@ class _Output:
 
 def _filter_part(part: Path, removed: SortedReader, out: _Output, report: Report) -> None:
     units = json.loads((part / "units.json").read_text())
-    owners = iter([u["source"] for u in units for _ in range(u["candidates"])])
+    owners = (u["source"] for u in units for _ in range(u["candidates"]))
     with open(part / "keys.bin", "rb") as keys_f, open(part / "docs.jsonl", encoding="utf-8") as docs_f:
         while len(block := np.fromfile(keys_f, dtype=CANDIDATE, count=KEYS_BLOCK)):
             gone = removed.below(int(block["doc"][-1]) + 1)  # every removed document is some part's survivor
