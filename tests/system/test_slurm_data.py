@@ -216,6 +216,30 @@ def test_shards_in_three_parts_hold_the_one_machine_documents_split_and_samples(
         np.testing.assert_array_equal(local_samples(root / "ds-three", split), expected)
 
 
+def test_the_merged_dataset_publishes_verifies_and_streams_from_s3(shards, s3_server, tmp_path):
+    """The merged layout (shards in part-IIIII/ and tail/ sub-directories) through publish, remote verify and the
+    streaming reader, unchanged."""
+    from tests.helpers.data import isolated_environ
+    from tests.helpers.train_harness import run_env
+
+    env = run_env(s3_server.env())
+    s3_server.create_bucket("merged")
+    url = "s3://merged/pt-br/v1"
+    assert_ok(run_cli("shards", "publish", str(shards["root"] / "ds-three"), url, env=env))
+    verify = run_cli("shards", "verify", url, env=env)
+    assert_ok(verify)
+    assert verify.stdout.startswith("OK ")
+    with isolated_environ():
+        os.environ.update(s3_server.env())
+        from ptbr.data import build_dataset, prepare_streaming_env
+
+        prepare_streaming_env()
+        ds = build_dataset(url, "val", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False, seed=0)
+        rows = [np.concatenate([it["input"].numpy(), it["target"].numpy()[-1:]]) for it in ds]
+        np.testing.assert_array_equal(np.stack(rows), local_samples(shards["root"] / "ds-three", "val"))
+        del ds
+
+
 def merge_only(cluster: SlurmCluster, script: str, name: str, *args: str) -> str:
     """The merge job alone (as `sbatch script --parts 3 ARGS`); its log once it has ended."""
     logs = cluster.base / "logs"
