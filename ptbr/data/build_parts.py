@@ -202,10 +202,6 @@ def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     _, tok_meta, dtype, files, units, plan = _plan(inputs, tokenizer, settings, count)
     output = Path(output)
     records = check_parts(work, count, plan, rerun, mismatch=_tokenizer_mismatch(tok_meta, tokenizer))
-    for r in records:
-        log(f"shards part {r['part']}/{count}: {r['stats']['documents']:,} documents, {r['stats']['tokens']:,} tokens, "
-            + ", ".join(f"{n} {s['samples']:,} samples + {s['stream_tokens'] - s['tokens']:,} tail tokens"
-                        for n, s in r["splits"].items()))
     described = list(_merged_inputs(files, records))
     key = sha256_json({"build_key": build_key(settings, tok_meta.sha256, described), "parts": count})
     state = existing_state(output, key)
@@ -216,6 +212,10 @@ def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     if state not in ("absent", "empty", "damaged") and not overwrite:
         raise DataError(f"--output {output} is not empty: {state}; pass --overwrite to replace it "
                         f"or choose another directory")
+    for r in records:
+        log(f"shards part {r['part']}/{count}: {r['stats']['documents']:,} documents, {r['stats']['tokens']:,} tokens, "
+            + ", ".join(f"{n} {s['samples']:,} samples + {s['stream_tokens'] - s['tokens']:,} tail tokens"
+                        for n, s in r["splits"].items()))
     stats: dict[str, Any] = {}
     for record in records:
         for k, v in record["stats"].items():
