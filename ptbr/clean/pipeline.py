@@ -46,7 +46,7 @@ def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: i
         if out.exists() and not overwrite:
             raise PtbrError(f"{out} already exists; pass --overwrite to replace it")
     plan = make_plan(inputs, cfg, text_field, txt_docs)
-    if out is not None and not dry_run:
+    if out is not None:  # the survivors are written before deduplication: next to the output, not in /tmp
         out.parent.mkdir(parents=True, exist_ok=True)
         work = out.with_name(f".{out.name}.work-{os.getpid()}")
         shutil.rmtree(work, ignore_errors=True)
