@@ -1,11 +1,11 @@
-"""Corpus cleaning throughput and near-dedup memory.
+"""Corpus cleaning throughput.
 
-1. MB/s of ``ptbr corpus clean`` (all steps, all cores) on a generated Portuguese-like corpus, against a
-   plain baseline doing the least any cleaning does: read the documents, NFC, an exact-dedup hash set.
-2. Peak memory of the near-dedup index (MinHash LSH, 14 bands x 8 rows) per million documents: RSS growth
-   while inserting N signatures, scaled to 1M.
+MB/s of ``ptbr corpus clean`` (all steps, all cores) on a generated Portuguese-like corpus, against a plain
+baseline doing the least any cleaning does: read the documents, NFC, an exact-dedup hash set. The
+deduplication's memory and disk at several corpus sizes (and datatrove's MinHash stages beside it) are
+``benchmarks/dedup.py``; parts and merges at 1, 2 and 4 parts are ``benchmarks/parts.py``.
 
-    python benchmarks/clean.py [--docs 20000] [--index-docs 200000] [--json out/clean.json]
+    python benchmarks/clean.py [--docs 20000] [--json out/clean.json]
 """
 
 from __future__ import annotations
@@ -47,32 +47,9 @@ def baseline(inputs: Path) -> float:
     return time.perf_counter() - t0
 
 
-def index_memory(n: int) -> float:
-    """Bytes of RSS per indexed document for a MinHash LSH of the default shape."""
-    import numpy as np
-    import psutil
-    from datasketch import MinHash, MinHashLSH
-
-    from ptbr.clean.config import NearDedupConfig
-
-    nd = NearDedupConfig()
-    perms = nd.bands * nd.rows
-    lsh = MinHashLSH(num_perm=perms, params=(nd.bands, nd.rows))
-    template = MinHash(num_perm=perms, seed=nd.seed)
-    rng = np.random.default_rng(0)
-    proc = psutil.Process()
-    before = proc.memory_info().rss
-    for i in range(n):
-        m = template.copy()
-        m.hashvalues = rng.integers(0, 2**32 - 1, perms, dtype=np.uint64)
-        lsh.insert(str(i), m)
-    return (proc.memory_info().rss - before) / n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=20_000)
-    ap.add_argument("--index-docs", type=int, default=200_000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -87,7 +64,6 @@ def main() -> None:
         t0 = time.perf_counter()
         report = clean([str(inputs)], str(tmp / "out"), CleanConfig(), workers=args.workers, log=lambda _m: None)
         clean_s = time.perf_counter() - t0
-    per_doc = index_memory(args.index_docs)
     rows = [
         {"case": "baseline: read + NFC + exact hash", "MB": mb, "seconds": base_s, "MB_per_s": mb / base_s},
         {"case": f"ptbr corpus clean, all steps, {args.workers} workers", "MB": mb, "seconds": clean_s,
@@ -95,10 +71,7 @@ def main() -> None:
     ]
     print(f"\ncleaning {args.docs:,} generated documents ({mb:.1f} MB)")
     print_table(rows, ["case", "MB", "seconds", "MB_per_s", "kept_docs"])
-    print(f"\nnear-dedup index (14 bands x 8 rows): {per_doc:,.0f} B per document = "
-          f"{per_doc * 1e6 / 2**30:.2f} GiB per million documents (measured over {args.index_docs:,})")
-    write_report(args.json, "clean", rows, {"index_bytes_per_doc": per_doc,
-                                            "index_gib_per_million_docs": per_doc * 1e6 / 2**30})
+    write_report(args.json, "clean", rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ the config, so they run in worker processes and give the same answer everywhere.
 
 Choices (see the README's "Cleaning" section):
 * repair: ``ftfy`` (mojibake such as ``aÃ§Ã£o``, HTML entities, control characters), then NFC and
-  whitespace normalisation;
+  whitespace normalisation. Only what is broken: ftfy's display defaults also straighten typographic
+  quotes, expand ligatures and narrow full-width characters, which rewrites correct Portuguese (“ ”, « »,
+  —, … are written on purpose in literature and law) and would teach a model never to write them; those
+  three fixes are off;
 * language: ``py3langid`` (langid.py's model, shipped inside the package: no download at run time),
   normalised probabilities, on the first 3,000 characters (~1 ms per kB: the slowest step);
 * quality: Gopher's rules (Rae et al. 2021) as FineWeb-2 adapts them per language, with Portuguese
@@ -38,7 +41,8 @@ def repair(text: str, cfg: CleanConfig) -> str:
     if r.ftfy:
         import ftfy
 
-        text = ftfy.fix_text(text, unescape_html=True, remove_control_chars=True, normalization=None)
+        text = ftfy.fix_text(text, unescape_html=True, remove_control_chars=True, normalization=None,
+                             uncurl_quotes=False, fix_latin_ligatures=False, fix_character_width=False)
     if r.html_entities:
         text = html.unescape(text)
     if r.nfc:

@@ -100,13 +100,13 @@ def parse_size(text: str | int) -> int:
         raise DataError(f"cannot parse size {text!r} (examples: 64mb, 512kb, 1048576)") from None
 
 
-def _build_key(settings: BuildSettings, tokenizer_sha: str, inputs: list[dict[str, Any]]) -> str:
+def build_key(settings: BuildSettings, tokenizer_sha: str, inputs: list[dict[str, Any]]) -> str:
     return sha256_json({"format_version": FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha,
                         "settings": asdict(settings),
                         "inputs": [[i["rel"], i["bytes"], i["xxh3_128"]] for i in inputs]})
 
 
-def _describe_inputs(files: list[InputFile], progress: bool) -> list[dict[str, Any]]:
+def describe_inputs(files: list[InputFile], progress: bool) -> list[dict[str, Any]]:
     total = sum(f.size for f in files)
     out = []
     with ProgressBar("hashing inputs", total, rate_unit="files", enabled=progress and total > 256 << 20) as bar:
@@ -184,7 +184,11 @@ class SplitWriter:
             self.writer.write({COLUMN: row})
 
     def finish(self) -> dict[str, Any]:
-        self.writer.finish()
+        if self.writer is None:  # no complete sample (a small part of a corpus): an index without shards
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / INDEX).write_text(json.dumps({"version": 2, "shards": []}))
+        else:
+            self.writer.finish()
         index = self.directory / INDEX
         shards = json.loads(index.read_text())["shards"]
         for p in self.directory.iterdir():  # durable before manifest.json claims completeness
@@ -199,7 +203,7 @@ class SplitWriter:
                 "index_sha256": sha256_file(index)}
 
 
-def _encoded(batches: Iterable[list[str]], workers: int, init_args: tuple) -> Iterator[encode.EncodedBatch]:
+def encoded_batches(batches: Iterable[list[str]], workers: int, init_args: tuple) -> Iterator[encode.EncodedBatch]:
     """Encode batches in order, with at most 2 batches per worker in flight (bounded memory)."""
     if workers <= 1:
         encode.init_worker(*init_args, single_thread=False)
@@ -236,8 +240,8 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
     tok, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
     dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
     files = discover_inputs(inputs)
-    described = _describe_inputs(files, progress)
-    key = _build_key(settings, tok_meta.sha256, described)
+    described = describe_inputs(files, progress)
+    key = build_key(settings, tok_meta.sha256, described)
     state = existing_state(output, key)
     if state == "current":
         manifest = parse_manifest((output / MANIFEST).read_bytes(), str(output))
@@ -277,7 +281,7 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     docs = iter_documents(files, stats, text_field=settings.text_field, txt_docs=settings.txt_docs)
     total_tokens = 0
     bar = ProgressBar("shards build", sum(f.size for f in files), rate_unit="tok", enabled=progress)
-    for enc in _encoded(encode.batched(docs), workers, init_args):
+    for enc in encoded_batches(encode.batched(docs), workers, init_args):
         total_tokens += len(enc.tokens)
         if "val" in splits and enc.is_val.any():
             mask = np.repeat(enc.is_val, enc.doc_lens)

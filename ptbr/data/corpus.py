@@ -1,8 +1,12 @@
-"""Corpus discovery and document reading: .txt and .jsonl files, plain, .gz or .zst.
+"""Corpus discovery and document reading: .txt and .jsonl files (plain, .gz or .zst) and .parquet.
 
 Reading never fails on bad bytes: invalid UTF-8 is replaced with U+FFFD and counted, and jsonl
 lines that are not JSON objects with a string text field are skipped and counted, because one
 broken record must not cost a multi-hour tokenization run. The counts end up in the manifest.
+
+Parquet files (FineWeb-2 ships its Portuguese this way) are read one row group at a time, only the text
+column, in batches: never a whole file in memory. A row group is also the unit that ``--part I/N`` hands
+to a part (:func:`units_of`), so one large file can be cleaned or tokenized by several machines.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ptbr.errors import DataError
 
-KINDS = {".txt": "txt", ".jsonl": "jsonl"}
+KINDS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 TXT_DOC_MODES = ("file", "paragraph", "line")
-SUPPORTED = ".txt, .jsonl (optionally .gz or .zst)"
+SUPPORTED = ".txt, .jsonl (optionally .gz or .zst), .parquet"
+PARQUET_BATCH_ROWS = 1024
 
 _ERRORS = "ptbr-count-replace"
 _invalid_count = [0]
@@ -67,6 +72,23 @@ class ReadStats:
                 "invalid_utf8_replaced": self.invalid_utf8, "bad_records_skipped": self.bad_records}
 
 
+@dataclass(frozen=True)
+class Unit:
+    """The smallest piece of the corpus a part reads: a whole file, or one row group of a parquet file.
+
+    ``index`` is its place in the input order (files sorted as :func:`discover_inputs` gives them, row
+    groups in file order); document order within the corpus is (unit index, position in the unit)."""
+
+    index: int
+    file: InputFile
+    row_group: int | None
+    size: int  # bytes on disk (a row group: its compressed column chunks)
+
+    @property
+    def name(self) -> str:
+        return self.file.name if self.row_group is None else f"{self.file.name}#row-group-{self.row_group}"
+
+
 def file_format(path: Path) -> tuple[str, str | None] | None:
     """(kind, compression) from the file name, or None when the file is not a corpus file."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -74,6 +96,8 @@ def file_format(path: Path) -> tuple[str, str | None] | None:
     if suffixes and suffixes[-1] in COMPRESSIONS:
         compression = COMPRESSIONS[suffixes.pop()]
     if suffixes and suffixes[-1] in KINDS:
+        if KINDS[suffixes[-1]] == "parquet" and compression:
+            return None  # parquet compresses inside the file
         return KINDS[suffixes[-1]], compression
     return None
 
@@ -165,6 +189,66 @@ def _text_lines(stream: BinaryIO) -> Iterator[str]:
     yield from wrapper
 
 
+def _parquet(f: InputFile, text_field: str) -> Any:
+    """The opened parquet file (footer read only), checked to have a string column ``text_field``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{f.name}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        pf = pq.ParquetFile(f.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{f.name}: cannot read as parquet ({str(exc).splitlines()[0][:120]})") from None
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        raise DataError(f"{f.name}: no column {text_field!r} (columns: {', '.join(schema.names[:8])}); "
+                        "name the text column with --text-field")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{f.name}: column {text_field!r} holds {kind}, not text; name the text column with "
+                        "--text-field")
+    return pf
+
+
+def _row_group_size(pf: Any, i: int) -> int:
+    rg = pf.metadata.row_group(i)
+    return sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
+
+
+def units_of(files: Sequence[InputFile], text_field: str = "text") -> list[Unit]:
+    """Every file as one unit, parquet files as one unit per row group (their footers are read here, so a
+    parquet file without ``text_field`` is refused before any work starts)."""
+    units: list[Unit] = []
+    for f in files:
+        if f.kind != "parquet":
+            units.append(Unit(len(units), f, None, f.size))
+            continue
+        pf = _parquet(f, text_field)
+        for i in range(pf.num_row_groups):
+            units.append(Unit(len(units), f, i, _row_group_size(pf, i)))
+    return units
+
+
+def _iter_parquet(f: InputFile, text_field: str, stats: ReadStats, row_groups: Sequence[int] | None) -> Iterator[str]:
+    import pyarrow as pa
+
+    pf = _parquet(f, text_field)
+    for i in range(pf.num_row_groups) if row_groups is None else row_groups:
+        try:
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[i], columns=[text_field]):
+                for text in batch.column(0).to_pylist():
+                    if text is None:
+                        stats.bad_records += 1
+                        if len(stats.bad_record_examples) < 5:
+                            stats.bad_record_examples.append(f"{f.name}: row group {i}: null {text_field!r}")
+                        continue
+                    yield _clean_str(text)
+        except pa.ArrowException as exc:
+            raise DataError(f"{f.name}: row group {i} cannot be read ({str(exc).splitlines()[0][:120]})") from None
+        stats.bytes_read += _row_group_size(pf, i)
+
+
 def _iter_file(f: InputFile, stream: BinaryIO, text_field: str, txt_docs: str,
                stats: ReadStats) -> Iterator[str]:
     if f.kind == "jsonl":
@@ -207,21 +291,51 @@ def iter_documents(files: Sequence[InputFile], stats: ReadStats, *, text_field: 
         raise DataError(f"--txt-docs must be one of {', '.join(TXT_DOC_MODES)}, not {txt_docs!r}")
     for f in files:
         stats.files += 1
-        before = _invalid_count[0]
+        yield from _read(f, None, stats, text_field, txt_docs)
+
+
+def iter_units(units: Sequence[Unit], stats: ReadStats, *, text_field: str = "text",
+               txt_docs: str = "file") -> Iterator[tuple[Unit, str]]:
+    """(unit, document) for every non-empty document of ``units``, in order. ``stats.files`` counts
+    distinct files (several row groups of one file count once)."""
+    if txt_docs not in TXT_DOC_MODES:
+        raise DataError(f"--txt-docs must be one of {', '.join(TXT_DOC_MODES)}, not {txt_docs!r}")
+    seen: set[Path] = set()
+    for unit in units:
+        if unit.file.path not in seen:
+            seen.add(unit.file.path)
+            stats.files += 1
+        for text in _read(unit.file, None if unit.row_group is None else [unit.row_group], stats, text_field,
+                          txt_docs):
+            yield unit, text
+
+
+def _read(f: InputFile, row_groups: Sequence[int] | None, stats: ReadStats, text_field: str,
+          txt_docs: str) -> Iterator[str]:
+    before = _invalid_count[0]
+    try:
+        if f.kind == "parquet":
+            texts = _iter_parquet(f, text_field, stats, row_groups)
+            stream = None
+        else:
+            stream = open_binary(f, stats)
+            texts = _iter_file(f, stream, text_field, txt_docs, stats)
         try:
-            with open_binary(f, stats) as stream:
-                for text in _iter_file(f, stream, text_field, txt_docs, stats):
-                    stats.invalid_utf8 += _invalid_count[0] - before
-                    before = _invalid_count[0]
-                    if not text.strip():
-                        stats.empty_documents += 1
-                        continue
-                    stats.documents += 1
-                    yield text
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{f.name}: cannot read ({exc.__class__.__name__}: {exc})") from None
-        except Exception as exc:
-            if exc.__class__.__module__.startswith("zstd"):
-                raise DataError(f"{f.name}: corrupt zstd stream ({exc})") from None
-            raise
-        stats.invalid_utf8 += _invalid_count[0] - before
+            for text in texts:
+                stats.invalid_utf8 += _invalid_count[0] - before
+                before = _invalid_count[0]
+                if not text.strip():
+                    stats.empty_documents += 1
+                    continue
+                stats.documents += 1
+                yield text
+        finally:
+            if stream is not None:
+                stream.close()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{f.name}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    except Exception as exc:
+        if exc.__class__.__module__.startswith("zstd"):
+            raise DataError(f"{f.name}: corrupt zstd stream ({exc})") from None
+        raise
+    stats.invalid_utf8 += _invalid_count[0] - before

@@ -59,3 +59,9 @@ class Packer:
     def leftover(self) -> int:
         """Tokens that did not fill a sample (dropped at the end of the build)."""
         return self._pending
+
+    def leftover_tokens(self) -> np.ndarray:
+        """Those tokens themselves (a part hands them to the merge, which packs the parts' tails together)."""
+        if not self._parts:
+            return np.empty(0, self.dtype)
+        return np.concatenate(self._parts).astype(self.dtype, copy=False)

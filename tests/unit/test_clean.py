@@ -11,73 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.clean_texts import BOILERPLATE, EN, ENTITIES, ES, PT, SHORT, SYMBOLS, mojibake
 from tests.helpers.train_harness import REPO
-
-PT = [
-    ('O governo federal anunciou nesta segunda-feira um novo programa de investimentos em saneamento '
-     'básico para as cidades do Nordeste. Segundo o ministério, os recursos serão distribuídos ao longo de'
-     ' quatro anos e devem beneficiar mais de dois milhões de pessoas que ainda não têm acesso à rede de '
-     'esgoto. A medida foi recebida com cautela pelos prefeitos, que cobram mais clareza sobre os '
-     'critérios de seleção dos municípios.'),
-    ('A seleção brasileira venceu a partida de ontem por dois gols a zero e garantiu a vaga na próxima '
-     'fase do campeonato. O técnico elogiou a atuação do meio de campo e disse que a equipe ainda precisa '
-     'melhorar a finalização. Os torcedores que foram ao estádio comemoraram até tarde da noite nas ruas '
-     'do centro da cidade.'),
-    ('Pesquisadores de uma universidade paulista descobriram uma nova espécie de sapo na Mata Atlântica. O'
-     ' animal, que mede menos de dois centímetros, vive entre as folhas caídas no chão da floresta e tem '
-     'uma coloração que o ajuda a se esconder dos predadores. Os cientistas alertam que o desmatamento '
-     'ameaça a sobrevivência da espécie.'),
-    ('A inflação de outubro ficou abaixo das expectativas do mercado, puxada pela queda no preço dos '
-     'alimentos. Economistas avaliam que o resultado abre espaço para uma redução da taxa de juros nos '
-     'próximos meses, mas lembram que o cenário internacional ainda traz muitas incertezas para a economia'
-     ' do país.'),
-    ('A biblioteca municipal reabriu suas portas depois de dois anos de reforma. O prédio, construído no '
-     'início do século passado, ganhou uma nova sala de leitura para crianças, acesso para pessoas com '
-     'deficiência e um acervo digital que pode ser consultado pela internet. A entrada é gratuita e o '
-     'horário de funcionamento foi ampliado.'),
-    ('Os moradores do bairro reclamam da falta de iluminação pública e da demora no recolhimento do lixo. '
-     'Em uma reunião com representantes da prefeitura, eles entregaram um abaixo-assinado com mais de mil '
-     'assinaturas e pediram uma solução urgente. A prefeitura prometeu uma resposta até o fim do mês.'),
-    ('O festival de cinema da cidade recebeu neste ano mais de cem filmes de quinze países. A mostra '
-     'competitiva destacou produções brasileiras de baixo orçamento, muitas delas feitas por diretores '
-     'estreantes. O público lotou as sessões gratuitas na praça central durante toda a semana.'),
-    ('A colheita de café deve bater um novo recorde nesta safra, de acordo com a estimativa divulgada pela'
-     ' companhia de abastecimento. O clima favorável nas principais regiões produtoras de Minas Gerais e '
-     'do Espírito Santo contribuiu para o aumento da produtividade, e os exportadores esperam bons preços '
-     'no mercado externo.'),
-]
-EN = [
-    ('The city council approved a new budget on Monday that increases spending on public schools and road '
-     'maintenance. Officials said the plan would be funded by higher property taxes and cuts to '
-     'administrative costs, but several members voted against it and asked for more details about the long'
-     ' term impact.'),
-    ('Scientists have discovered a new species of frog in the rainforest. The animal is less than two '
-     'centimeters long and lives among the fallen leaves on the forest floor, where its color helps it '
-     'hide from predators. Researchers warn that deforestation threatens its survival.'),
-]
-ES = [
-    ('El gobierno anunció este lunes un nuevo programa de inversiones en infraestructura para las ciudades'
-     ' del norte del país. Según el ministerio, los recursos se distribuirán a lo largo de cuatro años y '
-     'beneficiarán a más de dos millones de personas que todavía no tienen acceso a los servicios básicos.'),
-    ('La selección nacional ganó el partido de anoche por dos goles a cero y aseguró su lugar en la '
-     'siguiente fase del campeonato. El entrenador elogió el trabajo del mediocampo y dijo que el equipo '
-     'todavía necesita mejorar la definición frente al arco.'),
-]
-
-
-def mojibake(text: str) -> str:
-    """UTF-8 bytes read as Latin-1: 'ação' -> 'aÃ§Ã£o'."""
-    return text.encode("utf-8").decode("latin-1")
-
-
-BOILERPLATE = "\n".join(["Clique aqui para assinar a nossa newsletter e receber as novidades."] * 8)
-SYMBOLS = ("Oferta imperdível para você e a sua família ### $$$ @@@ %%% &&& *** +++ === ||| ~~~ ^^^ >>> <<< {{{ }}} "
-           "[[[ ]]] !!! ??? ;;; ::: ") * 3 + "o melhor produto da loja, compre já e pague em dez vezes sem juros"
-SHORT = ["O governo anunciou hoje um novo programa.", "A seleção brasileira venceu a partida de ontem."]
-ENTITIES = ("A educa&ccedil;&atilde;o p&uacute;blica &eacute; a base de tudo, disse a professora durante a "
-            "cerimônia de formatura da escola estadual, que reuniu alunos, pais e funcionários no ginásio. Ela lembrou "
-            "que muitos dos formandos são os primeiros da família a concluir o ensino médio e pediu que "
-            "continuem estudando.")
 
 
 def defect_corpus(root: Path) -> Path:
@@ -137,7 +72,8 @@ def test_output_is_deterministic_and_dry_run_writes_nothing(cleaned, tmp_path):
     for f in out.glob("*.jsonl"):
         assert (tmp_path / "again" / f.name).read_bytes() == f.read_bytes()
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (out, tmp_path / "again"))
-    r1.pop("seconds"), r2.pop("seconds")
+    for r in (r1, r2):
+        r.pop("seconds"), r.pop("timing")
     assert r1 == r2
     dry = ptbr("corpus", "clean", "--input", str(corpus), "--output", str(tmp_path / "dry"), "--dry-run",
                "--report", str(tmp_path / "dry_report.json"))
@@ -221,3 +157,31 @@ def test_cleaning_leaves_the_calling_process_signals_alone(cleaned):
             "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == before)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["True", "True"], proc.stdout + proc.stderr[-2000:]
+
+
+TYPOGRAPHY = ("Machado de Assis escreveu: “Não tive filhos, não transmiti a nenhuma criatura o legado da nossa "
+              "miséria.” O narrador — um defunto autor — comenta a própria vida com ironia… E o leitor pergunta: "
+              "«que livro é este?» A resposta, dizia o crítico, está no ‘método’ do capítulo, e a obra continua a ser "
+              "lida nas escolas de todo o país, com edições novas a cada ano – de 1881 a hoje.")
+
+
+def test_repair_fixes_what_is_broken_and_keeps_typography_byte_for_byte(tmp_path):
+    import unicodedata
+
+    from ptbr.clean.config import CleanConfig
+    from ptbr.clean.rules import repair
+
+    cfg = CleanConfig()
+    assert repair(TYPOGRAPHY, cfg).encode() == unicodedata.normalize("NFC", TYPOGRAPHY).encode()
+    decomposed = unicodedata.normalize("NFD", TYPOGRAPHY)  # NFC is the one change allowed
+    assert repair(decomposed, cfg).encode() == unicodedata.normalize("NFC", TYPOGRAPHY).encode()
+    assert repair(mojibake("“ação” — é…"), cfg) == "“ação” — é…"  # mojibake of the typography itself
+    assert repair("a educa&ccedil;&atilde;o\x00\x07 p&uacute;blica", cfg) == "a educação pública"
+    assert repair("ﬁm ＡＢＣ", cfg) == "ﬁm ＡＢＣ"  # ligatures and full-width: written that way, kept
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    (corpus / "lit.jsonl").write_text(json.dumps({"text": TYPOGRAPHY}, ensure_ascii=False) + "\n", encoding="utf-8")
+    proc = ptbr("corpus", "clean", "--input", str(corpus), "--output", str(tmp_path / "out"), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert kept_texts(tmp_path / "out") == [unicodedata.normalize("NFC", TYPOGRAPHY)]
