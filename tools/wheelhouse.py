@@ -60,9 +60,11 @@ FROM_NODE_ONLY = ("torch", "triton")
 # (benchmarks/export.py's CPU comparison).
 GPU_CHECK = ("fla-core>=0.4", "rwkv>=0.8.26")
 # ptbr requirements used only by one command, left out unless asked for with --with.
-OPTIONAL = {"clean": ("ftfy", "py3langid", "datasketch")}
+OPTIONAL = {"clean": ("ftfy", "py3langid", "datasketch"), "parquet": ("pyarrow",)}
 OPTIONAL_WHY = {"clean": "only `ptbr corpus clean` imports them, and datasketch imports scipy (~35 MB); "
-                         "add them with --with clean"}
+                         "add them with --with clean",
+                "parquet": "only reading .parquet corpora imports it (~40 MB; many site Pythons have it); "
+                           "add it with --with parquet"}
 # mosaicml-streaming 0.13 declares cloud SDKs it imports lazily, per URL scheme, in streaming.base.storage.
 # What `import streaming` really executes (streaming/__init__ -> base, text, vision, multimodal): brotli, snappy
 # and zstd (base/compression), catalogue (base/registry_utils), filelock (base/dataset), typing_extensions,
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the node's `pip list --format=freeze` (default: tools/node_packages.txt)")
     ap.add_argument("--glibc", default="2.28", help="the node's glibc, for the manylinux tags (default 2.28)")
     ap.add_argument("--with", dest="extras", action="append", default=[], choices=sorted(OPTIONAL),
-                    help="also what one optional command needs (clean: `ptbr corpus clean`)")
+                    help="also what one optional command needs (clean: `ptbr corpus clean`; parquet: .parquet input)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "ptbr" / "wheelhouse-builds",
                     help="where wheels built from sdists are kept")
     args = ap.parse_args(argv)
