@@ -24,14 +24,34 @@ from benchmarks.train import build_dataset, model_overrides, sh  # noqa: E402
 
 
 def train(n_ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace, steps: int) -> str:
-    overrides = [*model_overrides(args), f"train.run_dir={run_dir}", f"data.source={shards}",
-                 f"data.cache_dir={run_dir.parent}/cache", f"data.seq_len={args.seq_len}",
-                 "batch.micro_batch_size=2", "batch.global_batch_size=4", f"train.max_steps={steps}",
-                 "train.eval_every=0", "train.checkpoint_every=0", "train.eval_samples=4", f"zero.stage={args.stage}",
-                 "precision=fp32"]
+    overrides = [
+        *model_overrides(args),
+        f"train.run_dir={run_dir}",
+        f"data.source={shards}",
+        f"data.cache_dir={run_dir.parent}/cache",
+        f"data.seq_len={args.seq_len}",
+        "batch.micro_batch_size=2",
+        "batch.global_batch_size=4",
+        f"train.max_steps={steps}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.eval_samples=4",
+        f"zero.stage={args.stage}",
+        "precision=fp32",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_ranks), "-m", "ptbr.train",
-           "--config", "configs/train/tiny_cpu.yaml", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n_ranks),
+        "-m",
+        "ptbr.train",
+        "--config",
+        "configs/train/tiny_cpu.yaml",
+        *overrides,
+    ]
     return sh(*cmd, env=env).stderr
 
 
@@ -68,12 +88,23 @@ def main() -> None:
             log = train(other, elastic_run, shards, args, steps=3)
             convert_s = seconds(r"universal conversion done in ([\d.]+) s", log)
             elastic_load_s = seconds(r"loaded in ([\d.]+) s", log)
-            rows.append({"ranks": world, "checkpoint_MB": size / 2**20, "save_s": save_s, "load_s": load_s,
-                         "elastic_to": other, "convert_s": convert_s, "elastic_load_s": elastic_load_s,
-                         "elastic_extra_s": convert_s + elastic_load_s - load_s})
+            rows.append(
+                {
+                    "ranks": world,
+                    "checkpoint_MB": size / 2**20,
+                    "save_s": save_s,
+                    "load_s": load_s,
+                    "elastic_to": other,
+                    "convert_s": convert_s,
+                    "elastic_load_s": elastic_load_s,
+                    "elastic_extra_s": convert_s + elastic_load_s - load_s,
+                }
+            )
             print(f"  measured world {world}", file=sys.stderr)
-    print_table(rows, ["ranks", "checkpoint_MB", "save_s", "load_s", "elastic_to", "convert_s", "elastic_load_s",
-                       "elastic_extra_s"])
+    print_table(
+        rows,
+        ["ranks", "checkpoint_MB", "save_s", "load_s", "elastic_to", "convert_s", "elastic_load_s", "elastic_extra_s"],
+    )
     write_report(args.json, "checkpoint", rows, {"config": vars(args)})
 
 

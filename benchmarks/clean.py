@@ -32,8 +32,9 @@ def corpus(root: Path, docs: int) -> Path:
     root.mkdir(parents=True)
     for part in range(2):
         texts = portuguese_documents(docs // 2, seed=part)
-        (root / f"part{part}.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                                        for t in texts))
+        (root / f"part{part}.jsonl").write_text(
+            "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+        )
     return root
 
 
@@ -66,8 +67,13 @@ def main() -> None:
         clean_s = time.perf_counter() - t0
     rows = [
         {"case": "baseline: read + NFC + exact hash", "MB": mb, "seconds": base_s, "MB_per_s": mb / base_s},
-        {"case": f"ptbr corpus clean, all steps, {args.workers} workers", "MB": mb, "seconds": clean_s,
-         "MB_per_s": mb / clean_s, "kept_docs": report.totals("near_dedup")[0]},
+        {
+            "case": f"ptbr corpus clean, all steps, {args.workers} workers",
+            "MB": mb,
+            "seconds": clean_s,
+            "MB_per_s": mb / clean_s,
+            "kept_docs": report.totals("near_dedup")[0],
+        },
     ]
     print(f"\ncleaning {args.docs:,} generated documents ({mb:.1f} MB)")
     print_table(rows, ["case", "MB", "seconds", "MB_per_s", "kept_docs"])

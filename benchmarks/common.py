@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1,
-              sync: Callable[[], None] | None = None) -> float:
+def time_call(
+    fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, sync: Callable[[], None] | None = None
+) -> float:
     """Median wall time of ``fn`` in milliseconds (``sync`` e.g. torch.cuda.synchronize)."""
     for _ in range(warmup):
         fn()
@@ -60,8 +61,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
 
 
-def write_report(path: str | Path | None, name: str, rows: list[dict[str, Any]],
-                 extra: dict[str, Any] | None = None, partial: bool = False) -> None:
+def write_report(
+    path: str | Path | None,
+    name: str,
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    partial: bool = False,
+) -> None:
     """The JSON report (``path``) or, without a path, the JSON on stdout. ``partial``: written after a row
     while more are to come (quietly, ``"complete": false``), so that a run cut short by a time limit still
     leaves what it measured; replaced atomically each time."""

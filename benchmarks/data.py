@@ -61,7 +61,7 @@ def make_corpus(root: Path, mb: float, files: int = 4) -> list[str]:
     per = (len(docs) + files - 1) // files
     for i in range(files):
         with open(root / f"part{i}.jsonl", "w", encoding="utf-8") as f:
-            for d in docs[i * per:(i + 1) * per]:
+            for d in docs[i * per : (i + 1) * per]:
                 f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     return docs
 
@@ -72,8 +72,9 @@ def read_corpus(path: Path) -> list[str]:
     return list(iter_documents(discover_inputs([path]), ReadStats()))
 
 
-def bench_build(args: argparse.Namespace, work: Path, corpus: Path, docs: list[str], tok_path: Path) -> tuple[
-        list[dict[str, Any]], Path]:
+def bench_build(
+    args: argparse.Namespace, work: Path, corpus: Path, docs: list[str], tok_path: Path
+) -> tuple[list[dict[str, Any]], Path]:
     from tokenizers import Tokenizer
 
     from ptbr.data.build import BuildSettings, build_shards, parse_size
@@ -85,7 +86,7 @@ def bench_build(args: argparse.Namespace, work: Path, corpus: Path, docs: list[s
         t0 = time.perf_counter()
         n = 0
         for i in range(0, len(docs), batch):
-            n += sum(len(e) for e in tok.encode_batch(docs[i:i + batch], add_special_tokens=False))
+            n += sum(len(e) for e in tok.encode_batch(docs[i : i + batch], add_special_tokens=False))
         return time.perf_counter() - t0, n
 
     out = work / "dataset"
@@ -101,16 +102,31 @@ def bench_build(args: argparse.Namespace, work: Path, corpus: Path, docs: list[s
     for _ in range(args.repeats):
         base.append(bare())
         cand.append(build())
-        print(f"  bare {base[-1][1] / base[-1][0]:,.0f} tok/s, build {cand[-1][1] / cand[-1][0]:,.0f} tok/s",
-              flush=True)
+        print(
+            f"  bare {base[-1][1] / base[-1][0]:,.0f} tok/s, build {cand[-1][1] / cand[-1][0]:,.0f} tok/s", flush=True
+        )
     b_rate = statistics.median(n / s for s, n in base)
     c_rate = statistics.median(n / s for s, n in cand)
     eos = len(docs)
     rows = [
-        {"case": "Tokenizer.encode_batch (bare, in memory)", "seconds": statistics.median(s for s, _ in base),
-         "tokens": base[0][1], "rate": b_rate, "unit": "tok/s", "ratio": 1.0, "target": ""},
-        {"case": "ptbr shards build (files -> MDS shards)", "seconds": statistics.median(s for s, _ in cand),
-         "tokens": cand[0][1], "rate": c_rate, "unit": "tok/s", "ratio": c_rate / b_rate, "target": ">= 0.8"},
+        {
+            "case": "Tokenizer.encode_batch (bare, in memory)",
+            "seconds": statistics.median(s for s, _ in base),
+            "tokens": base[0][1],
+            "rate": b_rate,
+            "unit": "tok/s",
+            "ratio": 1.0,
+            "target": "",
+        },
+        {
+            "case": "ptbr shards build (files -> MDS shards)",
+            "seconds": statistics.median(s for s, _ in cand),
+            "tokens": cand[0][1],
+            "rate": c_rate,
+            "unit": "tok/s",
+            "ratio": c_rate / b_rate,
+            "target": ">= 0.8",
+        },
     ]
     assert cand[0][1] == base[0][1] + eos, "build and baseline must tokenize the same text"
     return rows, out
@@ -140,9 +156,16 @@ def bench_stream(args: argparse.Namespace, work: Path, dataset: Path) -> list[di
 
     manifest = json.loads((dataset / "manifest.json").read_text())
     index = json.loads((dataset / "train" / "index.json").read_text())
-    samples = np.concatenate([
-        read_samples(decompress((dataset / "train" / s["zip_data"]["basename"]).read_bytes(), s["compression"]),
-                     manifest["sample_len"], manifest["dtype"]) for s in index["shards"]])
+    samples = np.concatenate(
+        [
+            read_samples(
+                decompress((dataset / "train" / s["zip_data"]["basename"]).read_bytes(), s["compression"]),
+                manifest["sample_len"],
+                manifest["dtype"],
+            )
+            for s in index["shards"]
+        ]
+    )
     np.save(work / "tokens.npy", samples)
     memmap = MemmapTokens(work / "tokens.npy")
 
@@ -159,8 +182,9 @@ def bench_stream(args: argparse.Namespace, work: Path, dataset: Path) -> list[di
     results: dict[str, list[tuple[float, int]]] = {"memmap": [], "stream": [], "stream_shuffled": []}
     for name, shuffle in (("stream", False), ("stream_shuffled", True)):
         # streaming allows one live dataset per cache directory: one after the other
-        ds = build_dataset(str(dataset), "train", cache_root=str(work / "cache"), batch_size=args.batch_size,
-                           shuffle=shuffle, seed=0)
+        ds = build_dataset(
+            str(dataset), "train", cache_root=str(work / "cache"), batch_size=args.batch_size, shuffle=shuffle, seed=0
+        )
         run(ds)  # the first pass warms the cache (copies and decompresses every shard)
         for _ in range(args.repeats):
             results["memmap"].append(run(memmap))
@@ -170,15 +194,33 @@ def bench_stream(args: argparse.Namespace, work: Path, dataset: Path) -> list[di
     rate = {k: statistics.median(n / s for s, n in v) for k, v in results.items()}
     label = f"(seq_len {manifest['seq_len']}, batch {args.batch_size})"
     return [
-        {"case": f"numpy memmap -> DataLoader {label}", "seconds": statistics.median(s for s, _ in results["memmap"]),
-         "tokens": results["memmap"][0][1], "rate": rate["memmap"], "unit": "tok/s", "ratio": 1.0, "target": ""},
-        {"case": f"TokenDataset warm cache {label}", "seconds": statistics.median(s for s, _ in results["stream"]),
-         "tokens": results["stream"][0][1], "rate": rate["stream"], "unit": "tok/s",
-         "ratio": rate["stream"] / rate["memmap"], "target": RANK_BAR_TARGET},
-        {"case": f"TokenDataset warm cache, shuffled {label}",
-         "seconds": statistics.median(s for s, _ in results["stream_shuffled"]),
-         "tokens": results["stream_shuffled"][0][1], "rate": rate["stream_shuffled"], "unit": "tok/s",
-         "ratio": rate["stream_shuffled"] / rate["memmap"], "target": RANK_BAR_TARGET},
+        {
+            "case": f"numpy memmap -> DataLoader {label}",
+            "seconds": statistics.median(s for s, _ in results["memmap"]),
+            "tokens": results["memmap"][0][1],
+            "rate": rate["memmap"],
+            "unit": "tok/s",
+            "ratio": 1.0,
+            "target": "",
+        },
+        {
+            "case": f"TokenDataset warm cache {label}",
+            "seconds": statistics.median(s for s, _ in results["stream"]),
+            "tokens": results["stream"][0][1],
+            "rate": rate["stream"],
+            "unit": "tok/s",
+            "ratio": rate["stream"] / rate["memmap"],
+            "target": RANK_BAR_TARGET,
+        },
+        {
+            "case": f"TokenDataset warm cache, shuffled {label}",
+            "seconds": statistics.median(s for s, _ in results["stream_shuffled"]),
+            "tokens": results["stream_shuffled"][0][1],
+            "rate": rate["stream_shuffled"],
+            "unit": "tok/s",
+            "ratio": rate["stream_shuffled"] / rate["memmap"],
+            "target": RANK_BAR_TARGET,
+        },
     ]
 
 
@@ -236,14 +278,23 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
         split = manifest["splits"]["train"]
         per_shard = -(-int(split["samples"]) // max(int(split["shards"]), 1))
         with streaming_tempdir():
-            return stock_cls(remote=str((source / "train").resolve()), local=str(cache), batch_size=bs,
-                             shuffle=True, shuffle_seed=0, num_canonical_nodes=1, validate_hash="xxh64",
-                             download_retry=download_attempts(300.0), download_timeout=60.0,
-                             predownload=max(8 * bs, 2 * per_shard))
+            return stock_cls(
+                remote=str((source / "train").resolve()),
+                local=str(cache),
+                batch_size=bs,
+                shuffle=True,
+                shuffle_seed=0,
+                num_canonical_nodes=1,
+                validate_hash="xxh64",
+                download_retry=download_attempts(300.0),
+                download_timeout=60.0,
+                predownload=max(8 * bs, 2 * per_shard),
+            )
 
     def ptbr(source: Path, cache: Path) -> Any:
-        return build_dataset(str(source), "train", cache_root=str(cache), batch_size=bs, shuffle=True, seed=0,
-                             num_canonical_nodes=1)
+        return build_dataset(
+            str(source), "train", cache_root=str(cache), batch_size=bs, shuffle=True, seed=0, num_canonical_nodes=1
+        )
 
     makers = {"stock": stock, "ptbr": ptbr}
 
@@ -267,20 +318,32 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
         clean_stale_shared_memory()
         return {"seconds": seconds, "samples": n, "setup": setup, "ids_crc": ids}
 
-    print(f"requirement: {NODE_GPUS} GPUs x {TOKENS_PER_S_PER_GPU:,} tok/s x {TOKEN_BYTES} B = "
-          f"{NODE_NEED_MBPS:.3f} MB/s per node, {RANK_NEED_MBPS:.3f} MB/s per rank (one process per GPU "
-          f"reads 1/{NODE_GPUS}); bar {HEADROOM}x = {NODE_BAR_MBPS:.2f} MB/s per node, {RANK_BAR_MBPS:.2f} MB/s "
-          f"per rank (process)", flush=True)
+    print(
+        f"requirement: {NODE_GPUS} GPUs x {TOKENS_PER_S_PER_GPU:,} tok/s x {TOKEN_BYTES} B = "
+        f"{NODE_NEED_MBPS:.3f} MB/s per node, {RANK_NEED_MBPS:.3f} MB/s per rank (one process per GPU "
+        f"reads 1/{NODE_GPUS}); bar {HEADROOM}x = {NODE_BAR_MBPS:.2f} MB/s per node, {RANK_BAR_MBPS:.2f} MB/s "
+        f"per rank (process)",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     for seq_len in args.stock_seq_lens:
         source = work / f"dataset-{seq_len}"
-        build_shards([str(corpus)], tok_path, source, BuildSettings(
-            seq_len=seq_len, shard_size=parse_size(args.shard_size)), progress=False, log=lambda _: None)
+        build_shards(
+            [str(corpus)],
+            tok_path,
+            source,
+            BuildSettings(seq_len=seq_len, shard_size=parse_size(args.shard_size)),
+            progress=False,
+            log=lambda _: None,
+        )
         manifest = read_manifest(str(source))
         split = manifest["splits"]["train"]
         sample_bytes = (seq_len + 1) * np.dtype(manifest["dtype"]).itemsize
-        print(f"seq_len {seq_len}: {split['samples']} train samples in {split['shards']} shards "
-              f"({split['samples'] * sample_bytes / 1e6:.1f} MB of tokens, dtype {manifest['dtype']})", flush=True)
+        print(
+            f"seq_len {seq_len}: {split['samples']} train samples in {split['shards']} shards "
+            f"({split['samples'] * sample_bytes / 1e6:.1f} MB of tokens, dtype {manifest['dtype']})",
+            flush=True,
+        )
         for workers in args.stock_workers:
             results: dict[tuple[str, str], list[dict[str, float]]] = {}
             for r in range(args.repeats):
@@ -291,10 +354,13 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
                             shutil.rmtree(cache, ignore_errors=True)
                         res = run(make, source, cache, workers)
                         results.setdefault((cache_state, name), []).append(res)
-                        print(f"  seq {seq_len} w{workers} rep {r} {cache_state:4} {name:5} "
-                              f"{res['samples'] / res['seconds']:8,.0f} samples/s "
-                              f"{res['samples'] * sample_bytes / 1e6 / res['seconds']:7.1f} MB/s "
-                              f"(setup {res['setup']:.2f} s)", flush=True)
+                        print(
+                            f"  seq {seq_len} w{workers} rep {r} {cache_state:4} {name:5} "
+                            f"{res['samples'] / res['seconds']:8,.0f} samples/s "
+                            f"{res['samples'] * sample_bytes / 1e6 / res['seconds']:7.1f} MB/s "
+                            f"(setup {res['setup']:.2f} s)",
+                            flush=True,
+                        )
                 for name in makers:
                     shutil.rmtree(work / f"cache-{name}-{seq_len}-w{workers}-r{r}", ignore_errors=True)
             crcs = {x["ids_crc"] for v in results.values() for x in v}
@@ -306,34 +372,62 @@ def bench_stream_stock(args: argparse.Namespace, work: Path, corpus: Path, tok_p
                     sps = statistics.median(x["samples"] / x["seconds"] for x in res)
                     mbps = sps * sample_bytes / 1e6
                     rate[name] = mbps
-                    rows.append({
-                        "case": f"{name} seq {seq_len} {cache_state} workers {workers}",
-                        "seconds": statistics.median(x["seconds"] for x in res), "rate": mbps, "unit": "MB/s",
-                        "ratio": mbps / rate["stock"] if name == "ptbr" else 1.0,
-                        "target": f">= {RANK_BAR_MBPS:.2f} MB/s" if name == "stock" else "",
-                        "seq_len": seq_len, "cache": cache_state, "loader": name, "workers": workers,
-                        "samples": int(res[0]["samples"]), "samples_per_s": sps, "MB_per_s": mbps,
-                        "setup_s": statistics.median(x["setup"] for x in res),
-                        "ptbr/stock": mbps / rate["stock"] if name == "ptbr" else "",
-                        "x_rank_need": mbps / RANK_NEED_MBPS, "x_node_need": mbps / NODE_NEED_MBPS,
-                        "above_10x_rank": mbps >= RANK_BAR_MBPS,
-                        "runs_MB_per_s": [x["samples"] * sample_bytes / 1e6 / x["seconds"] for x in res],
-                    })
+                    rows.append(
+                        {
+                            "case": f"{name} seq {seq_len} {cache_state} workers {workers}",
+                            "seconds": statistics.median(x["seconds"] for x in res),
+                            "rate": mbps,
+                            "unit": "MB/s",
+                            "ratio": mbps / rate["stock"] if name == "ptbr" else 1.0,
+                            "target": f">= {RANK_BAR_MBPS:.2f} MB/s" if name == "stock" else "",
+                            "seq_len": seq_len,
+                            "cache": cache_state,
+                            "loader": name,
+                            "workers": workers,
+                            "samples": int(res[0]["samples"]),
+                            "samples_per_s": sps,
+                            "MB_per_s": mbps,
+                            "setup_s": statistics.median(x["setup"] for x in res),
+                            "ptbr/stock": mbps / rate["stock"] if name == "ptbr" else "",
+                            "x_rank_need": mbps / RANK_NEED_MBPS,
+                            "x_node_need": mbps / NODE_NEED_MBPS,
+                            "above_10x_rank": mbps >= RANK_BAR_MBPS,
+                            "runs_MB_per_s": [x["samples"] * sample_bytes / 1e6 / x["seconds"] for x in res],
+                        }
+                    )
         shutil.rmtree(source, ignore_errors=True)
     print()
-    print_table(rows, ["seq_len", "cache", "loader", "workers", "samples", "samples_per_s", "MB_per_s", "setup_s",
-                       "ptbr/stock", "x_rank_need", "x_node_need", "above_10x_rank"])
+    print_table(
+        rows,
+        [
+            "seq_len",
+            "cache",
+            "loader",
+            "workers",
+            "samples",
+            "samples_per_s",
+            "MB_per_s",
+            "setup_s",
+            "ptbr/stock",
+            "x_rank_need",
+            "x_node_need",
+            "above_10x_rank",
+        ],
+    )
     stock_rows = [r for r in rows if r["loader"] == "stock"]
     worst = min(stock_rows, key=lambda r: r["MB_per_s"])
-    print(f"\nper-rank need {RANK_NEED_MBPS:.3f} MB/s, 10x bar {RANK_BAR_MBPS:.2f} MB/s per process "
-          f"(node: {NODE_NEED_MBPS:.3f} MB/s, bar {NODE_BAR_MBPS:.2f} MB/s); slowest stock case: "
-          f"{worst['case']} at {worst['MB_per_s']:.1f} MB/s = {worst['x_rank_need']:.0f}x the per-rank need, "
-          f"{worst['x_node_need']:.1f}x the whole node's need")
+    print(
+        f"\nper-rank need {RANK_NEED_MBPS:.3f} MB/s, 10x bar {RANK_BAR_MBPS:.2f} MB/s per process "
+        f"(node: {NODE_NEED_MBPS:.3f} MB/s, bar {NODE_BAR_MBPS:.2f} MB/s); slowest stock case: "
+        f"{worst['case']} at {worst['MB_per_s']:.1f} MB/s = {worst['x_rank_need']:.0f}x the per-rank need, "
+        f"{worst['x_node_need']:.1f}x the whole node's need"
+    )
     return rows
 
 
-def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], tokenizer: str | Path,
-                        settings: Any, *, overwrite: bool = False) -> dict[str, Any]:
+def write_token_dataset(
+    output: str | Path, streams: dict[str, np.ndarray], tokenizer: str | Path, settings: Any, *, overwrite: bool = False
+) -> dict[str, Any]:
     """Write already-tokenized streams (split name -> 1-D token ids) as a dataset like ``build_shards``.
 
     For data made without a corpus: the synthetic streams of the publish benchmark. Each stream is packed
@@ -355,8 +449,13 @@ def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], toke
     for name, stream in streams.items():
         if stream.size and (int(stream.min()) < 0 or int(stream.max()) >= tok_meta.vocab_size):
             raise DataError(f"{name}: token ids must lie in [0, {tok_meta.vocab_size})")
-    key = sha256_json({"settings": asdict(settings), "tokenizer": tok_meta.sha256,
-                       "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()}})
+    key = sha256_json(
+        {
+            "settings": asdict(settings),
+            "tokenizer": tok_meta.sha256,
+            "streams": {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v)) for k, v in streams.items()},
+        }
+    )
     state = existing_state(output, key)
     if state == "current":
         return parse_manifest((output / MANIFEST).read_bytes(), str(output))
@@ -374,8 +473,9 @@ def write_token_dataset(output: str | Path, streams: dict[str, np.ndarray], toke
             if writer.packer.samples_out == 0:
                 raise DataError(f"{name}: {len(stream)} tokens make no sample of {settings.seq_len + 1}")
             split_info[name] = writer.finish()
-        manifest = build_manifest(tok_meta, dtype, settings, split_info, [],
-                             {"tokens": int(sum(len(v) for v in streams.values()))}, key)
+        manifest = build_manifest(
+            tok_meta, dtype, settings, split_info, [], {"tokens": int(sum(len(v) for v in streams.values()))}, key
+        )
         commit_build(output, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -390,12 +490,18 @@ def publish_dataset(args: argparse.Namespace, work: Path, tok_path: Path) -> Pat
     _, info = load_tokenizer(tok_path)
     rng = np.random.default_rng(0)
     n = int(args.publish_mb * 1e6 / 2)
-    streams = {"train": rng.integers(0, info.vocab_size, n, dtype=np.uint16),
-               "val": rng.integers(0, info.vocab_size, n // 100, dtype=np.uint16)}
+    streams = {
+        "train": rng.integers(0, info.vocab_size, n, dtype=np.uint16),
+        "val": rng.integers(0, info.vocab_size, n // 100, dtype=np.uint16),
+    }
     out = work / "publish-dataset"
-    write_token_dataset(out, streams, tok_path, BuildSettings(seq_len=args.seq_len,
-                                                              shard_size=parse_size(args.publish_shard_size)),
-                        overwrite=True)
+    write_token_dataset(
+        out,
+        streams,
+        tok_path,
+        BuildSettings(seq_len=args.seq_len, shard_size=parse_size(args.publish_shard_size)),
+        overwrite=True,
+    )
     return out
 
 
@@ -413,8 +519,9 @@ def bench_publish(args: argparse.Namespace, work: Path, dataset: Path) -> list[d
     with LocalS3Server(work / "s3") as server:
         server.create_bucket("bench")
         os.environ.update(server.env())
-        config = TransferConfig(multipart_threshold=DEFAULT_PART_SIZE, multipart_chunksize=DEFAULT_PART_SIZE,
-                                max_concurrency=args.jobs)
+        config = TransferConfig(
+            multipart_threshold=DEFAULT_PART_SIZE, multipart_chunksize=DEFAULT_PART_SIZE, max_concurrency=args.jobs
+        )
 
         def bare_sequential(tag: str) -> float:
             t0 = time.perf_counter()
@@ -427,8 +534,12 @@ def bench_publish(args: argparse.Namespace, work: Path, dataset: Path) -> list[d
             t0 = time.perf_counter()
             client = server.client()
             with ThreadPoolExecutor(args.jobs) as pool:
-                list(pool.map(lambda p: client.upload_file(str(p), "bench", f"{tag}/{p.relative_to(dataset)}",
-                                                           Config=config), files))
+                list(
+                    pool.map(
+                        lambda p: client.upload_file(str(p), "bench", f"{tag}/{p.relative_to(dataset)}", Config=config),
+                        files,
+                    )
+                )
             return time.perf_counter() - t0
 
         def ptbr_publish(tag: str) -> float:
@@ -442,23 +553,52 @@ def bench_publish(args: argparse.Namespace, work: Path, dataset: Path) -> list[d
             times["sequential"].append(bare_sequential(f"seq{r}"))
             times["publish"].append(ptbr_publish(f"pub{r}"))
             times["parallel"].append(bare_parallel(f"par{r}"))
-            print(f"  upload_file loop {times['sequential'][-1]:.2f} s, publish {times['publish'][-1]:.2f} s, "
-                  f"upload_file x{args.jobs} threads {times['parallel'][-1]:.2f} s", flush=True)
+            print(
+                f"  upload_file loop {times['sequential'][-1]:.2f} s, publish {times['publish'][-1]:.2f} s, "
+                f"upload_file x{args.jobs} threads {times['parallel'][-1]:.2f} s",
+                flush=True,
+            )
         t_skip = ptbr_publish("pub0")  # everything present: a re-run only checks
     mbps = {k: total / 1e6 / statistics.median(v) for k, v in times.items()}
     n = len(files)
     return [
-        {"case": f"boto3 upload_file loop over {n} files (bare)", "seconds": statistics.median(times["sequential"]),
-         "bytes": total, "rate": mbps["sequential"], "unit": "MB/s", "ratio": 1.0, "target": ""},
-        {"case": f"boto3 upload_file, {args.jobs} threads x {args.jobs} parts",
-         "seconds": statistics.median(times["parallel"]), "bytes": total, "rate": mbps["parallel"], "unit": "MB/s",
-         "ratio": mbps["parallel"] / mbps["sequential"], "target": ""},
-        {"case": f"ptbr shards publish ({args.jobs} jobs, verify + commit)",
-         "seconds": statistics.median(times["publish"]), "bytes": total, "rate": mbps["publish"], "unit": "MB/s",
-         "ratio": mbps["publish"] / mbps["sequential"], "target": ">= 0.9",
-         "ratio_vs_threaded": mbps["publish"] / mbps["parallel"]},
-        {"case": "ptbr shards publish re-run (all present, skipped)", "seconds": t_skip, "bytes": total,
-         "rate": total / 1e6 / t_skip, "unit": "MB/s", "ratio": "", "target": ""},
+        {
+            "case": f"boto3 upload_file loop over {n} files (bare)",
+            "seconds": statistics.median(times["sequential"]),
+            "bytes": total,
+            "rate": mbps["sequential"],
+            "unit": "MB/s",
+            "ratio": 1.0,
+            "target": "",
+        },
+        {
+            "case": f"boto3 upload_file, {args.jobs} threads x {args.jobs} parts",
+            "seconds": statistics.median(times["parallel"]),
+            "bytes": total,
+            "rate": mbps["parallel"],
+            "unit": "MB/s",
+            "ratio": mbps["parallel"] / mbps["sequential"],
+            "target": "",
+        },
+        {
+            "case": f"ptbr shards publish ({args.jobs} jobs, verify + commit)",
+            "seconds": statistics.median(times["publish"]),
+            "bytes": total,
+            "rate": mbps["publish"],
+            "unit": "MB/s",
+            "ratio": mbps["publish"] / mbps["sequential"],
+            "target": ">= 0.9",
+            "ratio_vs_threaded": mbps["publish"] / mbps["parallel"],
+        },
+        {
+            "case": "ptbr shards publish re-run (all present, skipped)",
+            "seconds": t_skip,
+            "bytes": total,
+            "rate": total / 1e6 / t_skip,
+            "unit": "MB/s",
+            "ratio": "",
+            "target": "",
+        },
     ]
 
 
@@ -474,14 +614,29 @@ def main() -> int:
     parser.add_argument("--publish-mb", type=float, default=256, help="size of the dataset to publish")
     parser.add_argument("--publish-shard-size", default="32mb")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=("build", "stream", "publish", "stream-stock"),
-                        default=["build", "stream", "publish"], help="parts to run")
-    parser.add_argument("--stock-seq-lens", type=int, nargs="+", default=[4096, 2048],
-                        help="stream-stock: seq_len of the datasets to build and read")
-    parser.add_argument("--stock-workers", type=int, nargs="+", default=[0, 2],
-                        help="stream-stock: DataLoader num_workers values")
-    parser.add_argument("--stock-max-samples", type=int, default=20000,
-                        help="stream-stock: samples read per run (at most the whole split)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("build", "stream", "publish", "stream-stock"),
+        default=["build", "stream", "publish"],
+        help="parts to run",
+    )
+    parser.add_argument(
+        "--stock-seq-lens",
+        type=int,
+        nargs="+",
+        default=[4096, 2048],
+        help="stream-stock: seq_len of the datasets to build and read",
+    )
+    parser.add_argument(
+        "--stock-workers", type=int, nargs="+", default=[0, 2], help="stream-stock: DataLoader num_workers values"
+    )
+    parser.add_argument(
+        "--stock-max-samples",
+        type=int,
+        default=20000,
+        help="stream-stock: samples read per run (at most the whole split)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the JSON report here")
     args = parser.parse_args()
@@ -504,8 +659,11 @@ def main() -> int:
         t_tok = time.perf_counter() - t0
         tok_path = work / "tokenizer.json"
         tok.save(str(tok_path))
-        print(f"corpus: {len(docs)} documents, {text_mb:.1f} MB; tokenizer trained in {t_tok:.1f} s "
-              f"(vocab {tok.get_vocab_size()})", flush=True)
+        print(
+            f"corpus: {len(docs)} documents, {text_mb:.1f} MB; tokenizer trained in {t_tok:.1f} s "
+            f"(vocab {tok.get_vocab_size()})",
+            flush=True,
+        )
 
         rows: list[dict[str, Any]] = []
         if "build" in args.only:
@@ -514,8 +672,14 @@ def main() -> int:
             from ptbr.data.build import BuildSettings, build_shards, parse_size
 
             dataset = work / "dataset"
-            build_shards([str(corpus)], tok_path, dataset, BuildSettings(
-                seq_len=args.seq_len, shard_size=parse_size(args.shard_size)), progress=False, log=lambda _: None)
+            build_shards(
+                [str(corpus)],
+                tok_path,
+                dataset,
+                BuildSettings(seq_len=args.seq_len, shard_size=parse_size(args.shard_size)),
+                progress=False,
+                log=lambda _: None,
+            )
         if "stream" in args.only:
             rows += bench_stream(args, work, dataset)
         if "publish" in args.only:
@@ -524,9 +688,18 @@ def main() -> int:
             rows += bench_stream_stock(args, work, corpus, tok_path)
         print()
         print_table(rows, ["case", "seconds", "rate", "unit", "ratio", "target"])
-        write_report(args.json, "data", rows, {"corpus_mb": text_mb, "documents": len(docs),
-                                               "tokenizer_train_seconds": t_tok, "vocab": tok.get_vocab_size(),
-                                               "args": {k: str(v) for k, v in vars(args).items()}})
+        write_report(
+            args.json,
+            "data",
+            rows,
+            {
+                "corpus_mb": text_mb,
+                "documents": len(docs),
+                "tokenizer_train_seconds": t_tok,
+                "vocab": tok.get_vocab_size(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -87,8 +87,13 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024,
-            "stdout": stdout, "stderr": stderr}
+    return {
+        "seconds": seconds,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss": usage.ru_maxrss * 1024,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
 
 
 # ------------------------------------------------------------------------------------------- datatrove
@@ -106,8 +111,9 @@ def datatrove_stage(stage: str, corpus: Path, work: Path, tasks: int, workers: i
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-    cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1,
-                        hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+    cfg = MinhashConfig(
+        n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1, hash_config=HashConfig(precision=64, hash_fc="xxhash")
+    )
 
     def reader():
         return JsonlReader(str(corpus), glob_pattern="*.jsonl", compression=None)
@@ -120,8 +126,11 @@ def datatrove_stage(stage: str, corpus: Path, work: Path, tasks: int, workers: i
     elif stage == "clusters":
         pipeline, n, w = [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=cfg)], 1, 1
     else:
-        pipeline = [reader(), MinhashDedupFilter(str(work / "remove")),
-                    JsonlWriter(str(work / "out"), compression=None)]
+        pipeline = [
+            reader(),
+            MinhashDedupFilter(str(work / "remove")),
+            JsonlWriter(str(work / "out"), compression=None),
+        ]
         n, w = tasks, workers
     LocalPipelineExecutor(pipeline, tasks=n, workers=w, logging_dir=str(work / "logs" / stage)).run()
 
@@ -133,12 +142,31 @@ def count_lines(path: Path) -> int:
 def run_datatrove(python: str, corpus: Path, work: Path, workers: int) -> list[dict[str, Any]]:
     rows = []
     for stage in ("signatures", "buckets", "clusters", "filter"):
-        r = run_measured([python, __file__, "--datatrove-stage", stage, "--corpus", str(corpus), "--work", str(work),
-                          "--workers", str(workers)])
+        r = run_measured(
+            [
+                python,
+                __file__,
+                "--datatrove-stage",
+                stage,
+                "--corpus",
+                str(corpus),
+                "--work",
+                str(work),
+                "--workers",
+                str(workers),
+            ]
+        )
         disk = {"signatures": "sigs", "buckets": "buckets", "clusters": "remove", "filter": "out"}[stage]
-        rows.append({"tool": "datatrove", "stage": stage, "seconds": r["seconds"], "cpu_s": r["cpu_s"],
-                     "peak_rss": r["peak_rss"],
-                     "disk": du(work / disk)})
+        rows.append(
+            {
+                "tool": "datatrove",
+                "stage": stage,
+                "seconds": r["seconds"],
+                "cpu_s": r["cpu_s"],
+                "peak_rss": r["peak_rss"],
+                "disk": du(work / disk),
+            }
+        )
     rows[-1]["kept"] = count_lines(work / "out")
     return rows
 
@@ -174,8 +202,12 @@ def cluster_stage(tool: str, root: Path) -> None:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import MinhashDedupCluster
 
-    LocalPipelineExecutor([MinhashDedupCluster(str(root / "dt"), str(root / "dt-remove"))], tasks=1, workers=1,
-                          logging_dir=str(root / "dt-logs")).run()
+    LocalPipelineExecutor(
+        [MinhashDedupCluster(str(root / "dt"), str(root / "dt-remove"))],
+        tasks=1,
+        workers=1,
+        logging_dir=str(root / "dt-logs"),
+    ).run()
 
 
 def run_clusters(python: str | None, root: Path, docs: int, pairs: int) -> list[dict[str, Any]]:
@@ -185,8 +217,15 @@ def run_clusters(python: str | None, root: Path, docs: int, pairs: int) -> list[
         if py is None:
             continue
         r = run_measured([py, __file__, "--cluster-stage", tool, "--work", str(root)], {"PYTHONPATH": str(REPO)})
-        rows.append({"tool": tool, "stage": f"clusters of {pairs:,} pairs", "seconds": r["seconds"],
-                     "cpu_s": r["cpu_s"], "peak_rss": r["peak_rss"]})
+        rows.append(
+            {
+                "tool": tool,
+                "stage": f"clusters of {pairs:,} pairs",
+                "seconds": r["seconds"],
+                "cpu_s": r["cpu_s"],
+                "peak_rss": r["peak_rss"],
+            }
+        )
     return rows
 
 
@@ -200,8 +239,12 @@ def main() -> None:
     ap.add_argument("--memory", default="512mb", help="ptbr's --dedup-memory (a small one shows the bound)")
     ap.add_argument("--keep", default=None, help="keep the corpora and work directories here")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--cluster-pairs", type=int, default=0,
-                    help="also time the cluster step alone on this many random pairs among 10x as many documents")
+    ap.add_argument(
+        "--cluster-pairs",
+        type=int,
+        default=0,
+        help="also time the cluster step alone on this many random pairs among 10x as many documents",
+    )
     ap.add_argument("--datatrove-stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cluster-stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
@@ -246,8 +289,10 @@ def main() -> None:
                 r["disk_B_per_doc"] = r["disk"] / size
                 r["planted_dups"] = planted["exact"] + planted["near"]
             rows += found
-            print(f"\n{size:,} documents ({mb:.1f} MB), {planted['exact']:,} exact and {planted['near']:,} near "
-                  "copies planted")
+            print(
+                f"\n{size:,} documents ({mb:.1f} MB), {planted['exact']:,} exact and {planted['near']:,} near "
+                "copies planted"
+            )
             print_table(found, ["tool", "stage", "seconds", "cpu_s", "rss_MiB", "disk_B_per_doc", "kept"])
     finally:
         if not args.keep:
@@ -264,23 +309,61 @@ def run_ptbr(corpus: Path, work: Path, memory: str) -> list[dict[str, Any]]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / "dedup.yaml").write_text(DEDUP_ONLY)
-    base = [sys.executable, "-m", "ptbr.cli", "corpus", "clean", "--config", str(work / "dedup.yaml"), "--input",
-            str(corpus), "--output", str(work / "out"), "--dedup-memory", memory]
+    base = [
+        sys.executable,
+        "-m",
+        "ptbr.cli",
+        "corpus",
+        "clean",
+        "--config",
+        str(work / "dedup.yaml"),
+        "--input",
+        str(corpus),
+        "--output",
+        str(work / "out"),
+        "--dedup-memory",
+        memory,
+    ]
     env = {"PYTHONPATH": str(REPO)}
     part = run_measured([*base, "--part", "0/1", "--workers", "1"], env)
     part_dir = work / "out.parts" / "part-00000-of-00001"
     sig_bytes = du(part_dir / "sig") + (part_dir / "keys.bin").stat().st_size
-    rows = [{"tool": "ptbr", "stage": "part: signatures", "seconds": part["seconds"], "cpu_s": part["cpu_s"],
-             "peak_rss": part["peak_rss"], "disk": sig_bytes,
-             "candidates_disk": (part_dir / "docs.jsonl").stat().st_size}]
+    rows = [
+        {
+            "tool": "ptbr",
+            "stage": "part: signatures",
+            "seconds": part["seconds"],
+            "cpu_s": part["cpu_s"],
+            "peak_rss": part["peak_rss"],
+            "disk": sig_bytes,
+            "candidates_disk": (part_dir / "docs.jsonl").stat().st_size,
+        }
+    ]
     merge = run_measured([*base, "--merge", "1"], env)
     out = merge["stdout"] + merge["stderr"]
     pairs = sum(int(x.replace(",", "")) for x in re.findall(r"(?:exact|near) pairs ([\d,]+)", out))
     for name, seconds, cpu, rss in PHASE.findall(out):
-        rows.append({"tool": "ptbr", "stage": f"merge: {name}", "seconds": float(seconds), "cpu_s": float(cpu),
-                     "peak_rss": float(rss) * 2**20, "disk": pairs * 16 if name == "pairs" else 0})
-    rows.append({"tool": "ptbr", "stage": "merge (process)", "seconds": merge["seconds"], "cpu_s": merge["cpu_s"],
-                 "peak_rss": merge["peak_rss"], "disk": du(work / "out"), "kept": count_lines(work / "out")})
+        rows.append(
+            {
+                "tool": "ptbr",
+                "stage": f"merge: {name}",
+                "seconds": float(seconds),
+                "cpu_s": float(cpu),
+                "peak_rss": float(rss) * 2**20,
+                "disk": pairs * 16 if name == "pairs" else 0,
+            }
+        )
+    rows.append(
+        {
+            "tool": "ptbr",
+            "stage": "merge (process)",
+            "seconds": merge["seconds"],
+            "cpu_s": merge["cpu_s"],
+            "peak_rss": merge["peak_rss"],
+            "disk": du(work / "out"),
+            "kept": count_lines(work / "out"),
+        }
+    )
     return rows
 
 

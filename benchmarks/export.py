@@ -72,11 +72,29 @@ def checkpoint(work: Path, preset: str) -> Path:
     shards = build_dataset(work, seq_len=32, vocab=512)
     run_dir = work / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    sh(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ptbr.train", "--config",
-       "configs/train/tiny_cpu.yaml", f"model={preset}", f"train.run_dir={run_dir}",
-       f"data.source={shards}", f"data.cache_dir={work}/cache", "batch.micro_batch_size=1",
-       "batch.global_batch_size=2", "train.max_steps=1", "train.eval_every=0", "train.eval_samples=2",
-       "zero.stage=2", "precision=fp32", env=env)
+    sh(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ptbr.train",
+        "--config",
+        "configs/train/tiny_cpu.yaml",
+        f"model={preset}",
+        f"train.run_dir={run_dir}",
+        f"data.source={shards}",
+        f"data.cache_dir={work}/cache",
+        "batch.micro_batch_size=1",
+        "batch.global_batch_size=2",
+        "train.max_steps=1",
+        "train.eval_every=0",
+        "train.eval_samples=2",
+        "zero.stage=2",
+        "precision=fp32",
+        env=env,
+    )
     return run_dir
 
 
@@ -87,14 +105,44 @@ def bench_export(run_dir: Path, work: Path, params: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     fp32_bytes = params * 4
     rows = []
-    ours = peak_rss([sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(work / "export"), "--dtype", "fp32",
-                     "--quiet", "--overwrite"], env)
-    theirs = peak_rss([sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(ckpt.path.parent),
-                       str(work / "zero_to_fp32"), "--tag", ckpt.tag, "--safe_serialization"], env)
+    ours = peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "export",
+            str(run_dir),
+            str(work / "export"),
+            "--dtype",
+            "fp32",
+            "--quiet",
+            "--overwrite",
+        ],
+        env,
+    )
+    theirs = peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.utils.zero_to_fp32",
+            str(ckpt.path.parent),
+            str(work / "zero_to_fp32"),
+            "--tag",
+            ckpt.tag,
+            "--safe_serialization",
+        ],
+        env,
+    )
     for name, (secs, rss) in (("ptbr export --dtype fp32", ours), ("deepspeed zero_to_fp32", theirs)):
-        rows.append({"case": name, "seconds": secs, "peak_rss_MiB": rss / 2**20,
-                     "x_fp32_weights": rss / fp32_bytes, "target": "<= 1.3 and < zero_to_fp32" if "ptbr" in name
-                     else ""})
+        rows.append(
+            {
+                "case": name,
+                "seconds": secs,
+                "peak_rss_MiB": rss / 2**20,
+                "x_fp32_weights": rss / fp32_bytes,
+                "target": "<= 1.3 and < zero_to_fp32" if "ptbr" in name else "",
+            }
+        )
     return rows
 
 
@@ -107,8 +155,15 @@ def amdahl(times: dict[int, float]) -> tuple[float, float]:
     return parallel, max(serial, 0.0)
 
 
-def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: int, gen_tokens: int, repeats: int,
-                    exported: bool = False) -> tuple[list[dict], dict[str, dict[int, float]]]:
+def bench_inference(
+    run_dir: Path,
+    work: Path,
+    threads: list[int],
+    prompt_len: int,
+    gen_tokens: int,
+    repeats: int,
+    exported: bool = False,
+) -> tuple[list[dict], dict[str, dict[int, float]]]:
     """Rows per thread count, and the median prefill seconds {"ptbr"|"runtime": {threads: s}}; ``exported``:
     bench_export has just written this run's fp32 safetensors to ``work/export``."""
     import torch
@@ -122,13 +177,26 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
 
     formats = [("rwkv", work / "rwkv")] + ([] if exported else [("safetensors", work / "export")])
     for fmt, out in formats:  # this run's weights, whatever a reused --workdir holds
-        sh(sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--format", fmt, "--dtype", "fp32",
-           "--quiet", "--overwrite")
+        sh(
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "export",
+            str(run_dir),
+            str(out),
+            "--format",
+            fmt,
+            "--dtype",
+            "fp32",
+            "--quiet",
+            "--overwrite",
+        )
     lm = load_model(work / "export", "cpu")
     runtime = RWKV(model=str(work / "rwkv" / "model"), strategy="cpu fp32")
     vocab = lm.model.config.vocab_size
-    tokens = [int(t) for t in torch.randint(2, min(500, vocab), (prompt_len,),
-                                            generator=torch.Generator().manual_seed(0))]
+    tokens = [
+        int(t) for t in torch.randint(2, min(500, vocab), (prompt_len,), generator=torch.Generator().manual_seed(0))
+    ]
     rnn = RNN(lm.model)
 
     def ours_prefill() -> None:
@@ -152,8 +220,12 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
 
     rows: list[dict] = []
     prefill_s: dict[str, dict[int, float]] = {"ptbr": {}, "runtime": {}}
-    fns = {"ours_prefill": ours_prefill, "theirs_prefill": theirs_prefill, "ours_gen": ours_generate,
-           "theirs_gen": theirs_generate}
+    fns = {
+        "ours_prefill": ours_prefill,
+        "theirs_prefill": theirs_prefill,
+        "ours_gen": ours_generate,
+        "theirs_gen": theirs_generate,
+    }
     for n in threads:
         torch.set_num_threads(n)
         results: dict[str, list[float]] = {k: [] for k in fns}
@@ -166,17 +238,39 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
                 results[key].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in results.items()}
         prefill_s["ptbr"][n], prefill_s["runtime"][n] = med["ours_prefill"], med["theirs_prefill"]
-        rate = {"ours_prefill": prompt_len / med["ours_prefill"], "theirs_prefill": prompt_len / med["theirs_prefill"],
-                "ours_gen": gen_tokens / med["ours_gen"], "theirs_gen": gen_tokens / med["theirs_gen"]}
+        rate = {
+            "ours_prefill": prompt_len / med["ours_prefill"],
+            "theirs_prefill": prompt_len / med["theirs_prefill"],
+            "ours_gen": gen_tokens / med["ours_gen"],
+            "theirs_gen": gen_tokens / med["theirs_gen"],
+        }
         rows += [
-            {"case": f"prefill {prompt_len} tokens: rwkv runtime", "threads": n,
-             "tokens_per_s": rate["theirs_prefill"], "ratio": 1.0},
-            {"case": f"prefill {prompt_len} tokens: ptbr", "threads": n, "tokens_per_s": rate["ours_prefill"],
-             "ratio": rate["ours_prefill"] / rate["theirs_prefill"], "target": ">= 3"},
-            {"case": f"generate {gen_tokens} tokens: rwkv runtime", "threads": n, "tokens_per_s": rate["theirs_gen"],
-             "ratio": 1.0},
-            {"case": f"generate {gen_tokens} tokens: ptbr", "threads": n, "tokens_per_s": rate["ours_gen"],
-             "ratio": rate["ours_gen"] / rate["theirs_gen"], "target": ">= 1.2"},
+            {
+                "case": f"prefill {prompt_len} tokens: rwkv runtime",
+                "threads": n,
+                "tokens_per_s": rate["theirs_prefill"],
+                "ratio": 1.0,
+            },
+            {
+                "case": f"prefill {prompt_len} tokens: ptbr",
+                "threads": n,
+                "tokens_per_s": rate["ours_prefill"],
+                "ratio": rate["ours_prefill"] / rate["theirs_prefill"],
+                "target": ">= 3",
+            },
+            {
+                "case": f"generate {gen_tokens} tokens: rwkv runtime",
+                "threads": n,
+                "tokens_per_s": rate["theirs_gen"],
+                "ratio": 1.0,
+            },
+            {
+                "case": f"generate {gen_tokens} tokens: ptbr",
+                "threads": n,
+                "tokens_per_s": rate["ours_gen"],
+                "ratio": rate["ours_gen"] / rate["theirs_gen"],
+                "target": ">= 1.2",
+            },
         ]
     return rows, prefill_s
 
@@ -184,8 +278,16 @@ def bench_inference(run_dir: Path, work: Path, threads: list[int], prompt_len: i
 def scaling_rows(prefill_s: dict[str, dict[int, float]], prompt_len: int, predict: int) -> list[dict]:
     """Amdahl fit of each one's prefill times, and the ptbr/runtime ratio it implies at ``predict`` threads."""
     fits = {name: amdahl(times) for name, times in prefill_s.items()}
-    rows = [{"who": name, "parallel_s": par, "serial_s": ser, "serial_share_at_1": ser / (par + ser),
-             f"tokens_per_s_at_{predict}": prompt_len / (par / predict + ser)} for name, (par, ser) in fits.items()]
+    rows = [
+        {
+            "who": name,
+            "parallel_s": par,
+            "serial_s": ser,
+            "serial_share_at_1": ser / (par + ser),
+            f"tokens_per_s_at_{predict}": prompt_len / (par / predict + ser),
+        }
+        for name, (par, ser) in fits.items()
+    ]
     (p_par, p_ser), (r_par, r_ser) = fits["ptbr"], fits["runtime"]
     ratio = (r_par / predict + r_ser) / (p_par / predict + p_ser)
     rows.append({"who": f"prefill ratio at {predict} threads (extrapolated)", "ratio": ratio, "target": ">= 3"})
@@ -196,12 +298,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="140m")
     cores = default_workers()
-    ap.add_argument("--threads", default=",".join(str(n) for n in sorted({1, cores})),
-                    help="comma-separated thread counts (default: 1 and every core)")
-    ap.add_argument("--predict-threads", type=int, default=16,
-                    help="extrapolate the prefill ratio to this many threads (Amdahl fit; needs two thread counts)")
-    ap.add_argument("--run-dir", type=Path, default=None,
-                    help="export this run's newest checkpoint instead of training a 2-rank ZeRO-2 one")
+    ap.add_argument(
+        "--threads",
+        default=",".join(str(n) for n in sorted({1, cores})),
+        help="comma-separated thread counts (default: 1 and every core)",
+    )
+    ap.add_argument(
+        "--predict-threads",
+        type=int,
+        default=16,
+        help="extrapolate the prefill ratio to this many threads (Amdahl fit; needs two thread counts)",
+    )
+    ap.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="export this run's newest checkpoint instead of training a 2-rank ZeRO-2 one",
+    )
     ap.add_argument("--inference-only", action="store_true", help="skip the export vs zero_to_fp32 comparison")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=64)
@@ -219,22 +332,39 @@ def main() -> int:
         export_rows = []
         if not args.inference_only:
             export_rows = bench_export(run_dir, work, params)
-            print(f"\nexport of a {args.preset} ZeRO-2 checkpoint of 2 ranks ({params:,} parameters, fp32 weights "
-                  f"{params * 4 / 2**20:,.0f} MiB)")
+            print(
+                f"\nexport of a {args.preset} ZeRO-2 checkpoint of 2 ranks ({params:,} parameters, fp32 weights "
+                f"{params * 4 / 2**20:,.0f} MiB)"
+            )
             print_table(export_rows, ["case", "seconds", "peak_rss_MiB", "x_fp32_weights", "target"])
         threads = [int(n) for n in args.threads.split(",")]
-        infer_rows, prefill_s = bench_inference(run_dir, work, threads, args.prompt_len, args.gen_tokens,
-                                                args.repeats, exported=not args.inference_only)
+        infer_rows, prefill_s = bench_inference(
+            run_dir, work, threads, args.prompt_len, args.gen_tokens, args.repeats, exported=not args.inference_only
+        )
         print("\ninference on the exported weights, CPU fp32, same thread count")
         print_table(infer_rows, ["case", "threads", "tokens_per_s", "ratio", "target"])
         fit_rows = []
         if len(set(threads)) > 1:
             fit_rows = scaling_rows(prefill_s, args.prompt_len, args.predict_threads)
             print("\nprefill time against threads, Amdahl fit t(p) = parallel/p + serial")
-            print_table(fit_rows, ["who", "parallel_s", "serial_s", "serial_share_at_1",
-                                   f"tokens_per_s_at_{args.predict_threads}", "ratio", "target"])
-    write_report(args.json, "export", export_rows + infer_rows, {"preset": args.preset, "parameters": params,
-                                                                  "prefill_scaling": fit_rows})
+            print_table(
+                fit_rows,
+                [
+                    "who",
+                    "parallel_s",
+                    "serial_s",
+                    "serial_share_at_1",
+                    f"tokens_per_s_at_{args.predict_threads}",
+                    "ratio",
+                    "target",
+                ],
+            )
+    write_report(
+        args.json,
+        "export",
+        export_rows + infer_rows,
+        {"preset": args.preset, "parameters": params, "prefill_scaling": fit_rows},
+    )
     return 0
 
 

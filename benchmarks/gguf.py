@@ -41,16 +41,30 @@ def bench_gguf_export(run_dir: Path, work: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cli = [sys.executable, "-m", "ptbr.cli", "export"]
     secs, rss = peak_rss([*cli, str(run_dir), str(work / "export"), "--dtype", "fp32", "--quiet", "--overwrite"], env)
-    rows = [{"case": "ptbr export --dtype fp32 (safetensors)", "source": "checkpoint", "seconds": secs,
-             "peak_rss_MiB": rss / 2**20, "output_MiB": (work / "export" / "model.safetensors").stat().st_size / 2**20}]
+    rows = [
+        {
+            "case": "ptbr export --dtype fp32 (safetensors)",
+            "source": "checkpoint",
+            "seconds": secs,
+            "peak_rss_MiB": rss / 2**20,
+            "output_MiB": (work / "export" / "model.safetensors").stat().st_size / 2**20,
+        }
+    ]
     for source_name, source in (("checkpoint", run_dir), ("export dir", work / "export")):
         for dtype in GGUF_DTYPES:
             out = work / f"gguf-{dtype}"
-            secs, rss = peak_rss([*cli, str(source), str(out), "--format", "gguf", "--dtype", dtype, "--quiet",
-                                  "--overwrite"], env)
-            rows.append({"case": f"ptbr export --format gguf --dtype {dtype}", "source": source_name,
-                         "seconds": secs, "peak_rss_MiB": rss / 2**20,
-                         "output_MiB": (out / "model.gguf").stat().st_size / 2**20})
+            secs, rss = peak_rss(
+                [*cli, str(source), str(out), "--format", "gguf", "--dtype", dtype, "--quiet", "--overwrite"], env
+            )
+            rows.append(
+                {
+                    "case": f"ptbr export --format gguf --dtype {dtype}",
+                    "source": source_name,
+                    "seconds": secs,
+                    "peak_rss_MiB": rss / 2**20,
+                    "output_MiB": (out / "model.gguf").stat().st_size / 2**20,
+                }
+            )
     largest = (work / "gguf-f32" / "model.gguf").stat().st_size / 2**20
     for r in rows:
         r["x_f32_gguf"] = r["peak_rss_MiB"] / largest
@@ -93,21 +107,44 @@ def bench_llama(work: Path, threads: list[int], prompt_len: int, gen_tokens: int
     import torch
 
     vocab = 32000
-    tokens = [int(t) for t in torch.randint(2, min(500, vocab), (prompt_len,),
-                                            generator=torch.Generator().manual_seed(0))]  # benchmarks/export.py's
+    tokens = [
+        int(t) for t in torch.randint(2, min(500, vocab), (prompt_len,), generator=torch.Generator().manual_seed(0))
+    ]  # benchmarks/export.py's
     rows = []
     for dtype in GGUF_DTYPES:
-        spec = json.dumps({"model": str(work / f"gguf-{dtype}" / "model.gguf"), "threads": threads,
-                           "tokens": tokens, "gen_tokens": gen_tokens, "repeats": repeats})
-        proc = subprocess.run([sys.executable, __file__, "--llama-worker", spec], capture_output=True, text=True,
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        spec = json.dumps(
+            {
+                "model": str(work / f"gguf-{dtype}" / "model.gguf"),
+                "threads": threads,
+                "tokens": tokens,
+                "gen_tokens": gen_tokens,
+                "repeats": repeats,
+            }
+        )
+        proc = subprocess.run(
+            [sys.executable, __file__, "--llama-worker", spec],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         if proc.returncode != 0:
             raise SystemExit(f"llama.cpp worker ({dtype}) failed:\n{proc.stderr[-3000:]}")
         for r in json.loads(proc.stdout.strip().splitlines()[-1]):
-            rows.append({"case": f"prefill {prompt_len} tokens: llama.cpp {dtype}", "threads": r["threads"],
-                         "tokens_per_s": r["prefill_tokens_per_s"]})
-            rows.append({"case": f"generate {gen_tokens} tokens: llama.cpp {dtype}", "threads": r["threads"],
-                         "tokens_per_s": r["generate_tokens_per_s"]})
+            rows.append(
+                {
+                    "case": f"prefill {prompt_len} tokens: llama.cpp {dtype}",
+                    "threads": r["threads"],
+                    "tokens_per_s": r["prefill_tokens_per_s"],
+                }
+            )
+            rows.append(
+                {
+                    "case": f"generate {gen_tokens} tokens: llama.cpp {dtype}",
+                    "threads": r["threads"],
+                    "tokens_per_s": r["generate_tokens_per_s"],
+                }
+            )
     return rows
 
 
@@ -126,18 +163,30 @@ def best_of(rounds: list[list[dict]]) -> list[dict]:
 def with_ratios(rows: list[dict]) -> list[dict]:
     """Each row's tokens/s against the rwkv runtime's for the same task and thread count."""
     base = {(r["case"].split(":")[0], r["threads"]): r["tokens_per_s"] for r in rows if "rwkv runtime" in r["case"]}
-    return [{**{k: v for k, v in r.items() if k not in ("ratio", "target")},
-             "x_rwkv_runtime": r["tokens_per_s"] / base[(r["case"].split(":")[0], r["threads"])]} for r in rows]
+    return [
+        {
+            **{k: v for k, v in r.items() if k not in ("ratio", "target")},
+            "x_rwkv_runtime": r["tokens_per_s"] / base[(r["case"].split(":")[0], r["threads"])],
+        }
+        for r in rows
+    ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="140m")
     cores = default_workers()
-    ap.add_argument("--threads", default=",".join(str(n) for n in sorted({1, cores})),
-                    help="comma-separated thread counts (default: 1 and every core)")
-    ap.add_argument("--run-dir", type=Path, default=None,
-                    help="export this run's newest checkpoint instead of training a 2-rank ZeRO-2 one")
+    ap.add_argument(
+        "--threads",
+        default=",".join(str(n) for n in sorted({1, cores})),
+        help="comma-separated thread counts (default: 1 and every core)",
+    )
+    ap.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="export this run's newest checkpoint instead of training a 2-rank ZeRO-2 one",
+    )
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per round (their median counts)")
@@ -150,8 +199,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.llama_worker:
         spec = json.loads(args.llama_worker)
-        print(json.dumps(llama_worker(spec["model"], spec["threads"], spec["tokens"], spec["gen_tokens"],
-                                      spec["repeats"])))
+        print(
+            json.dumps(
+                llama_worker(spec["model"], spec["threads"], spec["tokens"], spec["gen_tokens"], spec["repeats"])
+            )
+        )
         return 0
     threads = [int(n) for n in args.threads.split(",")]
     with tempfile.TemporaryDirectory(prefix="ptbr-bench-gguf-") as tmp:
@@ -161,26 +213,33 @@ def main() -> int:
         export_rows: list[dict] = []
         if not args.skip_export:
             export_rows = bench_gguf_export(run_dir, work)
-            print(f"\nGGUF export of a {args.preset} checkpoint (ZeRO-2, 2 ranks); peak RSS of the process and "
-                  "children")
+            print(
+                f"\nGGUF export of a {args.preset} checkpoint (ZeRO-2, 2 ranks); peak RSS of the process and children"
+            )
             print_table(export_rows, ["case", "source", "seconds", "peak_rss_MiB", "output_MiB", "x_f32_gguf"])
         rows: list[dict] = []
         load = [os.getloadavg()[0]]
         if not args.export_only:
             rounds = []
             for _ in range(args.rounds):
-                infer_rows, _ = bench_inference(run_dir, work, threads, args.prompt_len, args.gen_tokens,
-                                                args.repeats, exported=True)
-                rounds.append(infer_rows + bench_llama(work, threads, args.prompt_len, args.gen_tokens,
-                                                       args.repeats))
+                infer_rows, _ = bench_inference(
+                    run_dir, work, threads, args.prompt_len, args.gen_tokens, args.repeats, exported=True
+                )
+                rounds.append(infer_rows + bench_llama(work, threads, args.prompt_len, args.gen_tokens, args.repeats))
                 load.append(os.getloadavg()[0])
             rows = with_ratios(best_of(rounds))
             rows.sort(key=lambda r: (r["case"].split(":")[0], r["threads"], -r["tokens_per_s"]))
-            print(f"\nCPU inference, same thread count (ptbr and the rwkv runtime in fp32), fastest of {args.rounds} "
-                  f"rounds; 1-minute load average {', '.join(f'{x:.1f}' for x in load)}")
+            print(
+                f"\nCPU inference, same thread count (ptbr and the rwkv runtime in fp32), fastest of {args.rounds} "
+                f"rounds; 1-minute load average {', '.join(f'{x:.1f}' for x in load)}"
+            )
             print_table(rows, ["case", "threads", "tokens_per_s", "x_rwkv_runtime"])
-    write_report(args.json, "gguf", export_rows + rows, {"preset": args.preset, "threads": threads,
-                                                         "rounds": args.rounds, "load_average": load})
+    write_report(
+        args.json,
+        "gguf",
+        export_rows + rows,
+        {"preset": args.preset, "threads": threads, "rounds": args.rounds, "load_average": load},
+    )
     return 0
 
 

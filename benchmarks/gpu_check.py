@@ -54,10 +54,29 @@ from benchmarks.common import print_table  # noqa: E402  (standard library only:
 
 # Seconds per step on the GPU (sum 450 s: 30 s of the 8 minutes are left for starting processes and writing
 # reports) and at toy sizes on CPU (--dry; no overall budget there).
-LIMITS = {"install": 45, "versions": 15, "pytest": 80, "wkv": 50, "shards": 20, "train_140m": 45,
-          "train_1b5": 75, "generate": 30, "long_context": 50, "cpu_inference": 40}
-DRY_LIMITS = {"install": 300, "versions": 60, "pytest": 300, "wkv": 120, "shards": 120, "train_tiny": 300,
-              "generate": 120, "long_context": 300, "cpu_inference": 300}
+LIMITS = {
+    "install": 45,
+    "versions": 15,
+    "pytest": 80,
+    "wkv": 50,
+    "shards": 20,
+    "train_140m": 45,
+    "train_1b5": 75,
+    "generate": 30,
+    "long_context": 50,
+    "cpu_inference": 40,
+}
+DRY_LIMITS = {
+    "install": 300,
+    "versions": 60,
+    "pytest": 300,
+    "wkv": 120,
+    "shards": 120,
+    "train_tiny": 300,
+    "generate": 120,
+    "long_context": 300,
+    "cpu_inference": 300,
+}
 BUDGET = 480  # seconds: the whole check on one H100, install included
 TAIL_LINES = 8
 
@@ -119,8 +138,9 @@ class Ctx:
         with open(log, "w") as f:
             f.write(f"$ {shlex.join(cmd)}\n")
             f.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 code = proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
@@ -157,12 +177,15 @@ def step_install(ctx: Ctx, args: argparse.Namespace) -> dict:
     if args.wheelhouse is None:
         if args.install_seconds is None:
             return {"result": "not run here (benchmarks/gpu_check.py was started directly)", "seconds": 0.0}
-        return {"result": f"tools/setup_env.sh (venv, network): {args.install_seconds:.0f} s",
-                "seconds": args.install_seconds}
+        return {
+            "result": f"tools/setup_env.sh (venv, network): {args.install_seconds:.0f} s",
+            "seconds": args.install_seconds,
+        }
     report = ctx.work / "install.json"
     report.unlink(missing_ok=True)
-    out = ctx.run(["bash", "tools/setup_env.sh", "--wheelhouse", str(args.wheelhouse.resolve()),
-                   "--report", str(report)])
+    out = ctx.run(
+        ["bash", "tools/setup_env.sh", "--wheelhouse", str(args.wheelhouse.resolve()), "--report", str(report)]
+    )
     lines = [ln for ln in out.splitlines() if ln.startswith("setup: ")]
     detail = json.loads(report.read_text()) if report.is_file() else {}
     return {"result": lines[-1].removeprefix("setup: ") if lines else "installed", "detail": detail}
@@ -171,9 +194,15 @@ def step_install(ctx: Ctx, args: argparse.Namespace) -> dict:
 def step_versions(ctx: Ctx, args: argparse.Namespace) -> dict:
     out = ctx.run([sys.executable, "-c", VERSIONS, str(REPO)])
     info = json.loads(out.strip().splitlines()[-1])
-    parts = [f"python {info['python']}", f"torch {info['torch']} (CUDA {info['cuda']})", f"triton {info['triton']}",
-             f"deepspeed {info['deepspeed']}", f"streaming {info['mosaicml-streaming']}", f"fla {info['fla-core']}",
-             f"rwkv {info['rwkv']}"]
+    parts = [
+        f"python {info['python']}",
+        f"torch {info['torch']} (CUDA {info['cuda']})",
+        f"triton {info['triton']}",
+        f"deepspeed {info['deepspeed']}",
+        f"streaming {info['mosaicml-streaming']}",
+        f"fla {info['fla-core']}",
+        f"rwkv {info['rwkv']}",
+    ]
     return {"result": ", ".join(parts) + f" on {info['device']}", "detail": info}
 
 
@@ -201,8 +230,24 @@ def step_wkv(ctx: Ctx, args: argparse.Namespace) -> dict:
     report = ctx.work / "wkv.json"
     report.unlink(missing_ok=True)
     if ctx.dry:
-        cmd = [sys.executable, "benchmarks/wkv.py", "--device", "cpu", "--lengths", "64", "--batch", "1", "--heads",
-               "2", "--head-size", "16", "--repeats", "1", "--json", str(report)]
+        cmd = [
+            sys.executable,
+            "benchmarks/wkv.py",
+            "--device",
+            "cpu",
+            "--lengths",
+            "64",
+            "--batch",
+            "1",
+            "--heads",
+            "2",
+            "--head-size",
+            "16",
+            "--repeats",
+            "1",
+            "--json",
+            str(report),
+        ]
     else:
         cmd = [sys.executable, "benchmarks/wkv.py", "--gpu-suite", "--json", str(report)]
     try:
@@ -231,9 +276,11 @@ def step_shards(ctx: Ctx, args: argparse.Namespace) -> dict:
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     seq_len, docs = (32, 300) if ctx.dry else (4096, 6000)
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
-            f"from benchmarks.train import build_dataset; "
-            f"build_dataset(Path({str(data)!r}), seq_len={seq_len}, vocab=512, docs={docs})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+        f"from benchmarks.train import build_dataset; "
+        f"build_dataset(Path({str(data)!r}), seq_len={seq_len}, vocab=512, docs={docs})"
+    )
     ctx.run([sys.executable, "-c", code])
     splits = json.loads((data / "shards" / "manifest.json").read_text()).get("splits", {})
     counts = ", ".join(f"{name} {meta.get('samples', '?')}" for name, meta in splits.items())
@@ -250,12 +297,28 @@ def train_step(preset: str, steps: int, micro: int) -> Callable[[Ctx, argparse.N
             config, extra = "configs/train/tiny_cpu.yaml", ["precision=fp32", "data.seq_len=32"]
         else:
             config, extra = f"configs/train/{preset}.yaml", []
-        cmd = [sys.executable, "-m", "ptbr.cli", "train", "--config", config,
-               f"data.source={ctx.work / 'data' / 'shards'}", f"data.cache_dir={ctx.work}/cache/streaming",
-               f"train.run_dir={run_dir}", f"train.max_steps={steps}", f"batch.micro_batch_size={micro}",
-               f"batch.global_batch_size={micro}", "train.log_every=1", "train.eval_every=0",
-               "train.checkpoint_every=0", "train.eval_samples=8", "data.num_canonical_nodes=1", *extra,
-               "--resume", "never"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "train",
+            "--config",
+            config,
+            f"data.source={ctx.work / 'data' / 'shards'}",
+            f"data.cache_dir={ctx.work}/cache/streaming",
+            f"train.run_dir={run_dir}",
+            f"train.max_steps={steps}",
+            f"batch.micro_batch_size={micro}",
+            f"batch.global_batch_size={micro}",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "train.eval_samples=8",
+            "data.num_canonical_nodes=1",
+            *extra,
+            "--resume",
+            "never",
+        ]
         failure = None
         try:
             ctx.run(cmd)
@@ -267,8 +330,9 @@ def train_step(preset: str, steps: int, micro: int) -> Callable[[Ctx, argparse.N
                 failure.args = (f"{failure}; before that: {figures['result']}",)
             raise failure
         if not figures:
-            raise StepFailed("no training steps were logged after the warm-up", tail_of(ctx.work / "logs" /
-                                                                                         f"{ctx.step_key}.log"))
+            raise StepFailed(
+                "no training steps were logged after the warm-up", tail_of(ctx.work / "logs" / f"{ctx.step_key}.log")
+            )
         return figures
 
     return step
@@ -276,8 +340,9 @@ def train_step(preset: str, steps: int, micro: int) -> Callable[[Ctx, argparse.N
 
 def training_figures(run_dir: Path) -> dict | None:
     metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-        if metrics.is_file() else []
+    records = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    )
     train = [r for r in records if r.get("kind") == "train"][3:]  # warm-up (compilation, allocator) left out
     if not train:
         return None
@@ -290,11 +355,34 @@ def training_figures(run_dir: Path) -> dict | None:
 
 def step_generate(ctx: Ctx, args: argparse.Namespace) -> dict:
     export = ctx.work / "export"
-    ctx.run([sys.executable, "-m", "ptbr.cli", "export", str(ctx.work / f"train_{first_preset(ctx)}"), str(export),
-             "--dtype", "bf16", "--overwrite", "--quiet"], name="export")
+    ctx.run(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "export",
+            str(ctx.work / f"train_{first_preset(ctx)}"),
+            str(export),
+            "--dtype",
+            "bf16",
+            "--overwrite",
+            "--quiet",
+        ],
+        name="export",
+    )
     tokens = 16 if ctx.dry else 256
-    out = ctx.run([sys.executable, "benchmarks/gpu_check.py", "--measure-generation", str(export), "--tokens",
-                   str(tokens), *(["--dry"] if ctx.dry else [])], name="measure")
+    out = ctx.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--measure-generation",
+            str(export),
+            "--tokens",
+            str(tokens),
+            *(["--dry"] if ctx.dry else []),
+        ],
+        name="measure",
+    )
     rate = json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
     return {"result": f"{rate:,.1f} tok/s", "detail": {"tokens_per_s": rate, "tokens": tokens}}
 
@@ -332,16 +420,31 @@ def step_long_context(ctx: Ctx, args: argparse.Namespace) -> dict:
     if ctx.dry:
         sizes = ["--segment", "16", "--factors", "1,4", "--batch", "1", "--repeats", "1", "--cpu"]
     else:
-        sizes = ["--model", "400m", "--segment", "4096", "--factors", "1,4,16", "--batch", "1", "--repeats", "1",
-                 "--max-one-pass", "16384"]
+        sizes = [
+            "--model",
+            "400m",
+            "--segment",
+            "4096",
+            "--factors",
+            "1,4,16",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+            "--max-one-pass",
+            "16384",
+        ]
     try:
         ctx.run([sys.executable, "benchmarks/long_context.py", *sizes, "--json", str(report)])
     finally:
         rows = json.loads(report.read_text()).get("rows", []) if report.is_file() else []
     if not any(r.get("mode") == "segments" and "tokens_per_s" in r for r in rows):
         raise StepFailed("no segmented row in the report")
-    summary = "; ".join(f"{r['mode']} {r['L']}: {r['tokens_per_s']:,.0f} tok/s, {r['peak_mib']:,.0f} MiB"
-                        for r in rows if "tokens_per_s" in r)
+    summary = "; ".join(
+        f"{r['mode']} {r['L']}: {r['tokens_per_s']:,.0f} tok/s, {r['peak_mib']:,.0f} MiB"
+        for r in rows
+        if "tokens_per_s" in r
+    )
     return {"result": summary, "detail": rows}
 
 
@@ -352,18 +455,38 @@ def step_cpu_inference(ctx: Ctx, args: argparse.Namespace) -> dict:
     report = ctx.work / "cpu_inference.json"
     report.unlink(missing_ok=True)
     preset = first_preset(ctx)
-    sizes = ["--prompt-len", "64", "--gen-tokens", "8", "--repeats", "1"] if ctx.dry else \
-        ["--prompt-len", "512", "--gen-tokens", "32", "--repeats", "2"]
-    ctx.run([sys.executable, "benchmarks/export.py", "--preset", preset, "--run-dir", str(ctx.work / f"train_{preset}"),
-             "--inference-only", "--workdir", str(ctx.work / "cpu_inference"), "--threads",
-             f"1,{max(default_workers(), 2)}", *sizes, "--json", str(report)])
+    sizes = (
+        ["--prompt-len", "64", "--gen-tokens", "8", "--repeats", "1"]
+        if ctx.dry
+        else ["--prompt-len", "512", "--gen-tokens", "32", "--repeats", "2"]
+    )
+    ctx.run(
+        [
+            sys.executable,
+            "benchmarks/export.py",
+            "--preset",
+            preset,
+            "--run-dir",
+            str(ctx.work / f"train_{preset}"),
+            "--inference-only",
+            "--workdir",
+            str(ctx.work / "cpu_inference"),
+            "--threads",
+            f"1,{max(default_workers(), 2)}",
+            *sizes,
+            "--json",
+            str(report),
+        ]
+    )
     data = json.loads(report.read_text()) if report.is_file() else {}
     rows = [r for r in data.get("rows", []) if r.get("case", "").endswith(": ptbr")]
     if len(rows) != 4:
         raise StepFailed(f"expected 4 ptbr rows in {report}, found {len(rows)}")
     summary = "; ".join(f"{r['case'].split(' ')[0]} {r['threads']} thr {r['ratio']:.2f}x" for r in rows)
-    return {"result": summary, "detail": {"rows": data.get("rows", []),
-                                          "prefill_scaling": data.get("prefill_scaling", [])}}
+    return {
+        "result": summary,
+        "detail": {"rows": data.get("rows", []), "prefill_scaling": data.get("prefill_scaling", [])},
+    }
 
 
 def first_preset(ctx: Ctx) -> str:
@@ -391,8 +514,12 @@ def steps(dry: bool) -> list[Step]:
         *(Step(f"train_{p}", f"train {p}{toy}", train_step(p, s, m), needs="shards") for p, s, m in cases),
         Step("generate", "generate (RNN, batch 1)" + (toy or ", bf16"), step_generate, needs=first),
         Step("long_context", "long context (toy, cpu)" if dry else "long context 400m, S=4096", step_long_context),
-        Step("cpu_inference", "cpu inference vs rwkv runtime" + (" (toy)" if dry else f", {cases[0][0]} fp32"),
-             step_cpu_inference, needs=first),
+        Step(
+            "cpu_inference",
+            "cpu inference vs rwkv runtime" + (" (toy)" if dry else f", {cases[0][0]} fp32"),
+            step_cpu_inference,
+            needs=first,
+        ),
     ]
 
 
@@ -429,8 +556,10 @@ def built_text(built: dict[str, float], kernels: int) -> str:
 
 def write_reports(work: Path, report: dict) -> None:
     """JSON and markdown table, each replaced atomically (a reader never sees half a file)."""
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"),
-                       ("gpu_check.md", markdown(report))):
+    for name, text in (
+        ("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"),
+        ("gpu_check.md", markdown(report)),
+    ):
         tmp = work / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(work / name)
@@ -442,25 +571,43 @@ def row_text(r: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    head = (f"# GPU check on {report['device']}{' (dry)' if report['dry'] else ''}\n\n"
-            f"{'complete' if report['complete'] else 'INCOMPLETE (still running, or cut short)'}: "
-            f"{report['seconds']:.0f} s" + (f" of the {report['budget_s']:.0f} s budget" if report["budget_s"] else "")
-            + f"; step limits sum to {report['limits_sum_s']} s. Versions: {report.get('versions_text', '?')}\n\n")
+    head = (
+        f"# GPU check on {report['device']}{' (dry)' if report['dry'] else ''}\n\n"
+        f"{'complete' if report['complete'] else 'INCOMPLETE (still running, or cut short)'}: "
+        f"{report['seconds']:.0f} s"
+        + (f" of the {report['budget_s']:.0f} s budget" if report["budget_s"] else "")
+        + f"; step limits sum to {report['limits_sum_s']} s. Versions: {report.get('versions_text', '?')}\n\n"
+    )
     lines = ["| check | ok | seconds | limit s | built | result |", "|---|---|---:|---:|---|---|"]
     for r in report["checks"]:
         result = row_text(r).replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.1f} | {r['limit_s']:.0f} | "
-                     f"{r['built']} | {result} |")
+        lines.append(
+            f"| {r['check']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.1f} | {r['limit_s']:.0f} | "
+            f"{r['built']} | {result} |"
+        )
     errors = [f"- {r['check']}:\n\n```\n{r['error']}\n```" for r in report["checks"] if r.get("error")]
-    return head + "\n".join(lines) + "\n" + ("\nLast lines of the failed steps:\n\n" + "\n".join(errors) + "\n"
-                                             if errors else "")
+    return (
+        head
+        + "\n".join(lines)
+        + "\n"
+        + ("\nLast lines of the failed steps:\n\n" + "\n".join(errors) + "\n" if errors else "")
+    )
 
 
 def run_step(step: Step, ctx: Ctx, args: argparse.Namespace, limit: float, done: dict[str, dict]) -> dict:
     ctx.limit, ctx.step_key, ctx.started = limit, step.key, time.perf_counter()
     wall0 = time.time()
-    row = {"check": step.check, "ok": False, "status": "failed", "seconds": 0.0, "limit_s": round(limit, 1),
-           "result": "", "error": None, "built": "nothing", "detail": None}
+    row = {
+        "check": step.check,
+        "ok": False,
+        "status": "failed",
+        "seconds": 0.0,
+        "limit_s": round(limit, 1),
+        "result": "",
+        "error": None,
+        "built": "nothing",
+        "detail": None,
+    }
     if step.needs and not done.get(step.needs, {}).get("ok"):
         row.update(status="skipped", result=f"skipped: needs {done.get(step.needs, {}).get('check', step.needs)}")
         return row
@@ -487,8 +634,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="toy sizes on CPU: checks the plumbing, not the GPU")
     ap.add_argument("--out", type=Path, default=Path("gpu_check"))
-    ap.add_argument("--wheelhouse", type=Path, default=None,
-                    help="install ptbr and this wheelhouse into this Python first (tools/offline_install.py)")
+    ap.add_argument(
+        "--wheelhouse",
+        type=Path,
+        default=None,
+        help="install ptbr and this wheelhouse into this Python first (tools/offline_install.py)",
+    )
     ap.add_argument("--budget", type=float, default=BUDGET, help="seconds for the whole check (not in --dry)")
     ap.add_argument("--install-seconds", type=float, default=None, help=argparse.SUPPRESS)  # from gpu_check.sh
     ap.add_argument("--measure-generation", type=Path, default=None, help=argparse.SUPPRESS)  # step_generate's
@@ -499,8 +650,10 @@ def main() -> int:
         return 0
     t0 = time.perf_counter()
     if not args.dry and not cuda_device_present():
-        print("gpu_check: no CUDA device; run it on a GPU machine, or with --dry to test the plumbing on CPU",
-              file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device; run it on a GPU machine, or with --dry to test the plumbing on CPU",
+            file=sys.stderr,
+        )
         return 2
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -510,9 +663,16 @@ def main() -> int:
     limits = DRY_LIMITS if args.dry else LIMITS
     plan = steps(args.dry)
     ctx = Ctx(work, args.dry, env, deadline=float("inf") if args.dry else t0 + args.budget)
-    report = {"device": "cpu" if args.dry else "cuda", "dry": args.dry, "budget_s": None if args.dry else args.budget,
-              "limits_sum_s": sum(limits[s.key] for s in plan), "seconds": 0.0, "complete": False,
-              "wheelhouse": str(args.wheelhouse) if args.wheelhouse else None, "checks": []}
+    report = {
+        "device": "cpu" if args.dry else "cuda",
+        "dry": args.dry,
+        "budget_s": None if args.dry else args.budget,
+        "limits_sum_s": sum(limits[s.key] for s in plan),
+        "seconds": 0.0,
+        "complete": False,
+        "wheelhouse": str(args.wheelhouse) if args.wheelhouse else None,
+        "checks": [],
+    }
     done: dict[str, dict] = {}
     for step in plan:
         limit = min(limits[step.key], ctx.deadline - time.perf_counter())
@@ -521,19 +681,33 @@ def main() -> int:
         report["checks"].append(row)
         if step.key == "versions" and row["ok"]:
             info = row["detail"]
-            report.update(versions=info, machine=info.get("machine"), device=info.get("device"),
-                          versions_text=row["result"])
+            report.update(
+                versions=info, machine=info.get("machine"), device=info.get("device"), versions_text=row["result"]
+            )
         report["seconds"] = time.perf_counter() - t0
         write_reports(work, report)
         flag = "ok" if row["ok"] else row["status"].upper()
-        print(f"[gpu_check] {row['check']}: {flag} ({row['seconds']:.0f}/{row['limit_s']:.0f} s) {row_text(row)}",
-              flush=True)
+        print(
+            f"[gpu_check] {row['check']}: {flag} ({row['seconds']:.0f}/{row['limit_s']:.0f} s) {row_text(row)}",
+            flush=True,
+        )
     report.update(complete=True, seconds=time.perf_counter() - t0)
     write_reports(work, report)
     print(f"\nGPU check on {report['device']} ({report['seconds']:.0f} s):")
-    print_table([{"check": r["check"], "ok": "yes" if r["ok"] else "NO", "seconds": r["seconds"],
-                  "limit": r["limit_s"], "built": r["built"], "result": row_text(r)} for r in report["checks"]],
-                ["check", "ok", "seconds", "limit", "built", "result"])
+    print_table(
+        [
+            {
+                "check": r["check"],
+                "ok": "yes" if r["ok"] else "NO",
+                "seconds": r["seconds"],
+                "limit": r["limit_s"],
+                "built": r["built"],
+                "result": row_text(r),
+            }
+            for r in report["checks"]
+        ],
+        ["check", "ok", "seconds", "limit", "built", "result"],
+    )
     print(f"JSON: {work / 'gpu_check.json'}  table: {work / 'gpu_check.md'}  logs: {work / 'logs'}")
     return 0 if all(r["ok"] for r in report["checks"]) else 1
 

@@ -80,17 +80,27 @@ def measure(mode: str, L: int, args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
     times.sort()
     seconds = times[len(times) // 2]
-    peak = (torch.cuda.max_memory_allocated() - base if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
-    return {"mode": mode, "L": L, "segments": -(-L // args.segment) if segment_len else 1,
-            "tokens_per_s": args.batch * L / seconds, "step_s": seconds,
-            "peak_mib": peak / 2**20, "kept_mib": saved[0] / 2**20,
-            "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    peak = (
+        torch.cuda.max_memory_allocated() - base
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    )
+    return {
+        "mode": mode,
+        "L": L,
+        "segments": -(-L // args.segment) if segment_len else 1,
+        "tokens_per_s": args.batch * L / seconds,
+        "step_s": seconds,
+        "peak_mib": peak / 2**20,
+        "kept_mib": saved[0] / 2**20,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
 
 
 def _worker(mode: str, L: int, argv: list[str], env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv, "--worker", f"{mode}:{L}"], capture_output=True,
-                         text=True, cwd=REPO, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--worker", f"{mode}:{L}"], capture_output=True, text=True, cwd=REPO, env=env
+    )
     if out.returncode != 0:
         return {"mode": mode, "L": L, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -103,8 +113,12 @@ def run_isolated(mode: str, L: int, argv: list[str]) -> dict:
     row = _worker(mode, L, argv, dict(os.environ))
     if "error" in row or row["device"] != "cpu":
         return row
-    mem = _worker(mode, L, argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
-                                  "MALLOC_ARENA_MAX": "1"})
+    mem = _worker(
+        mode,
+        L,
+        argv,
+        {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"},
+    )
     return {**row, "peak_mib": mem.get("peak_mib", float("nan"))}
 
 
@@ -125,8 +139,19 @@ def main() -> None:
         mode, L = args.worker.split(":")
         print(json.dumps(measure(mode, int(L), args)))
         return
-    argv = ["--model", args.model, "--segment", str(args.segment), "--batch", str(args.batch),
-            "--repeats", str(args.repeats), "--threads", str(args.threads), *(["--cpu"] if args.cpu else [])]
+    argv = [
+        "--model",
+        args.model,
+        "--segment",
+        str(args.segment),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        *(["--cpu"] if args.cpu else []),
+    ]
     rows = []
     for factor in (int(f) for f in args.factors.split(",")):
         length = factor * args.segment
@@ -138,10 +163,10 @@ def main() -> None:
         if "peak_mib" in r:
             r["peak_vs_L=S"] = r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
     print(f"model {args.model}, batch {args.batch}, segment S = {args.segment}, device {base.get('device')}")
-    print_table(rows, ["mode", "L", "segments", "tokens_per_s", "step_s", "peak_mib", "peak_vs_L=S", "kept_mib",
-                       "error"])
-    write_report(args.json, "long_context", rows, {"segment": args.segment, "batch": args.batch,
-                                                   "model": args.model})
+    print_table(
+        rows, ["mode", "L", "segments", "tokens_per_s", "step_s", "peak_mib", "peak_vs_L=S", "kept_mib", "error"]
+    )
+    write_report(args.json, "long_context", rows, {"segment": args.segment, "batch": args.batch, "model": args.model})
 
 
 if __name__ == "__main__":

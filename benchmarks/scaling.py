@@ -29,15 +29,36 @@ from benchmarks.train import build_dataset, model_overrides, sh  # noqa: E402
 
 def train(ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace) -> tuple[list[float], float, int]:
     """(step times after warm-up, seconds of the last checkpoint save, checkpoint bytes)."""
-    overrides = [*model_overrides(args), f"train.run_dir={run_dir}", f"data.source={shards}",
-                 f"data.cache_dir={run_dir.parent}/cache", f"data.seq_len={args.seq_len}",
-                 f"batch.micro_batch_size={args.micro}", f"batch.global_batch_size={args.micro * ranks}",
-                 f"train.max_steps={args.steps}", "train.log_every=1", "train.eval_every=0",
-                 f"train.checkpoint_every={args.steps}", "train.eval_samples=4", "zero.stage=2", "precision=fp32",
-                 "data.num_workers=0"]
+    overrides = [
+        *model_overrides(args),
+        f"train.run_dir={run_dir}",
+        f"data.source={shards}",
+        f"data.cache_dir={run_dir.parent}/cache",
+        f"data.seq_len={args.seq_len}",
+        f"batch.micro_batch_size={args.micro}",
+        f"batch.global_batch_size={args.micro * ranks}",
+        f"train.max_steps={args.steps}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        f"train.checkpoint_every={args.steps}",
+        "train.eval_samples=4",
+        "zero.stage=2",
+        "precision=fp32",
+        "data.num_workers=0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "-m", "ptbr.train",
-           "--config", "configs/train/tiny_cpu.yaml", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "-m",
+        "ptbr.train",
+        "--config",
+        "configs/train/tiny_cpu.yaml",
+        *overrides,
+    ]
     log = sh(*cmd, env=env)
     text = log.stdout + log.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,18 +87,38 @@ def main() -> None:
         for ranks in (int(r) for r in args.ranks.split(",")):
             steps, save_s, size = train(ranks, tmp / f"r{ranks}", shards, args)
             step = statistics.median(steps)
-            rows.append({"ranks": ranks, "tokens_per_step": args.micro * ranks * args.seq_len, "step_s": step,
-                         "step_s_per_core_share": step * min(1.0, cores / ranks), "save_s": save_s,
-                         "checkpoint_MB": size / 2**20})
+            rows.append(
+                {
+                    "ranks": ranks,
+                    "tokens_per_step": args.micro * ranks * args.seq_len,
+                    "step_s": step,
+                    "step_s_per_core_share": step * min(1.0, cores / ranks),
+                    "save_s": save_s,
+                    "checkpoint_MB": size / 2**20,
+                }
+            )
             print(f"  measured {ranks} rank(s)", file=sys.stderr)
     base = rows[0]
     for r in rows:
         r["step_vs_1"] = r["step_s_per_core_share"] / base["step_s_per_core_share"]
         r["save_vs_1"] = r["save_s"] / base["save_s"]
-    print(f"\nweak scaling on {cores} cores, ZeRO-2 fp32 over gloo, {args.layers}x{args.width} model, "
-          f"micro-batch {args.micro} x {args.seq_len} tokens per rank")
-    print_table(rows, ["ranks", "tokens_per_step", "step_s", "step_s_per_core_share", "step_vs_1", "save_s",
-                       "save_vs_1", "checkpoint_MB"])
+    print(
+        f"\nweak scaling on {cores} cores, ZeRO-2 fp32 over gloo, {args.layers}x{args.width} model, "
+        f"micro-batch {args.micro} x {args.seq_len} tokens per rank"
+    )
+    print_table(
+        rows,
+        [
+            "ranks",
+            "tokens_per_step",
+            "step_s",
+            "step_s_per_core_share",
+            "step_vs_1",
+            "save_s",
+            "save_vs_1",
+            "checkpoint_MB",
+        ],
+    )
     write_report(args.json, "scaling", rows, {"config": vars(args), "cores": cores})
 
 

@@ -47,35 +47,75 @@ def build_dataset(tmp: Path, seq_len: int, vocab: int, docs: int = 3000) -> Path
         for text in portuguese_documents(docs, seed=1):
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     py = [sys.executable, "-m", "ptbr.cli"]
-    sh(*py, "tokenizer", "train", "--input", str(corpus), "--output", str(tmp / "tok.json"),
-       "--vocab-size", str(vocab))
-    sh(*py, "shards", "build", "--input", str(corpus), "--tokenizer", str(tmp / "tok.json"), "--output",
-       str(tmp / "shards"), "--seq-len", str(seq_len), "--val-fraction", "0.02")
+    sh(*py, "tokenizer", "train", "--input", str(corpus), "--output", str(tmp / "tok.json"), "--vocab-size", str(vocab))
+    sh(
+        *py,
+        "shards",
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tmp / "tok.json"),
+        "--output",
+        str(tmp / "shards"),
+        "--seq-len",
+        str(seq_len),
+        "--val-fraction",
+        "0.02",
+    )
     return tmp / "shards"
 
 
 def model_overrides(args: argparse.Namespace) -> list[str]:
-    return [f"model.n_layer={args.layers}", f"model.n_embd={args.width}", "model.head_size=64",
-            f"model.vocab_size={args.vocab}", "model.mix_lora=32", "model.decay_lora=64"]
+    return [
+        f"model.n_layer={args.layers}",
+        f"model.n_embd={args.width}",
+        "model.head_size=64",
+        f"model.vocab_size={args.vocab}",
+        "model.mix_lora=32",
+        "model.decay_lora=64",
+    ]
 
 
-def ptbr_step_times(n_ranks: int, shards: Path, run_dir: Path, args: argparse.Namespace, micro: int,
-                    threads: int) -> list[float]:
+def ptbr_step_times(
+    n_ranks: int, shards: Path, run_dir: Path, args: argparse.Namespace, micro: int, threads: int
+) -> list[float]:
     """Step times of ``ptbr train`` on ``args.device`` (the GPUs hidden from it for cpu)."""
-    overrides = [*model_overrides(args), f"train.run_dir={run_dir}", f"data.source={shards}",
-                 f"data.cache_dir={run_dir}/cache", f"data.seq_len={args.seq_len}",
-                 f"batch.micro_batch_size={micro}", f"batch.global_batch_size={micro * n_ranks}",
-                 f"train.max_steps={args.steps}", "train.log_every=5", "train.eval_every=0",
-                 "train.checkpoint_every=0", "train.eval_samples=8", "zero.stage=2", "precision=fp32",
-                 "data.num_workers=1"]
+    overrides = [
+        *model_overrides(args),
+        f"train.run_dir={run_dir}",
+        f"data.source={shards}",
+        f"data.cache_dir={run_dir}/cache",
+        f"data.seq_len={args.seq_len}",
+        f"batch.micro_batch_size={micro}",
+        f"batch.global_batch_size={micro * n_ranks}",
+        f"train.max_steps={args.steps}",
+        "train.log_every=5",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.eval_samples=8",
+        "zero.stage=2",
+        "precision=fp32",
+        "data.num_workers=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     if n_ranks == 1:
         cmd = [sys.executable, "-m", "ptbr.cli", "train", "--config", "configs/train/tiny_cpu.yaml", *overrides]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n_ranks), "-m", "ptbr.train",
-               "--config", "configs/train/tiny_cpu.yaml", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(n_ranks),
+            "-m",
+            "ptbr.train",
+            "--config",
+            "configs/train/tiny_cpu.yaml",
+            *overrides,
+        ]
     sh(*cmd, env=env)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step_time_s"] for r in records if r["kind"] == "train"][1:]  # first window: warm-up
@@ -92,8 +132,9 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
     from ptbr.train.optim import WarmupCosine, build_optimizer
 
     torch.set_num_threads(threads)
-    cfg = TrainConfig.load("configs/train/tiny_cpu.yaml", [*model_overrides(args), "data.source=x",
-                                                           f"data.seq_len={args.seq_len}"])
+    cfg = TrainConfig.load(
+        "configs/train/tiny_cpu.yaml", [*model_overrides(args), "data.source=x", f"data.seq_len={args.seq_len}"]
+    )
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = RWKV6(cfg.model).to(device)
@@ -105,7 +146,7 @@ def plain_step_times(shards: Path, args: argparse.Namespace, micro: int, threads
     times = []
     for step in range(args.steps):
         t0 = time.perf_counter()
-        batch = data[step * micro:(step + 1) * micro]
+        batch = data[step * micro : (step + 1) * micro]
         loss = lm_loss(model(batch[:, :-1]), batch[:, 1:], l2wrap=cfg.optim.l2wrap)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -150,21 +191,51 @@ def main() -> None:
             print("ptbr train, 2 ranks (same global batch) ...", file=sys.stderr)
             two_strong = statistics.median(ptbr_step_times(2, shards, tmp / "r2s", args, args.micro // 2, 1))
     rows = [
-        {"run": "plain PyTorch loop", "ranks": 1, "global_batch": args.micro, "step_s": plain,
-         "tokens_per_s": tokens / plain, "vs_plain": 1.0},
-        {"run": "ptbr train", "ranks": 1, "global_batch": args.micro, "step_s": one,
-         "tokens_per_s": tokens / one, "vs_plain": one / plain},
+        {
+            "run": "plain PyTorch loop",
+            "ranks": 1,
+            "global_batch": args.micro,
+            "step_s": plain,
+            "tokens_per_s": tokens / plain,
+            "vs_plain": 1.0,
+        },
+        {
+            "run": "ptbr train",
+            "ranks": 1,
+            "global_batch": args.micro,
+            "step_s": one,
+            "tokens_per_s": tokens / one,
+            "vs_plain": one / plain,
+        },
     ]
-    rows += [] if not two_ranks else [
-        {"run": "ptbr train (weak scaling)", "ranks": 2, "global_batch": 2 * args.micro, "step_s": two_weak,
-         "tokens_per_s": 2 * tokens / two_weak, "vs_plain": two_weak / plain},
-        {"run": "ptbr train (strong scaling)", "ranks": 2, "global_batch": args.micro, "step_s": two_strong,
-         "tokens_per_s": tokens / two_strong, "vs_plain": two_strong / plain},
-    ]
+    rows += (
+        []
+        if not two_ranks
+        else [
+            {
+                "run": "ptbr train (weak scaling)",
+                "ranks": 2,
+                "global_batch": 2 * args.micro,
+                "step_s": two_weak,
+                "tokens_per_s": 2 * tokens / two_weak,
+                "vs_plain": two_weak / plain,
+            },
+            {
+                "run": "ptbr train (strong scaling)",
+                "ranks": 2,
+                "global_batch": args.micro,
+                "step_s": two_strong,
+                "tokens_per_s": tokens / two_strong,
+                "vs_plain": two_strong / plain,
+            },
+        ]
+    )
     print_table(rows, ["run", "ranks", "global_batch", "step_s", "tokens_per_s", "vs_plain"])
     verdict = {"target_step_time_ratio": 1.10, "ptbr_vs_plain": one / plain, "met": one / plain <= 1.10}
-    print(f"\nptbr / plain step time at 1 rank: {one / plain:.3f} (target <= 1.10: "
-          f"{'met' if verdict['met'] else 'NOT met'})")
+    print(
+        f"\nptbr / plain step time at 1 rank: {one / plain:.3f} (target <= 1.10: "
+        f"{'met' if verdict['met'] else 'NOT met'})"
+    )
     write_report(args.json, "train", rows, {"config": vars(args), "verdict": verdict})
 
 

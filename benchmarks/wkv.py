@@ -47,8 +47,9 @@ def make(B: int, T: int, H: int, N: int, device: str, dtype: torch.dtype) -> dic
     return {n: t.to(device=device, dtype=dtype).requires_grad_(True) for n, t in x.items()}
 
 
-def bench_backend(backend: str, shape: tuple[int, int, int, int], device: str, dtype: torch.dtype,
-                  repeats: int) -> dict:
+def bench_backend(
+    backend: str, shape: tuple[int, int, int, int], device: str, dtype: torch.dtype, repeats: int
+) -> dict:
     B, T, H, N = shape
     x = make(B, T, H, N, device, dtype)
     sync = torch.cuda.synchronize if device == "cuda" else None
@@ -63,8 +64,17 @@ def bench_backend(backend: str, shape: tuple[int, int, int, int], device: str, d
 
     fwd_ms = time_call(fwd, repeats=repeats, sync=sync)
     fb_ms = time_call(fwd_bwd, repeats=repeats, sync=sync)
-    return {"backend": backend, "B": B, "T": T, "H": H, "N": N, "dtype": str(dtype).split(".")[-1],
-            "fwd_ms": fwd_ms, "fwd_bwd_ms": fb_ms, "tokens_per_s": B * T / (fb_ms / 1e3)}
+    return {
+        "backend": backend,
+        "B": B,
+        "T": T,
+        "H": H,
+        "N": N,
+        "dtype": str(dtype).split(".")[-1],
+        "fwd_ms": fwd_ms,
+        "fwd_bwd_ms": fb_ms,
+        "tokens_per_s": B * T / (fb_ms / 1e3),
+    }
 
 
 # ----------------------------------------------------------------------------------------- GPU suite
@@ -93,8 +103,9 @@ def _timer(device: str, repeats: int) -> Callable[[Callable[[], object]], float]
     if device == "cuda":
         import triton.testing
 
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=max(100, 20 * repeats),
-                                                        return_mode="median"))
+        return lambda fn: float(
+            triton.testing.do_bench(fn, warmup=25, rep=max(100, 20 * repeats), return_mode="median")
+        )
     return lambda fn: time_call(fn, repeats=repeats, warmup=1)
 
 
@@ -168,9 +179,11 @@ def precision(runs: dict[str, Runner], x: dict[str, torch.Tensor]) -> dict[str, 
 def gpu_suite(args: argparse.Namespace) -> None:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--gpu-suite needs a CUDA GPU and none is visible (for the CPU table, drop the flag; to run "
-                 "the suite's code path on CPU: TRITON_INTERPRET=1 ... --gpu-suite --device cpu "
-                 "--suite-shape 1,128,2,16)")
+        sys.exit(
+            "--gpu-suite needs a CUDA GPU and none is visible (for the CPU table, drop the flag; to run "
+            "the suite's code path on CPU: TRITON_INTERPRET=1 ... --gpu-suite --device cpu "
+            "--suite-shape 1,128,2,16)"
+        )
     B, T, H, N = (int(v) for v in args.suite_shape.split(","))
     dtype = getattr(torch, args.dtype)
     x = make(B, T, H, N, device, dtype)
@@ -180,8 +193,14 @@ def gpu_suite(args: argparse.Namespace) -> None:
         runs["fla"] = fla
     rows = []
     for name, run in runs.items():
-        row = {**measure(name, run, x, device, args.repeats), "B": B, "T": T, "H": H, "N": N,
-               "dtype": str(dtype).split(".")[-1]}
+        row = {
+            **measure(name, run, x, device, args.repeats),
+            "B": B,
+            "T": T,
+            "H": H,
+            "N": N,
+            "dtype": str(dtype).split(".")[-1],
+        }
         rows.append(row)
         print(f"  measured {name}", file=sys.stderr)
         write_report(args.json, "wkv_gpu_suite", rows, {"device": device, "suite": True}, partial=True)
@@ -196,14 +215,37 @@ def gpu_suite(args: argparse.Namespace) -> None:
         target = by_name["triton"]["fwd_bwd_ms"] <= by_name["fla"]["fwd_bwd_ms"]
         for r in rows:
             r["fwd_bwd_vs_fla"] = by_name["fla"]["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-    print_table(rows, ["backend", "B", "T", "H", "N", "dtype", "fwd_ms", "bwd_ms", "fwd_bwd_ms", "peak_mem_mib",
-                       "tokens_per_s", "fwd_bwd_vs_fla", "err_y", "err_dw", "err_max"])
+    print_table(
+        rows,
+        [
+            "backend",
+            "B",
+            "T",
+            "H",
+            "N",
+            "dtype",
+            "fwd_ms",
+            "bwd_ms",
+            "fwd_bwd_ms",
+            "peak_mem_mib",
+            "tokens_per_s",
+            "fwd_bwd_vs_fla",
+            "err_y",
+            "err_dw",
+            "err_max",
+        ],
+    )
     print(f"\n{fla_note}")
     if target is not None:
         print(f"target (Triton forward+backward no slower than fla): {'met' if target else 'NOT met'}")
-    extra = {"device": device, "suite": True, "fla": fla_note, "target_met": target,
-             "note": "bwd_ms = backward pass alone on a retained graph; peak_mem_mib = peak above the inputs; "
-                     "err_* = relative RMS vs the chunked torch path in float64"}
+    extra = {
+        "device": device,
+        "suite": True,
+        "fla": fla_note,
+        "target_met": target,
+        "note": "bwd_ms = backward pass alone on a retained graph; peak_mem_mib = peak above the inputs; "
+        "err_* = relative RMS vs the chunked torch path in float64",
+    }
     if device == "cuda":
         extra["gpu"] = torch.cuda.get_device_name()
     write_report(args.json, "wkv_gpu_suite", rows, extra)
@@ -217,12 +259,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--head-size", type=int, default=64)
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="default float32 (bfloat16 with --gpu-suite)")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default float32 (bfloat16 with --gpu-suite)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="write the JSON report here")
-    ap.add_argument("--gpu-suite", action="store_true",
-                    help="Triton vs chunked torch vs fla chunk_rwkv6 at the training shape (needs a GPU)")
+    ap.add_argument(
+        "--gpu-suite",
+        action="store_true",
+        help="Triton vs chunked torch vs fla chunk_rwkv6 at the training shape (needs a GPU)",
+    )
     ap.add_argument("--suite-shape", default=",".join(map(str, SUITE_SHAPE)), help="B,T,H,N for --gpu-suite")
     ap.add_argument("--no-precision", action="store_true", help="--gpu-suite: skip the float64 comparison")
     args = ap.parse_args()
@@ -252,8 +301,22 @@ def main() -> None:
             rows.append(row)
             print(f"  measured {backend} T={T}", file=sys.stderr)
             write_report(args.json, "wkv", rows, {"device": args.device}, partial=True)
-    print_table(rows, ["backend", "B", "T", "H", "N", "dtype", "fwd_ms", "fwd_bwd_ms", "tokens_per_s",
-                       "speedup_fwd", "speedup_fwd_bwd"])
+    print_table(
+        rows,
+        [
+            "backend",
+            "B",
+            "T",
+            "H",
+            "N",
+            "dtype",
+            "fwd_ms",
+            "fwd_bwd_ms",
+            "tokens_per_s",
+            "speedup_fwd",
+            "speedup_fwd_bwd",
+        ],
+    )
     write_report(args.json, "wkv", rows, {"device": args.device})
 
 

@@ -23,10 +23,19 @@ from ptbr.errors import PtbrError  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", required=True, help="hostfile to write")
-    ap.add_argument("--nodelist", "--hosts", dest="nodelist", default=os.environ.get("SLURM_JOB_NODELIST"),
-                    help="hosts, comma-separated or in Slurm's gpu[01-04] form (default: $SLURM_JOB_NODELIST)")
-    ap.add_argument("--slots", type=int, default=int(os.environ.get("SLURM_GPUS_ON_NODE", "8") or 8),
-                    help="GPUs per node (default: $SLURM_GPUS_ON_NODE or 8)")
+    ap.add_argument(
+        "--nodelist",
+        "--hosts",
+        dest="nodelist",
+        default=os.environ.get("SLURM_JOB_NODELIST"),
+        help="hosts, comma-separated or in Slurm's gpu[01-04] form (default: $SLURM_JOB_NODELIST)",
+    )
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=int(os.environ.get("SLURM_GPUS_ON_NODE", "8") or 8),
+        help="GPUs per node (default: $SLURM_GPUS_ON_NODE or 8)",
+    )
     args = ap.parse_args()
     try:
         if not args.nodelist:

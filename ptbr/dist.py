@@ -123,15 +123,25 @@ def local_world_size(env: dict[str, str] | None = None) -> tuple[int, str]:
     world = int(env.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return 1, "WORLD_SIZE<=1"
-    found = _int_env(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                     "MPI_LOCALNRANKS", "SLURM_GPUS_ON_NODE")
+    found = _int_env(
+        env,
+        "LOCAL_WORLD_SIZE",
+        "LOCAL_SIZE",
+        "SLURM_NTASKS_PER_NODE",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_GPUS_ON_NODE",
+    )
     if found is None:
-        raise PtbrError("cannot tell how many ranks run on this node: set LOCAL_WORLD_SIZE (torchrun does; "
-                        "the deepspeed launcher sets LOCAL_SIZE; srun needs --ntasks-per-node)")
+        raise PtbrError(
+            "cannot tell how many ranks run on this node: set LOCAL_WORLD_SIZE (torchrun does; "
+            "the deepspeed launcher sets LOCAL_SIZE; srun needs --ntasks-per-node)"
+        )
     name, value = found
     if world % value:
-        raise PtbrError(f"{name}={value} does not divide WORLD_SIZE={world}; set LOCAL_WORLD_SIZE to the "
-                        f"number of ranks per node")
+        raise PtbrError(
+            f"{name}={value} does not divide WORLD_SIZE={world}; set LOCAL_WORLD_SIZE to the number of ranks per node"
+        )
     return value, name
 
 
@@ -159,8 +169,15 @@ def detect(env: dict[str, str] | None = None) -> DistEnv:
         world = int(env["WORLD_SIZE"])
         found = _int_env(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE")
         local_world = found[1] if found else world
-        return DistEnv(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), local_world,
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")), launcher)
+        return DistEnv(
+            int(env["RANK"]),
+            world,
+            int(env.get("LOCAL_RANK", "0")),
+            local_world,
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", "29500")),
+            launcher,
+        )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         return _slurm_env(env)
     return DistEnv(0, 1, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()), "single")
@@ -168,17 +185,24 @@ def detect(env: dict[str, str] | None = None) -> DistEnv:
 
 def export(d: DistEnv) -> None:
     """Publish the torchrun-style variables that DeepSpeed and streaming read."""
-    os.environ.update({
-        "RANK": str(d.rank), "WORLD_SIZE": str(d.world_size), "LOCAL_RANK": str(d.local_rank),
-        "LOCAL_WORLD_SIZE": str(d.local_world_size), "MASTER_ADDR": d.master_addr,
-        "MASTER_PORT": str(d.master_port),
-    })
+    os.environ.update(
+        {
+            "RANK": str(d.rank),
+            "WORLD_SIZE": str(d.world_size),
+            "LOCAL_RANK": str(d.local_rank),
+            "LOCAL_WORLD_SIZE": str(d.local_world_size),
+            "MASTER_ADDR": d.master_addr,
+            "MASTER_PORT": str(d.master_port),
+        }
+    )
 
 
 # DeepSpeed calls these two collectives by the names torch 2.9+ deprecates, and every rank would print a
 # FutureWarning for each at its first step, into the job log. Only these two messages are silenced.
-DEEPSPEED_DEPRECATED_COLLECTIVES = (r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
-                                    r"`torch\.distributed\.reduce_scatter_tensor` is deprecated")
+DEEPSPEED_DEPRECATED_COLLECTIVES = (
+    r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+    r"`torch\.distributed\.reduce_scatter_tensor` is deprecated",
+)
 
 
 def quiet_deepspeed_deprecations() -> None:
@@ -210,8 +234,9 @@ def setup(timeout_s: float = 1800.0) -> DistEnv:
     import deepspeed
 
     quiet_deepspeed_deprecations()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(seconds=timeout_s))
+    deepspeed.init_distributed(
+        dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, timeout=datetime.timedelta(seconds=timeout_s)
+    )
     if cuda and d.world_size > 1:
         check_one_gpu_per_rank(timeout_s)
     return d
@@ -238,9 +263,11 @@ def shared_gpu_problem(gpus: list[tuple[str, str]]) -> str | None:
     for rank, gpu in enumerate(gpus):
         if gpu in first:
             per_host = len({uuid for host, uuid in gpus if host == gpu[0]})
-            return (f"ranks {first[gpu]} and {rank} share one GPU on {gpu[0]} ({per_host} GPU(s) for "
-                    f"{sum(host == gpu[0] for host, _ in gpus)} ranks): NCCL needs a GPU per rank; start "
-                    f"{per_host} rank(s) per node, or run on CPU with CUDA_VISIBLE_DEVICES=")
+            return (
+                f"ranks {first[gpu]} and {rank} share one GPU on {gpu[0]} ({per_host} GPU(s) for "
+                f"{sum(host == gpu[0] for host, _ in gpus)} ranks): NCCL needs a GPU per rank; start "
+                f"{per_host} rank(s) per node, or run on CPU with CUDA_VISIBLE_DEVICES="
+            )
         first[gpu] = rank
     return None
 

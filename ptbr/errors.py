@@ -28,17 +28,29 @@ class ExitCode:
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "done", "stop", agreed=True),
     ExitCode(1, "unexpected error (a bug: the traceback is in the log)", "stop", agreed=False),
-    ExitCode(2, "bad configuration, input or checkpoint (one line says which and how to fix it)", "stop",
-             agreed=False),
-    ExitCode(3, "`train.max_nonfinite_in_row` non-finite steps in a row (names the last good checkpoint)", "stop",
-             agreed=True),
+    ExitCode(2, "bad configuration, input or checkpoint (one line says which and how to fix it)", "stop", agreed=False),
+    ExitCode(
+        3,
+        "`train.max_nonfinite_in_row` non-finite steps in a row (names the last good checkpoint)",
+        "stop",
+        agreed=True,
+    ),
     ExitCode(65, "a shard is corrupt or missing at the source (named; `ptbr shards verify` it)", "stop", agreed=True),
-    ExitCode(69, "the data source stayed unreachable for the whole retry window; a checkpoint was saved",
-             "requeue after a delay", agreed=True),
-    ExitCode(74, "a checkpoint could not be written (disk full, quota); the partial one was removed", "stop",
-             agreed=True),
-    ExitCode(75, "stopped by a signal (time limit, preemption, `scancel`); a checkpoint was committed",
-             "requeue on the time-limit signal; leave SIGTERM to Slurm", agreed=True),
+    ExitCode(
+        69,
+        "the data source stayed unreachable for the whole retry window; a checkpoint was saved",
+        "requeue after a delay",
+        agreed=True,
+    ),
+    ExitCode(
+        74, "a checkpoint could not be written (disk full, quota); the partial one was removed", "stop", agreed=True
+    ),
+    ExitCode(
+        75,
+        "stopped by a signal (time limit, preemption, `scancel`); a checkpoint was committed",
+        "requeue on the time-limit signal; leave SIGTERM to Slurm",
+        agreed=True,
+    ),
 )
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_NONFINITE = 0, 1, 2, 3
 EXIT_DATA_CORRUPT, EXIT_SOURCE_UNAVAILABLE, EXIT_CHECKPOINT_WRITE, EXIT_PREEMPTED = 65, 69, 74, 75  # sysexits.h

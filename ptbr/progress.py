@@ -38,8 +38,16 @@ def fmt_eta(seconds: float) -> str:
 class ProgressBar:
     """Bytes-based progress (for the ETA) with an extra rate, e.g. tokens/s."""
 
-    def __init__(self, desc: str, total_bytes: int, *, rate_unit: str = "tok", enabled: bool = True,
-                 stream: TextIO | None = None, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        desc: str,
+        total_bytes: int,
+        *,
+        rate_unit: str = "tok",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.desc, self.total, self.rate_unit = desc, max(total_bytes, 1), rate_unit
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -70,9 +78,11 @@ class ProgressBar:
         frac = min(self.done_bytes / self.total, 1.0)
         eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
         eta_text = fmt_eta(eta) if frac > 0 else "?"
-        return (f"{self.desc}: {100 * frac:5.1f}% {human_bytes(self.done_bytes)}/{human_bytes(self.total)} "
-                f"{human(self.count)} {self.rate_unit} {human(self.count / elapsed)} {self.rate_unit}/s "
-                f"elapsed {fmt_eta(elapsed)} ETA {eta_text}")
+        return (
+            f"{self.desc}: {100 * frac:5.1f}% {human_bytes(self.done_bytes)}/{human_bytes(self.total)} "
+            f"{human(self.count)} {self.rate_unit} {human(self.count / elapsed)} {self.rate_unit}/s "
+            f"elapsed {fmt_eta(elapsed)} ETA {eta_text}"
+        )
 
     def close(self) -> None:
         if self.enabled:

@@ -36,8 +36,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if SYSTEM in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
         elif servers := SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            raise pytest.UsageError(f"{item.nodeid} needs a server ({', '.join(sorted(servers))}): move it to "
-                                    "tests/system/")
+            raise pytest.UsageError(
+                f"{item.nodeid} needs a server ({', '.join(sorted(servers))}): move it to tests/system/"
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -23,14 +23,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # import inference, cleaning does not import training).
 LAYERS: dict[str, int] = {
     # foundation: used by all, use nothing of ptbr
-    "ptbr": 0, "ptbr.errors": 0, "ptbr.fsutil": 0, "ptbr.log": 0, "ptbr.progress": 0,
+    "ptbr": 0,
+    "ptbr.errors": 0,
+    "ptbr.fsutil": 0,
+    "ptbr.log": 0,
+    "ptbr.progress": 0,
     # shared services: configuration machinery, process placement, the WKV operator
-    "ptbr.config": 1, "ptbr.dist": 1, "ptbr.ops": 1,
+    "ptbr.config": 1,
+    "ptbr.dist": 1,
+    "ptbr.ops": 1,
     # building blocks (bench: the lm-evaluation-harness model over any scorer, used by training's bench_every
     # and by inference's ``ptbr bench`` alike, so it may depend on neither)
-    "ptbr.model": 2, "ptbr.data": 2, "ptbr.checkpoint": 2, "ptbr.bench": 2,
+    "ptbr.model": 2,
+    "ptbr.data": 2,
+    "ptbr.checkpoint": 2,
+    "ptbr.bench": 2,
     # capabilities
-    "ptbr.train": 3, "ptbr.infer": 3, "ptbr.clean": 3, "ptbr.devtools": 3,
+    "ptbr.train": 3,
+    "ptbr.infer": 3,
+    "ptbr.clean": 3,
+    "ptbr.devtools": 3,
     # whole-pipeline tour, then the command line
     "ptbr.quickstart": 4,
     "ptbr.commands": 5,

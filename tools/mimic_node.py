@@ -27,8 +27,23 @@ import time
 from pathlib import Path
 
 # The node's preinstalled packages (issue 21), besides torch and triton.
-NODE_PACKAGES = ("numpy", "pyyaml", "psutil", "tqdm", "matplotlib", "xxhash", "msgpack", "py-cpuinfo", "ninja",
-                 "einops", "safetensors", "tokenizers", "transformers", "pytest", "tensorboard")
+NODE_PACKAGES = (
+    "numpy",
+    "pyyaml",
+    "psutil",
+    "tqdm",
+    "matplotlib",
+    "xxhash",
+    "msgpack",
+    "py-cpuinfo",
+    "ninja",
+    "einops",
+    "safetensors",
+    "tokenizers",
+    "transformers",
+    "pytest",
+    "tensorboard",
+)
 # typer (through transformers) requires pydantic from 0.29 on; the node has no pydantic.
 PINS = ("typer<0.29",)
 TORCH = "torch==2.14.1"  # the CUDA build this machine serves from its disk; it brings its triton
@@ -43,14 +58,16 @@ def base_python() -> str:
 
 
 def python_version(python: str) -> str:
-    out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
 def key(version: str) -> str:
-    spec = json.dumps({"python": version, "torch": TORCH, "packages": NODE_PACKAGES, "pins": PINS,
-                       "version": VERSION}, sort_keys=True)
+    spec = json.dumps(
+        {"python": version, "torch": TORCH, "packages": NODE_PACKAGES, "pins": PINS, "version": VERSION}, sort_keys=True
+    )
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -77,16 +94,24 @@ def ensure(python: str | None = None, cache: Path = CACHE, log=print) -> Path:
         run([python, "-m", "venv", str(env)], timeout=300)
         py = str(env / "bin" / "python")
         run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade", "pip"], timeout=600)
-        run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", TORCH, *NODE_PACKAGES, *PINS],
-            timeout=3600)
-        freeze = subprocess.run([py, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
-                                capture_output=True, text=True, check=True).stdout
+        run(
+            [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", TORCH, *NODE_PACKAGES, *PINS],
+            timeout=3600,
+        )
+        freeze = subprocess.run(
+            [py, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         names = {line.split("==")[0].lower() for line in freeze.splitlines()}
         if names & {"pydantic", "deepspeed", "mosaicml-streaming", "boto3", "zstandard"}:
             raise RuntimeError(f"mimic-node: {env} holds a package the node does not have; fix PINS")
         seconds = time.perf_counter() - t0
-        (env / MARKER).write_text(json.dumps({"python": version, "seconds": round(seconds, 1),
-                                              "freeze": freeze.splitlines()}, indent=1) + "\n")
+        (env / MARKER).write_text(
+            json.dumps({"python": version, "seconds": round(seconds, 1), "freeze": freeze.splitlines()}, indent=1)
+            + "\n"
+        )
         log(f"mimic-node: built in {seconds:.0f} s")
     return env
 

@@ -65,14 +65,18 @@ def plan(wheelhouse: Path, have: dict[str, str]) -> tuple[dict, list[dict], list
     manifest = json.loads(path.read_text())
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if manifest.get("python") != here or sys.implementation.name != "cpython":
-        raise Incomplete(f"the wheelhouse is for CPython {manifest.get('python')}, this is "
-                         f"{sys.implementation.name} {here}: rebuild it with --python-version {here}")
+        raise Incomplete(
+            f"the wheelhouse is for CPython {manifest.get('python')}, this is "
+            f"{sys.implementation.name} {here}: rebuild it with --python-version {here}"
+        )
     if platform.machine() != "x86_64":
         raise Incomplete(f"the wheelhouse is for x86_64, this machine is {platform.machine()}")
     libc, libc_version = platform.libc_ver()
     if libc == "glibc" and Version(libc_version) < Version(manifest.get("glibc", "2.17")):
-        raise Incomplete(f"the wheelhouse needs glibc >= {manifest['glibc']}, this node has {libc_version}: "
-                         f"rebuild it with --glibc {libc_version}")
+        raise Incomplete(
+            f"the wheelhouse needs glibc >= {manifest['glibc']}, this node has {libc_version}: "
+            f"rebuild it with --glibc {libc_version}"
+        )
     missing, todo, notes = [], [], []
     for entry in manifest.get("relies_on", []):
         name, req = entry["name"], entry["requirement"]
@@ -100,8 +104,10 @@ def plan(wheelhouse: Path, have: dict[str, str]) -> tuple[dict, list[dict], list
         if refused(name):
             notes.append(f"ignored {extra.name}: {name} always comes with the node")
     if missing:
-        raise Incomplete(f"the wheelhouse {wheelhouse} is incomplete for this Python ({sys.executable}): missing "
-                         + ", ".join(missing))
+        raise Incomplete(
+            f"the wheelhouse {wheelhouse} is incomplete for this Python ({sys.executable}): missing "
+            + ", ".join(missing)
+        )
     return manifest, todo, notes
 
 
@@ -118,8 +124,22 @@ def ptbr_installed_from(repo: Path) -> bool:
 
 def pip(*args: str) -> None:
     # --isolated: no pip config or PIP_* variables (an index or constraint from them must not apply here)
-    cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--no-index",
-           "--no-deps", "--no-build-isolation", "--no-cache-dir", "--progress-bar", "off", "-q", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--isolated",
+        "--disable-pip-version-check",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-cache-dir",
+        "--progress-bar",
+        "off",
+        "-q",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
@@ -135,8 +155,10 @@ def install(wheelhouse: Path, repo: Path) -> dict:
     before = {n: have.get(n) for n in FROM_NODE_ONLY}
     need_ptbr = not ptbr_installed_from(repo)
     if (todo or need_ptbr) and not os.access(purelib, os.W_OK):
-        raise Incomplete(f"cannot write to {purelib}: make a venv on top of this Python "
-                         f"(python3 -m venv --system-site-packages DIR) and run this with DIR/bin/python")
+        raise Incomplete(
+            f"cannot write to {purelib}: make a venv on top of this Python "
+            f"(python3 -m venv --system-site-packages DIR) and run this with DIR/bin/python"
+        )
     if todo:
         pip(*(str(wheelhouse / e["file"]) for e in todo))
     if need_ptbr:
@@ -145,14 +167,23 @@ def install(wheelhouse: Path, repo: Path) -> dict:
     for name, version in before.items():
         if after.get(name) != version:
             raise Incomplete(f"{name} changed from {version} to {after.get(name)}: this must not happen")
-    still = [e["requirement"] for e in manifest["packages"]
-             if not refused(e["name"]) and not satisfies(after.get(e["name"]), e["requirement"])]
+    still = [
+        e["requirement"]
+        for e in manifest["packages"]
+        if not refused(e["name"]) and not satisfies(after.get(e["name"]), e["requirement"])
+    ]
     if still:
         raise Incomplete("installed, but these are still not satisfied: " + ", ".join(still))
-    return {"python": sys.executable, "site_packages": str(purelib), "seconds": round(time.perf_counter() - t0, 2),
-            "installed": [f"{e['name']}=={e['version']}" for e in todo],
-            "installed_bytes": sum(e["bytes"] for e in todo), "ptbr": "installed" if need_ptbr else "already there",
-            "untouched": {n: v for n, v in before.items()}, "notes": notes}
+    return {
+        "python": sys.executable,
+        "site_packages": str(purelib),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "installed": [f"{e['name']}=={e['version']}" for e in todo],
+        "installed_bytes": sum(e["bytes"] for e in todo),
+        "ptbr": "installed" if need_ptbr else "already there",
+        "untouched": {n: v for n, v in before.items()},
+        "notes": notes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     for note in rep["notes"]:
         print(f"setup: {note}")
     untouched = ", ".join(f"{n} {v}" for n, v in rep["untouched"].items())
-    print(f"setup: {len(rep['installed'])} wheels ({rep['installed_bytes'] / (1 << 20):.1f} MiB) and ptbr "
-          f"({rep['ptbr']}) in {rep['seconds']:.1f} s into {rep['site_packages']}; {untouched} untouched")
+    print(
+        f"setup: {len(rep['installed'])} wheels ({rep['installed_bytes'] / (1 << 20):.1f} MiB) and ptbr "
+        f"({rep['ptbr']}) in {rep['seconds']:.1f} s into {rep['site_packages']}; {untouched} untouched"
+    )
     if args.report:
         args.report.write_text(json.dumps(rep, indent=2) + "\n")
     return 0

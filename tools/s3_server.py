@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Run the local SeaweedFS S3 server (ptbr.devtools.local_s3.LocalS3Server) for the quickstart and tests.
 
-    python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr           # foreground, Ctrl-C stops
-    python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr --background
-    source /tmp/ptbr-s3/s3.env                                                  # client variables
-    python tools/s3_server.py stop --dir /tmp/ptbr-s3
+python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr           # foreground, Ctrl-C stops
+python tools/s3_server.py start --dir /tmp/ptbr-s3 --bucket ptbr --background
+source /tmp/ptbr-s3/s3.env                                                  # client variables
+python tools/s3_server.py stop --dir /tmp/ptbr-s3
 """
 
 from __future__ import annotations

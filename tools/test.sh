@@ -10,5 +10,6 @@ if ! command -v slurmctld >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm; } >/dev/null 2>&1 \
         || echo "setup: could not install slurm-wlm; the Slurm tests will be skipped" >&2
 fi
+"$VENV/bin/ruff" format --check .   # the formatter is the house style (docs/architecture.md, "Habits")
 "$VENV/bin/ruff" check .
 exec "$VENV/bin/python" -m pytest "$@"

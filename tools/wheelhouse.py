@@ -61,19 +61,34 @@ FROM_NODE_ONLY = ("torch", "triton")
 GPU_CHECK = ("fla-core>=0.4", "rwkv>=0.8.26")
 # ptbr requirements used only by one command, left out unless asked for with --with.
 OPTIONAL = {"clean": ("ftfy", "py3langid", "datasketch"), "parquet": ("pyarrow",)}
-OPTIONAL_WHY = {"clean": "only `ptbr corpus clean` imports them, and datasketch imports scipy (~35 MB); "
-                         "add them with --with clean",
-                "parquet": "only reading .parquet corpora imports it (~40 MB; many site Pythons have it); "
-                           "add it with --with parquet"}
+OPTIONAL_WHY = {
+    "clean": "only `ptbr corpus clean` imports them, and datasketch imports scipy (~35 MB); add them with --with clean",
+    "parquet": "only reading .parquet corpora imports it (~40 MB; many site Pythons have it); "
+    "add it with --with parquet",
+}
 # mosaicml-streaming 0.13 declares cloud SDKs it imports lazily, per URL scheme, in streaming.base.storage.
 # What `import streaming` really executes (streaming/__init__ -> base, text, vision, multimodal): brotli, snappy
 # and zstd (base/compression), catalogue (base/registry_utils), filelock (base/dataset), typing_extensions,
 # PIL (base/format/mds/encodings), transformers (base/dataloader, text/c4), torchvision (vision/base), numpy,
 # tqdm, xxhash; boto3 for s3:// (ptbr needs it anyway). Its caps numpy<2.2, transformers<5 and xxhash<4 are not
 # applied: tests/test_airgap.py runs it with numpy 2.4, transformers 5 and xxhash 4.
-STREAMING_IMPORTS = ("boto3>=1.21.45", "brotli>=1.0.9", "python-snappy>=0.6.1", "zstd>=1.5.2.5", "catalogue>=2",
-                     "filelock", "typing-extensions", "pillow", "transformers", "torchvision", "numpy", "tqdm",
-                     "xxhash", "matplotlib", "torch")
+STREAMING_IMPORTS = (
+    "boto3>=1.21.45",
+    "brotli>=1.0.9",
+    "python-snappy>=0.6.1",
+    "zstd>=1.5.2.5",
+    "catalogue>=2",
+    "filelock",
+    "typing-extensions",
+    "pillow",
+    "transformers",
+    "torchvision",
+    "numpy",
+    "tqdm",
+    "xxhash",
+    "matplotlib",
+    "torch",
+)
 REPLACED_REQUIRES = {"mosaicml-streaming": STREAMING_IMPORTS}
 LEFT_OUT_WHY = {
     "google-cloud-storage": "streaming imports it only for gs:// URLs",
@@ -103,11 +118,20 @@ class Target:
     source: str
 
     def marker_env(self, extra: str = "") -> dict[str, str]:
-        return {"python_version": self.python, "python_full_version": f"{self.python}.0", "os_name": "posix",
-                "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                "platform_python_implementation": "CPython", "implementation_name": "cpython",
-                "implementation_version": f"{self.python}.0", "platform_release": "", "platform_version": "",
-                "extra": extra}
+        return {
+            "python_version": self.python,
+            "python_full_version": f"{self.python}.0",
+            "os_name": "posix",
+            "sys_platform": "linux",
+            "platform_system": "Linux",
+            "platform_machine": "x86_64",
+            "platform_python_implementation": "CPython",
+            "implementation_name": "cpython",
+            "implementation_version": f"{self.python}.0",
+            "platform_release": "",
+            "platform_version": "",
+            "extra": extra,
+        }
 
     def platforms(self) -> list[str]:
         major, minor = (int(x) for x in self.glibc.split("."))
@@ -170,9 +194,24 @@ def wheel_key(path: Path) -> str:
 
 def pip_cmd(target: Target, *args: str) -> list[str]:
     plat = [a for p in target.platforms() for a in ("--platform", p)]
-    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-            target.python, "--implementation", "cp", *plat, "--progress-bar", "off", "--disable-pip-version-check",
-            "-q", *args]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        target.python,
+        "--implementation",
+        "cp",
+        *plat,
+        "--progress-bar",
+        "off",
+        "--disable-pip-version-check",
+        "-q",
+        *args,
+    ]
 
 
 class Builder:
@@ -207,8 +246,10 @@ class Builder:
             entry["requirement"] = f"{name}{spec}"
             entry["required_by"] = sorted({*entry["required_by"], by})
             if have is None or not satisfied(have, spec):
-                self.errors.append(f"{name}{spec} (needed by {by}) must come with the node, which has "
-                                   f"{name + '==' + have if have else 'none'}")
+                self.errors.append(
+                    f"{name}{spec} (needed by {by}) must come with the node, which has "
+                    f"{name + '==' + have if have else 'none'}"
+                )
             return None
         got = self.chosen.get(name)
         if got is not None and satisfied(got.version, spec):
@@ -232,8 +273,7 @@ class Builder:
     def download(self, reqs: list[Requirement]) -> dict[str, Path]:
         """Wheels for ``reqs`` (one pip call; one per requirement again if that fails) -> name -> file."""
         with tempfile.TemporaryDirectory(dir=self.out) as tmp:
-            proc = subprocess.run(pip_cmd(self.target, "-d", tmp, *map(str, reqs)), capture_output=True,
-                                  text=True)
+            proc = subprocess.run(pip_cmd(self.target, "-d", tmp, *map(str, reqs)), capture_output=True, text=True)
             if proc.returncode != 0 and len(reqs) > 1:
                 got: dict[str, Path] = {}
                 for r in reqs:
@@ -244,8 +284,9 @@ class Builder:
                 name = canon(reqs[0].name)
                 if name in SDIST_BUILDS:
                     return {name: self.build_sdist(reqs[0])}
-                self.errors.append(f"{reqs[0]}: no wheel for CPython {self.target.python} manylinux x86_64 "
-                                   f"({last_line(proc.stderr)})")
+                self.errors.append(
+                    f"{reqs[0]}: no wheel for CPython {self.target.python} manylinux x86_64 ({last_line(proc.stderr)})"
+                )
                 return {}
             for f in Path(tmp).glob("*.whl"):
                 dest = self.out / f.name
@@ -257,8 +298,20 @@ class Builder:
         """A pure-Python wheel built from the sdist (cached per sdist under ``cache``)."""
         name = canon(req.name)
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                   "--disable-pip-version-check", "-d", tmp, str(req)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-q",
+                "--disable-pip-version-check",
+                "-d",
+                tmp,
+                str(req),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             sdists = list(Path(tmp).iterdir())
             if proc.returncode != 0 or len(sdists) != 1:
@@ -271,9 +324,23 @@ class Builder:
                 how = " ".join(f"{k}={v}" for k, v in SDIST_BUILDS[name].items())
                 self.log(f"wheelhouse: building {sdist.name} ({how})")
                 build = Path(tmp) / "wheel"
-                proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                                       "--disable-pip-version-check", "-w", str(build), str(sdist)],
-                                      capture_output=True, text=True, env={**os.environ, **SDIST_BUILDS[name]})
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "wheel",
+                        "--no-deps",
+                        "-q",
+                        "--disable-pip-version-check",
+                        "-w",
+                        str(build),
+                        str(sdist),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, **SDIST_BUILDS[name]},
+                )
                 wheels = list(build.glob("*.whl")) if build.is_dir() else []
                 if proc.returncode != 0 or len(wheels) != 1:
                     raise SystemExit(f"wheelhouse: building {sdist.name} failed: {last_line(proc.stderr)}")
@@ -313,8 +380,14 @@ class Builder:
                 old = self.chosen.get(name)
                 if old is not None and old.file != path.name:
                     (self.out / old.file).unlink(missing_ok=True)
-                self.chosen[name] = Chosen(name, version, path.name, self.specs[name],
-                                           set(bys) | (old.required_by if old else set()), self.built.get(name))
+                self.chosen[name] = Chosen(
+                    name,
+                    version,
+                    path.name,
+                    self.specs[name],
+                    set(bys) | (old.required_by if old else set()),
+                    self.built.get(name),
+                )
                 self.relies.pop(name, None)
                 declared = [r for r in map(Requirement, requires) if self.applies(r, tuple(req.extras))]
                 replaced = REPLACED_REQUIRES.get(name)
@@ -323,8 +396,10 @@ class Builder:
                     for r in declared:
                         if canon(r.name) not in imported:
                             self.left_out[canon(r.name)] = {
-                                "name": canon(r.name), "required_by": name,
-                                "why": LEFT_OUT_WHY.get(canon(r.name), f"{name} does not import it")}
+                                "name": canon(r.name),
+                                "required_by": name,
+                                "why": LEFT_OUT_WHY.get(canon(r.name), f"{name} does not import it"),
+                            }
                     declared = [Requirement(r) for r in replaced]
                 self.requires[name] = [(r, name) for r in declared]
                 level.extend(self.requires[name])
@@ -362,8 +437,7 @@ def git_commit(repo: Path) -> str | None:
     return proc.stdout.strip() or None
 
 
-def build(target: Target, out: Path, extras: tuple[str, ...], cache: Path, repo: Path = REPO,
-          log=print) -> dict:
+def build(target: Target, out: Path, extras: tuple[str, ...], cache: Path, repo: Path = REPO, log=print) -> dict:
     """Resolve, download, build, write the manifest; returns it."""
     out.mkdir(parents=True, exist_ok=True)
     optional = {canon(n): comp for comp, names in OPTIONAL.items() if comp not in extras for n in names}
@@ -375,7 +449,7 @@ def build(target: Target, out: Path, extras: tuple[str, ...], cache: Path, repo:
         else:
             roots.append((raw, "ptbr"))
     roots += [(r, "gpu check") for r in GPU_CHECK]
-    if not satisfied(target.have.get("setuptools", "0"), SpecifierSet(BUILD_REQUIREMENT[len("setuptools"):])):
+    if not satisfied(target.have.get("setuptools", "0"), SpecifierSet(BUILD_REQUIREMENT[len("setuptools") :])):
         roots.append((BUILD_REQUIREMENT, "ptbr's editable install"))
     t0 = time.perf_counter()
     b = Builder(target, out, cache, log)
@@ -390,16 +464,32 @@ def build(target: Target, out: Path, extras: tuple[str, ...], cache: Path, repo:
     packages = []
     for c in sorted(b.chosen.values(), key=lambda c: c.name):
         path = out / c.file
-        packages.append({"name": c.name, "version": c.version, "file": c.file, "bytes": path.stat().st_size,
-                         "sha256": sha256(path), "requirement": f"{c.name}{c.spec}",
-                         "required_by": sorted(c.required_by), **({"built": c.built} if c.built else {})})
+        packages.append(
+            {
+                "name": c.name,
+                "version": c.version,
+                "file": c.file,
+                "bytes": path.stat().st_size,
+                "sha256": sha256(path),
+                "requirement": f"{c.name}{c.spec}",
+                "required_by": sorted(c.required_by),
+                **({"built": c.built} if c.built else {}),
+            }
+        )
     manifest = {
-        "format": FORMAT, "python": target.python, "implementation": "cp", "platforms": target.platforms(),
-        "glibc": target.glibc, "node_list": target.source, "components": ["ptbr", "gpu check", *extras],
+        "format": FORMAT,
+        "python": target.python,
+        "implementation": "cp",
+        "platforms": target.platforms(),
+        "glibc": target.glibc,
+        "node_list": target.source,
+        "components": ["ptbr", "gpu check", *extras],
         "ptbr": {"install": "editable from the checkout, no build isolation", "commit": git_commit(repo)},
-        "packages": packages, "relies_on": sorted(b.relies.values(), key=lambda r: r["name"]),
+        "packages": packages,
+        "relies_on": sorted(b.relies.values(), key=lambda r: r["name"]),
         "left_out": sorted(b.left_out.values(), key=lambda r: r["name"]),
-        "total_bytes": sum(p["bytes"] for p in packages), "seconds": round(time.perf_counter() - t0, 1),
+        "total_bytes": sum(p["bytes"] for p in packages),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -412,8 +502,10 @@ def report(manifest: dict, out: Path) -> str:
     width = max(len(r[0]) for r in rows) if rows else 10
     lines = [f"{'wheel'.ljust(width)}  {'MiB':>6}  needed by"]
     lines += [f"{f.ljust(width)}  {s:6.2f}  {by}" for f, s, by in rows]
-    lines.append(f"{'total'.ljust(width)}  {manifest['total_bytes'] / mib:6.2f}  "
-                 f"{len(rows)} wheels for CPython {manifest['python']} manylinux_{manifest['glibc']} x86_64")
+    lines.append(
+        f"{'total'.ljust(width)}  {manifest['total_bytes'] / mib:6.2f}  "
+        f"{len(rows)} wheels for CPython {manifest['python']} manylinux_{manifest['glibc']} x86_64"
+    )
     left = ", ".join(r["name"] for r in manifest["left_out"])
     lines.append(f"left out: {left}" if left else "left out: nothing")
     lines.append(f"node provides: {', '.join(r['name'] for r in manifest['relies_on'])}")
@@ -424,15 +516,32 @@ def report(manifest: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="the wheelhouse directory (its *.whl are managed here)")
-    ap.add_argument("--python-version", default=None, help="the node's CPython X.Y (default: 3.12 with the built-in "
-                                                           "node list, else this Python's)")
-    ap.add_argument("--have", type=Path, default=None,
-                    help="the node's `pip list --format=freeze` (default: tools/node_packages.txt)")
+    ap.add_argument(
+        "--python-version",
+        default=None,
+        help="the node's CPython X.Y (default: 3.12 with the built-in node list, else this Python's)",
+    )
+    ap.add_argument(
+        "--have",
+        type=Path,
+        default=None,
+        help="the node's `pip list --format=freeze` (default: tools/node_packages.txt)",
+    )
     ap.add_argument("--glibc", default="2.28", help="the node's glibc, for the manylinux tags (default 2.28)")
-    ap.add_argument("--with", dest="extras", action="append", default=[], choices=sorted(OPTIONAL),
-                    help="also what one optional command needs (clean: `ptbr corpus clean`; parquet: .parquet input)")
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "ptbr" / "wheelhouse-builds",
-                    help="where wheels built from sdists are kept")
+    ap.add_argument(
+        "--with",
+        dest="extras",
+        action="append",
+        default=[],
+        choices=sorted(OPTIONAL),
+        help="also what one optional command needs (clean: `ptbr corpus clean`; parquet: .parquet input)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "ptbr" / "wheelhouse-builds",
+        help="where wheels built from sdists are kept",
+    )
     args = ap.parse_args(argv)
     have_file = args.have or DEFAULT_NODE
     if not have_file.is_file():
@@ -441,8 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"3\.\d+", python) or not re.fullmatch(r"2\.\d+", args.glibc):
         raise SystemExit("wheelhouse: --python-version is X.Y (e.g. 3.12) and --glibc 2.N (e.g. 2.28)")
     target = Target(python, args.glibc, read_freeze(have_file), str(have_file))
-    print(f"wheelhouse: for CPython {python} manylinux_{args.glibc} x86_64, node list {have_file} "
-          f"({len(target.have)} packages)", flush=True)
+    print(
+        f"wheelhouse: for CPython {python} manylinux_{args.glibc} x86_64, node list {have_file} "
+        f"({len(target.have)} packages)",
+        flush=True,
+    )
     manifest = build(target, args.out, tuple(args.extras), args.cache)
     print(report(manifest, args.out))
     print(f"wheelhouse: resolved and downloaded in {manifest['seconds']:.0f} s")

@@ -22,6 +22,7 @@ except ImportError:  # lm-eval is optional (ptbr[bench]): every module of ptbr i
         def __init__(self) -> None:
             raise PtbrError("benchmarks need lm-evaluation-harness: pip install 'ptbr[bench]'")
 
+
 DEFAULT_BATCH = 8
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -41,8 +42,13 @@ class PtbrHarnessLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(self, scorer: Scorer, batch_size: Any = DEFAULT_BATCH, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
-                 chunk: int = CHUNK) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        batch_size: Any = DEFAULT_BATCH,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        chunk: int = CHUNK,
+    ) -> None:
         super().__init__()
         self.scorer = scorer
         self.batch_size = parse_batch_size(batch_size)
@@ -71,10 +77,12 @@ class PtbrHarnessLM(TemplateLM):
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)  # tokenizing takes no time to watch
 
-    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
-                              disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
-        out = continuation_logprobs(self.scorer, [(ctx, cont) for _, ctx, cont in requests], self.batch_size,
-                                    self.chunk)
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
+        out = continuation_logprobs(
+            self.scorer, [(ctx, cont) for _, ctx, cont in requests], self.batch_size, self.chunk
+        )
         for (key, _, _), result in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", key, result)
         return out
@@ -94,9 +102,16 @@ class PtbrHarnessLM(TemplateLM):
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-            text = generate(self.scorer, self.tok_encode(context), until,
-                            int(kwargs.get("max_gen_toks", self.max_gen_toks)), temperature=temperature,
-                            top_p=float(kwargs.get("top_p", 1.0)), seed=int(kwargs.get("seed", 0)), chunk=self.chunk)
+            text = generate(
+                self.scorer,
+                self.tok_encode(context),
+                until,
+                int(kwargs.get("max_gen_toks", self.max_gen_toks)),
+                temperature=temperature,
+                top_p=float(kwargs.get("top_p", 1.0)),
+                seed=int(kwargs.get("seed", 0)),
+                chunk=self.chunk,
+            )
             self.cache_hook.add_partial("generate_until", (context, req.args[1] if len(req.args) > 1 else {}), text)
             out.append(text)
         return out

@@ -13,8 +13,18 @@ from typing import Any
 
 # the metric that stands for a task in tables and curves, first present wins (normalised accuracy corrects
 # for the length of the answers; perplexity-only tasks fall through to it)
-PRIMARY = ("acc_norm", "acc", "f1", "mcc", "exact_match", "pearsonr", "bleu", "bits_per_byte", "perplexity",
-           "word_perplexity")
+PRIMARY = (
+    "acc_norm",
+    "acc",
+    "f1",
+    "mcc",
+    "exact_match",
+    "pearsonr",
+    "bleu",
+    "bits_per_byte",
+    "perplexity",
+    "word_perplexity",
+)
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "word_perplexity", "byte_perplexity")
 
 
@@ -40,8 +50,14 @@ def primary_metric(metrics: dict[str, dict[str, float]]) -> str | None:
     return next(iter(metrics), None)
 
 
-def summarize(raw: dict[str, Any], model_info: dict[str, Any], *, limit: float | None = None,
-              num_fewshot: int | None = None, seconds: float | None = None) -> dict[str, Any]:
+def summarize(
+    raw: dict[str, Any],
+    model_info: dict[str, Any],
+    *,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
     """The record ptbr keeps from lm-eval's results dict."""
     import lm_eval
 
@@ -51,19 +67,35 @@ def summarize(raw: dict[str, Any], model_info: dict[str, Any], *, limit: float |
         if not metrics:
             continue
         n = raw.get("n-samples", {}).get(task, {})
-        tasks[task] = {"metrics": metrics, "primary": primary_metric(metrics),
-                       "samples": n.get("effective", n.get("original")),
-                       "num_fewshot": raw.get("n-shot", {}).get(task, num_fewshot)}
-    return {"kind": "bench", "time": time.time(), "export": model_info.get("export"), "step": model_info.get("step"),
-            "tokens": model_info.get("tokens"), "dtype": model_info.get("dtype"), "device": model_info.get("device"),
-            "limit": limit, "num_fewshot": num_fewshot, "seconds": seconds, "lm_eval_version": lm_eval.__version__,
-            "tasks": tasks}
+        tasks[task] = {
+            "metrics": metrics,
+            "primary": primary_metric(metrics),
+            "samples": n.get("effective", n.get("original")),
+            "num_fewshot": raw.get("n-shot", {}).get(task, num_fewshot),
+        }
+    return {
+        "kind": "bench",
+        "time": time.time(),
+        "export": model_info.get("export"),
+        "step": model_info.get("step"),
+        "tokens": model_info.get("tokens"),
+        "dtype": model_info.get("dtype"),
+        "device": model_info.get("device"),
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "seconds": seconds,
+        "lm_eval_version": lm_eval.__version__,
+        "tasks": tasks,
+    }
 
 
 def flat_scores(record: dict[str, Any]) -> dict[str, float]:
     """``{"task/metric": value}`` of every task's primary metric (what a curve over steps plots)."""
-    return {f"{task}/{t['primary']}": t["metrics"][t["primary"]]["value"]
-            for task, t in record["tasks"].items() if t.get("primary")}
+    return {
+        f"{task}/{t['primary']}": t["metrics"][t["primary"]]["value"]
+        for task, t in record["tasks"].items()
+        if t.get("primary")
+    }
 
 
 def _fmt(value: float) -> str:
@@ -72,10 +104,12 @@ def _fmt(value: float) -> str:
 
 def markdown(record: dict[str, Any]) -> str:
     """The model's results as a markdown page (beside the model as bench.md)."""
-    head = (f"# Benchmarks of {record.get('export')}\n\nstep {record.get('step')}, {record.get('tokens') or 0:,} "
-            f"training tokens; limit {record.get('limit')}, few-shot {record.get('num_fewshot')}; "
-            f"lm-eval {record.get('lm_eval_version')}\n\n| task | metric | value | ± stderr | samples |\n"
-            "| --- | --- | --- | --- | --- |\n")
+    head = (
+        f"# Benchmarks of {record.get('export')}\n\nstep {record.get('step')}, {record.get('tokens') or 0:,} "
+        f"training tokens; limit {record.get('limit')}, few-shot {record.get('num_fewshot')}; "
+        f"lm-eval {record.get('lm_eval_version')}\n\n| task | metric | value | ± stderr | samples |\n"
+        "| --- | --- | --- | --- | --- |\n"
+    )
     rows = []
     for task, t in sorted(record["tasks"].items()):
         for name, m in t["metrics"].items():

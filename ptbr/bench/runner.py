@@ -101,8 +101,10 @@ def check_names(tm: Any, names: Sequence[str]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise BenchError(f"unknown task {name!r}{hint}; `lm_eval ls tasks` lists them, --include-path adds "
-                             "a directory of task YAML files")
+            raise BenchError(
+                f"unknown task {name!r}{hint}; `lm_eval ls tasks` lists them, --include-path adds "
+                "a directory of task YAML files"
+            )
 
 
 def _network_failure(exc: BaseException) -> bool:
@@ -110,8 +112,16 @@ def _network_failure(exc: BaseException) -> bool:
     while seen is not None:
         text = f"{type(seen).__name__}: {seen}"
         if isinstance(seen, ConnectionError | socket.gaierror | TimeoutError) or any(
-                s in text for s in ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "Couldn't reach",
-                                    "is not cached", "Name or service not known", "NameResolutionError")):
+            s in text
+            for s in (
+                "OfflineModeIsEnabled",
+                "LocalEntryNotFoundError",
+                "Couldn't reach",
+                "is not cached",
+                "Name or service not known",
+                "NameResolutionError",
+            )
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -126,8 +136,10 @@ def load_tasks(tm: Any, names: Sequence[str], offline: bool) -> list[Any]:
         except Exception as exc:
             if _network_failure(exc):
                 where = "the Hugging Face Hub cannot be reached from here" if offline else "its download failed"
-                raise BenchError(f"task {name} needs its data from the Hugging Face Hub and {where}; run it once "
-                                 "with network (the cache in HF_HOME is reused offline) or use local tasks") from None
+                raise BenchError(
+                    f"task {name} needs its data from the Hugging Face Hub and {where}; run it once "
+                    "with network (the cache in HF_HOME is reused offline) or use local tasks"
+                ) from None
             raise BenchError(f"task {name} could not be loaded: {type(exc).__name__}: {exc}") from None
         objects.append(loaded["groups"][name] if name in loaded["groups"] else loaded["tasks"][name])
     return objects
@@ -142,16 +154,33 @@ def prepare(names: Sequence[str], include: Sequence[str | Path] = ()) -> tuple[A
     return tm, load_tasks(tm, names, offline)
 
 
-def evaluate(lm: Any, tm: Any, tasks: list[Any], limit: int | float | None = None, num_fewshot: int | None = None,
-             seed: int = 1234, log_samples: bool = False) -> dict[str, Any]:
+def evaluate(
+    lm: Any,
+    tm: Any,
+    tasks: list[Any],
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    seed: int = 1234,
+    log_samples: bool = False,
+) -> dict[str, Any]:
     """lm-eval's ``simple_evaluate`` on already loaded tasks; its results dict."""
     from lm_eval import simple_evaluate
 
     _quiet_lm_eval()
-    results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit, num_fewshot=num_fewshot,
-                              log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
-                              torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000,
-                              verbosity="ERROR")
+    results = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=tm,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=log_samples,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        bootstrap_iters=1000,
+        verbosity="ERROR",
+    )
     if results is None:
         raise BenchError("lm-evaluation-harness returned no results")
     return results

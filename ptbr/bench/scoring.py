@@ -24,15 +24,17 @@ CHUNK = 512  # tokens per forward pass: bounds the [B, chunk, vocab] logits, the
 
 
 @torch.inference_mode()
-def continuation_logprobs(scorer: Scorer, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                          batch_size: int = 8, chunk: int = CHUNK) -> list[tuple[float, bool]]:
+def continuation_logprobs(
+    scorer: Scorer, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, chunk: int = CHUNK
+) -> list[tuple[float, bool]]:
     """(sum of log-probabilities of ``cont``'s tokens after ``ctx``, every one of them the argmax) per
     (ctx, cont) pair; ``ctx`` must not be empty (lm-eval puts the end-of-document token there)."""
     results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-    order = sorted((i for i, (_, cont) in enumerate(pairs) if cont),
-                   key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    order = sorted(
+        (i for i, (_, cont) in enumerate(pairs) if cont), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1]))
+    )
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in rows]
         if any(not pairs[i][0] for i in rows):
             raise ValueError("a continuation needs a non-empty context (the end-of-document token at least)")
@@ -44,14 +46,14 @@ def continuation_logprobs(scorer: Scorer, pairs: Sequence[tuple[Sequence[int], S
             n = len(seq) - 1
             idx[r, :n] = torch.tensor(seq[:-1])
             target[r, :n] = torch.tensor(seq[1:])
-            scored[r, len(pairs[i][0]) - 1:n] = True  # the positions whose next token is a continuation token
+            scored[r, len(pairs[i][0]) - 1 : n] = True  # the positions whose next token is a continuation token
         total = torch.zeros(len(rows), dtype=torch.float64)
         greedy = torch.ones(len(rows), dtype=torch.bool)
         state = None
         for s in range(0, width, chunk):
-            logits, state = scorer.logits(idx[:, s:s + chunk], state)
+            logits, state = scorer.logits(idx[:, s : s + chunk], state)
             logits = logits.cpu()
-            tgt, mask = target[:, s:s + chunk], scored[:, s:s + chunk]
+            tgt, mask = target[:, s : s + chunk], scored[:, s : s + chunk]
             logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
             total += (logp.double() * mask).sum(1)
             greedy &= ((logits.argmax(-1) == tgt) | ~mask).all(1)
@@ -61,14 +63,22 @@ def continuation_logprobs(scorer: Scorer, pairs: Sequence[tuple[Sequence[int], S
 
 
 @torch.inference_mode()
-def generate(scorer: Scorer, context: Sequence[int], until: Sequence[str], max_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, chunk: int = CHUNK) -> str:
+def generate(
+    scorer: Scorer,
+    context: Sequence[int],
+    until: Sequence[str],
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    chunk: int = CHUNK,
+) -> str:
     """The text that follows ``context``, cut before the first of ``until``, at most ``max_tokens`` tokens,
     ending early at the end-of-document token."""
     context = list(context) or [scorer.eos_id]
     state, last = None, None
     for s in range(0, len(context), chunk):
-        logits, state = scorer.logits(torch.tensor([context[s:s + chunk]]), state)
+        logits, state = scorer.logits(torch.tensor([context[s : s + chunk]]), state)
         last = logits[0, -1].cpu()
     gen = torch.Generator().manual_seed(seed)
     out: list[int] = []

@@ -26,8 +26,14 @@ from pathlib import Path
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # lm-eval task YAMLs shipped with ptbr (the suite's group)
 DEFAULT_SUITE = "ptbr_core"
 SUITES: dict[str, tuple[str, ...]] = {
-    "ptbr_core": ("lambada_openai_mt_stablelm_pt", "hellaswag_pt", "arc_pt", "xwinograd_pt", "belebele_por_Latn",
-                  "assin2_rte"),
+    "ptbr_core": (
+        "lambada_openai_mt_stablelm_pt",
+        "hellaswag_pt",
+        "arc_pt",
+        "xwinograd_pt",
+        "belebele_por_Latn",
+        "assin2_rte",
+    ),
 }
 
 

@@ -51,9 +51,18 @@ class ResumePlan:
 
 
 # ----------------------------------------------------------------------------------- resume policy
-def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: int, global_batch_size: int,
-           allow_fresh_start: bool = False, allow_config_change: bool = False, log: Log = info,
-           dry_run: bool = False) -> ResumePlan | None:
+def decide(
+    root: Path,
+    mode: str,
+    *,
+    fingerprint: dict[str, str],
+    world_size: int,
+    global_batch_size: int,
+    allow_fresh_start: bool = False,
+    allow_config_change: bool = False,
+    log: Log = info,
+    dry_run: bool = False,
+) -> ResumePlan | None:
     """Which checkpoint a run resumes from (None: a fresh start), or a one-line CheckpointError.
 
     ``mode`` is ``auto`` (the newest intact checkpoint, newer broken ones skipped with a warning),
@@ -63,8 +72,10 @@ def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: in
     existing = layout.list_checkpoints(root)
     if mode == "never":
         if any(not c.problems() for c in existing):
-            raise CheckpointError(f"{root} already holds checkpoints; --resume never would mix two runs in one "
-                                  "directory: choose another train.run_dir or use --resume auto")
+            raise CheckpointError(
+                f"{root} already holds checkpoints; --resume never would mix two runs in one "
+                "directory: choose another train.run_dir or use --resume auto"
+            )
         return None
     if mode == "auto":
         ckpt = layout.newest_usable(root, log)
@@ -74,7 +85,8 @@ def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: in
             if not allow_fresh_start:
                 raise CheckpointError(
                     f"{root} holds {len(existing)} checkpoint(s) but none is complete; refusing to start over. "
-                    "Resume one explicitly with --resume PATH, or pass --allow-fresh-start")
+                    "Resume one explicitly with --resume PATH, or pass --allow-fresh-start"
+                )
             if dry_run:
                 return None
             aside = root / f"discarded-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -94,13 +106,17 @@ def decide(root: Path, mode: str, *, fingerprint: dict[str, str], world_size: in
     saved = record["fingerprint"]
     changed = [k for k in fingerprint if saved.get(k) != fingerprint[k]]
     if changed and not allow_config_change:
-        raise CheckpointError(f"checkpoint {ckpt.tag} was written for a different {', '.join(changed)} (they must "
-                              "match); use a new train.run_dir, or --allow-config-change if it is on purpose")
+        raise CheckpointError(
+            f"checkpoint {ckpt.tag} was written for a different {', '.join(changed)} (they must "
+            "match); use a new train.run_dir, or --allow-config-change if it is on purpose"
+        )
     elastic = int(record["world_size"]) != world_size
     if elastic and int(record["global_batch_size"]) != global_batch_size:
         batch = record["global_batch_size"]
-        raise CheckpointError(f"a resume at world size {world_size} (saved at {record['world_size']}) keeps the data "
-                              f"order only with the same global batch: set batch.global_batch_size={batch}")
+        raise CheckpointError(
+            f"a resume at world size {world_size} (saved at {record['world_size']}) keeps the data "
+            f"order only with the same global batch: set batch.global_batch_size={batch}"
+        )
     return ResumePlan(ckpt.tag, ckpt.path, ckpt.path.parent, record, elastic)
 
 
@@ -128,7 +144,7 @@ def apply_retention(root: str | Path, keep: int) -> list[Path]:
     complete = [c for c in ckpts if not c.problems()]
     if not complete:
         return []
-    keep_set = {c.path for c in complete[-max(1, keep):]}
+    keep_set = {c.path for c in complete[-max(1, keep) :]}
     newest = complete[-1]
     removed = []
     for c in ckpts:
@@ -150,10 +166,20 @@ class Checkpointer:
     refuses what cannot work; ``complete``, ``newest`` and ``estimated_bytes`` only read.
     """
 
-    def __init__(self, root: str | Path, env: DistEnv, *, engine: Any = None, keep: int = 3,
-                 device: torch.device | None = None, zero_stage: int | None = None, precision: str = "",
-                 model_bytes: int = 0, pause_before_commit_s: float = 0.0,
-                 pause_at_steps: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        env: DistEnv,
+        *,
+        engine: Any = None,
+        keep: int = 3,
+        device: torch.device | None = None,
+        zero_stage: int | None = None,
+        precision: str = "",
+        model_bytes: int = 0,
+        pause_before_commit_s: float = 0.0,
+        pause_at_steps: list[int] | None = None,
+    ) -> None:
         """``engine`` may be attached later (``plan`` does not need it; ``save`` / ``load`` do).
         ``model_bytes``: parameters x (weight + 12 optimizer) bytes, the size estimate before the first save.
         ``pause_*``: fault injection for the tests (sleep before a commit)."""
@@ -180,15 +206,28 @@ class Checkpointer:
         return self.model_bytes
 
     # ------------------------------------------------------------------ resume
-    def plan(self, mode: str, *, fingerprint: dict[str, str], global_batch_size: int, allow_fresh_start: bool = False,
-             allow_config_change: bool = False) -> ResumePlan | None:
+    def plan(
+        self,
+        mode: str,
+        *,
+        fingerprint: dict[str, str],
+        global_batch_size: int,
+        allow_fresh_start: bool = False,
+        allow_config_change: bool = False,
+    ) -> ResumePlan | None:
         """Collective: rank 0 decides (and converts an elastic plan once), every rank gets the same plan."""
         result: Any = None
         if self.env.is_main:
             try:
-                result = decide(self.root, mode, fingerprint=fingerprint, world_size=self.env.world_size,
-                                global_batch_size=global_batch_size, allow_fresh_start=allow_fresh_start,
-                                allow_config_change=allow_config_change)
+                result = decide(
+                    self.root,
+                    mode,
+                    fingerprint=fingerprint,
+                    world_size=self.env.world_size,
+                    global_batch_size=global_batch_size,
+                    allow_fresh_start=allow_fresh_start,
+                    allow_config_change=allow_config_change,
+                )
                 if result is not None and result.elastic:
                     result.load_dir = self._universal(layout.parse_checkpoint(result.path)).parent
             except CheckpointError as exc:
@@ -207,14 +246,16 @@ class Checkpointer:
         engine, record = self.engine, plan.record
         before = optim_state.group_hparams(engine)  # the groups as the config defines them
         t0 = time.perf_counter()
-        path, _ = engine.load_checkpoint(str(plan.load_dir), tag=plan.tag, load_optimizer_states=True,
-                                         load_lr_scheduler_states=False)
+        path, _ = engine.load_checkpoint(
+            str(plan.load_dir), tag=plan.tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         if path is None:  # DeepSpeed returns (None, None) instead of raising when it finds nothing
             raise CheckpointError(f"DeepSpeed loaded nothing from {plan.load_dir / plan.tag}")
         saved_optim = record.get("optimizer")
         if plan.elastic:  # DeepSpeed's universal load can lose per-group settings (see optim_state)
-            optim_state.repair(engine, saved_optim["groups"] if saved_optim else before,
-                               info if self.env.is_main else lambda _m: None)
+            optim_state.repair(
+                engine, saved_optim["groups"] if saved_optim else before, info if self.env.is_main else lambda _m: None
+            )
         engine.lr_scheduler.load_state_dict(record["scheduler"])
         self._verify_optimizer(plan, saved_optim)
         rng = layout.rng_file(plan.path, self.env.rank)
@@ -225,23 +266,28 @@ class Checkpointer:
         if self.env.is_main:
             p = state.progress
             kind = f"elastic ({record['world_size']} -> {self.env.world_size} ranks)" if plan.elastic else "native"
-            info(f"resumed from {plan.path} at step {p.step} ({kind}), data at epoch {p.epoch} "
-                 f"sample {p.epoch_samples}; loaded in {time.perf_counter() - t0:.2f} s")
+            info(
+                f"resumed from {plan.path} at step {p.step} ({kind}), data at epoch {p.epoch} "
+                f"sample {p.epoch_samples}; loaded in {time.perf_counter() - t0:.2f} s"
+            )
         return state
 
     def _verify_optimizer(self, plan: ResumePlan, saved: dict[str, Any] | None) -> None:
         """Collective: stop with one line if the loaded optimizer differs from what was saved."""
         if saved is None:
             if self.env.is_main:
-                info(f"warning: {plan.tag} predates optimizer-state records; the loaded optimizer state is not "
-                     "verified")
+                info(
+                    f"warning: {plan.tag} predates optimizer-state records; the loaded optimizer state is not verified"
+                )
             return
         problems = optim_state.verify(self.engine, saved, self.device)
         merged = list(dict.fromkeys(p for rank_problems in gather(problems) for p in rank_problems))
         if merged:
             kind = "universal (elastic)" if plan.elastic else "native"
-            raise CheckpointError(f"the optimizer state after the {kind} load of {plan.path} does not match the "
-                                  f"checkpoint: {'; '.join(merged[:4])}; not training on it (resume at its world size)")
+            raise CheckpointError(
+                f"the optimizer state after the {kind} load of {plan.path} does not match the "
+                f"checkpoint: {'; '.join(merged[:4])}; not training on it (resume at its world size)"
+            )
 
     # ------------------------------------------------------------------ save
     def save(self, state: RunState) -> Path:
@@ -268,8 +314,10 @@ class Checkpointer:
             raise CheckpointWriteError(broadcast(message))
         if env.is_main:
             removed = apply_retention(self.root, self.keep)
-            info(f"checkpoint {path.name} committed in {time.perf_counter() - t0:.2f} s"
-                 + (f", removed {', '.join(r.name for r in removed)}" if removed else ""))
+            info(
+                f"checkpoint {path.name} committed in {time.perf_counter() - t0:.2f} s"
+                + (f", removed {', '.join(r.name for r in removed)}" if removed else "")
+            )
         self.last_saved_step = step
         return path
 
@@ -290,9 +338,16 @@ class Checkpointer:
 
     def _commit(self, path: Path, state: RunState, optimizer_summary: dict[str, Any]) -> list[str]:
         """Rank 0: the state file, the checks and the marker; the writes that failed."""
-        record = {**state.to_record(), "scheduler": self.engine.lr_scheduler.state_dict(),
-                  "world_size": self.env.world_size, "zero_stage": self.zero_stage, "precision": self.precision,
-                  "ptbr_version": __version__, "optimizer": optimizer_summary, "saved_at": time.time()}
+        record = {
+            **state.to_record(),
+            "scheduler": self.engine.lr_scheduler.state_dict(),
+            "world_size": self.env.world_size,
+            "zero_stage": self.zero_stage,
+            "precision": self.precision,
+            "ptbr_version": __version__,
+            "optimizer": optimizer_summary,
+            "saved_at": time.time(),
+        }
         try:
             atomic_write_text(path / layout.STATE, json.dumps(record, indent=1) + "\n")
             at = self.pause_at_steps
@@ -303,8 +358,10 @@ class Checkpointer:
         except OSError as exc:
             if layout.parse_checkpoint(path).marker() is None:  # not committed: a write failed
                 return [f"{exc.filename and Path(exc.filename).name or path.name}: {_reason(exc)}"]
-            info(f"warning: checkpoint {path.name} is committed but {self.root / layout.LATEST} was not updated: "
-                 f"{_reason(exc)}")  # ``latest`` is a hint; discovery does not depend on it
+            info(
+                f"warning: checkpoint {path.name} is committed but {self.root / layout.LATEST} was not updated: "
+                f"{_reason(exc)}"
+            )  # ``latest`` is a hint; discovery does not depend on it
         except Exception as exc:  # noqa: BLE001 - reported collectively
             return [f"{type(exc).__name__}: {exc}"]
         return []
@@ -314,10 +371,12 @@ class Checkpointer:
         free = shutil.disk_usage(self.root).free if self.root.exists() else 0
         full = "the filesystem is full: " if free < need or any("No space" in e for e in errors) else ""
         last = self.newest()
-        return (f"could not write checkpoint {path} ({full}{errors[0]}); a checkpoint needs about "
-                f"{need / 2**20:,.1f} MiB and {free / 2**20:,.1f} MiB are free there; the incomplete checkpoint "
-                f"was removed; the last committed checkpoint is {last.path if last else 'none'}: free space (or "
-                "lower train.keep_checkpoints) and run again, --resume auto continues from it")
+        return (
+            f"could not write checkpoint {path} ({full}{errors[0]}); a checkpoint needs about "
+            f"{need / 2**20:,.1f} MiB and {free / 2**20:,.1f} MiB are free there; the incomplete checkpoint "
+            f"was removed; the last committed checkpoint is {last.path if last else 'none'}: free space (or "
+            "lower train.keep_checkpoints) and run again, --resume auto continues from it"
+        )
 
 
 @contextlib.contextmanager

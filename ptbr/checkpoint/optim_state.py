@@ -67,8 +67,10 @@ def _is_stage3(opt: Any) -> bool:
 
 def _flats(opt: Any) -> list[_Flat]:
     if _is_stage3(opt):
-        return [_Flat(t, int(opt.sub_group_to_group_id[i]), list(opt.fp16_groups[i]))
-                for i, t in enumerate(opt.fp32_partitioned_groups_flat)]
+        return [
+            _Flat(t, int(opt.sub_group_to_group_id[i]), list(opt.fp16_groups[i]))
+            for i, t in enumerate(opt.fp32_partitioned_groups_flat)
+        ]
     if hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO 1/2
         return [_Flat(t, i, list(opt.bit16_groups[i])) for i, t in enumerate(opt.single_partition_of_fp32_groups)]
     if hasattr(opt, "fp32_groups_flat_partition"):  # BF16_Optimizer (bf16 + ZeRO-1)
@@ -103,8 +105,7 @@ def local_fragments(engine: Any) -> Iterator[Fragment]:
                 if mapping is None:  # no part of this parameter lives on this rank
                     continue
                 lp, hp = mapping.lp_fragment_address, mapping.hp_fragment_address
-                views = {"fp32": flat.tensor.narrow(0, hp.start, hp.numel),
-                         **_state_views(state, hp.start, hp.numel)}
+                views = {"fp32": flat.tensor.narrow(0, hp.start, hp.numel), **_state_views(state, hp.start, hp.numel)}
                 yield Fragment(names[id(p)], flat.group, lp.start, views)
 
 
@@ -195,9 +196,15 @@ def repair(engine: Any, expected_groups: list[dict[str, Any]], log) -> None:
                 shared += 1
             seen.add(id(state["step"]))
     if fixed or shared:
-        log("repaired the optimizer after DeepSpeed's universal load: "
-            + ", ".join([*(["restored " + " ".join(fixed)] if fixed else []),
-                         *([f"un-shared {shared} Adam step counter(s)"] if shared else [])]))
+        log(
+            "repaired the optimizer after DeepSpeed's universal load: "
+            + ", ".join(
+                [
+                    *(["restored " + " ".join(fixed)] if fixed else []),
+                    *([f"un-shared {shared} Adam step counter(s)"] if shared else []),
+                ]
+            )
+        )
 
 
 def _hparam_differs(a: Any, b: Any) -> bool:

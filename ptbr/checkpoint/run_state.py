@@ -41,17 +41,28 @@ class RunState:
 
     def to_record(self) -> dict[str, Any]:
         """The ``ptbr_state.json`` fields (progress counters at the top level, as they always were)."""
-        return {**dataclasses.asdict(self.progress), "data": dict(self.data), "fingerprint": dict(self.fingerprint),
-                "global_batch_size": self.global_batch_size, "micro_batch_size": self.micro_batch_size,
-                "grad_accum": self.grad_accum, **self.extra}
+        return {
+            **dataclasses.asdict(self.progress),
+            "data": dict(self.data),
+            "fingerprint": dict(self.fingerprint),
+            "global_batch_size": self.global_batch_size,
+            "micro_batch_size": self.micro_batch_size,
+            "grad_accum": self.grad_accum,
+            **self.extra,
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RunState:
         # a counter added after a checkpoint was written starts from its default
         progress = Progress(**{f.name: int(record.get(f.name, f.default)) for f in dataclasses.fields(Progress)})
-        return cls(progress=progress, data=dict(record["data"]), fingerprint=dict(record["fingerprint"]),
-                   global_batch_size=int(record["global_batch_size"]),
-                   micro_batch_size=int(record.get("micro_batch_size", 0)), grad_accum=int(record.get("grad_accum", 0)))
+        return cls(
+            progress=progress,
+            data=dict(record["data"]),
+            fingerprint=dict(record["fingerprint"]),
+            global_batch_size=int(record["global_batch_size"]),
+            micro_batch_size=int(record.get("micro_batch_size", 0)),
+            grad_accum=int(record.get("grad_accum", 0)),
+        )
 
 
 def fingerprint(model_config: dict[str, Any], seq_len: int, manifest: dict[str, Any]) -> dict[str, str]:

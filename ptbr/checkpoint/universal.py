@@ -33,9 +33,20 @@ def ensure_universal(ckpt: Checkpoint, log) -> Path:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log(f"converting {ckpt.tag} to DeepSpeed's universal format for a resume at another world size")
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt.path),
-           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "2",
-           "--num_merge_workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(ckpt.path),
+        "--output_folder",
+        str(tmp),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        "2",
+        "--num_merge_workers",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]

@@ -12,8 +12,11 @@ from ptbr.config import StrictModel, load_yaml, validate
 
 class RepairConfig(StrictModel):
     enabled: bool = True
-    ftfy: bool = Field(default=True, description="fix mojibake, HTML entities and control characters with ftfy "
-                       "(typographic quotes, ligatures and widths are kept as written)")
+    ftfy: bool = Field(
+        default=True,
+        description="fix mojibake, HTML entities and control characters with ftfy "
+        "(typographic quotes, ligatures and widths are kept as written)",
+    )
     html_entities: bool = Field(default=True, description="decode &amp; &eacute; ... left after ftfy")
     nfc: bool = True
     whitespace: bool = Field(default=True, description="collapse spaces, strip lines, at most one blank line")

@@ -188,5 +188,4 @@ def write_removed(work: Path) -> tuple[Path, dict[str, int]]:
     records = removed_records(exact_removed(work / "pairs-exact.bin"), cluster_removed(work / "pairs-near.bin"))
     path = work / "removed.bin"
     records.tofile(path)
-    return path, {"exact_removed": int((records["rule"] == 1).sum()),
-                  "near_removed": int((records["rule"] == 2).sum())}
+    return path, {"exact_removed": int((records["rule"] == 1).sum()), "near_removed": int((records["rule"] == 2).sum())}

@@ -64,11 +64,17 @@ def phase(timing: dict[str, Any], name: str, log: Callable[[str], None]) -> Iter
     info: dict[str, Any] = {}
     yield info
     rss = peak_rss()
-    timing[name] = {"seconds": round(time.perf_counter() - t0, 3), "cpu_s": round(time.process_time() - cpu0, 3),
-                    "peak_rss_mib": rss and round(rss / 2**20, 1), **info}
+    timing[name] = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "cpu_s": round(time.process_time() - cpu0, 3),
+        "peak_rss_mib": rss and round(rss / 2**20, 1),
+        **info,
+    }
     extra = "".join(f", {k.replace('_', ' ')} {v:,}" for k, v in info.items())
-    log(f"clean: {name} in {timing[name]['seconds']:.2f} s ({timing[name]['cpu_s']:.2f} s CPU), peak RSS "
-        f"{timing[name]['peak_rss_mib']} MiB{extra}")
+    log(
+        f"clean: {name} in {timing[name]['seconds']:.2f} s ({timing[name]['cpu_s']:.2f} s CPU), peak RSS "
+        f"{timing[name]['peak_rss_mib']} MiB{extra}"
+    )
 
 
 def output_name(source: str) -> str:
@@ -117,8 +123,9 @@ def _filter_part(part: Path, removed: SortedReader, out: _Output, report: Report
             _filter_block(block, rules, docs_f, owners, out, report)
 
 
-def _filter_block(block: np.ndarray, rules: np.ndarray, docs_f: TextIO, owners: Iterator[str], out: _Output,
-                  report: Report) -> None:
+def _filter_block(
+    block: np.ndarray, rules: np.ndarray, docs_f: TextIO, owners: Iterator[str], out: _Output, report: Report
+) -> None:
     for nbytes, rule in zip(block["nbytes"].tolist(), rules.tolist()):
         line, source = docs_f.readline(), next(owners)
         if rule != 1:
@@ -131,9 +138,18 @@ def _filter_block(block: np.ndarray, rules: np.ndarray, docs_f: TextIO, owners: 
             report.drop(source, name, json.loads(line)["text"] if report.wants_example(name) else "")
 
 
-def merge(plan: CleanPlan, count: int, work: Path, output: Path | None, cfg: CleanConfig, *, dry_run: bool = False,
-          memory: int = DEFAULT_MEMORY, rerun: str = "ptbr corpus clean ...", log: Callable[[str], None] = print,
-          ) -> Report:
+def merge(
+    plan: CleanPlan,
+    count: int,
+    work: Path,
+    output: Path | None,
+    cfg: CleanConfig,
+    *,
+    dry_run: bool = False,
+    memory: int = DEFAULT_MEMORY,
+    rerun: str = "ptbr corpus clean ...",
+    log: Callable[[str], None] = print,
+) -> Report:
     """Deduplicate and filter the ``count`` parts in ``work`` into ``output`` (see the module docstring)."""
     t0 = time.perf_counter()
     records = check_parts(work, count, plan.part_key(count), rerun)
@@ -145,8 +161,10 @@ def merge(plan: CleanPlan, count: int, work: Path, output: Path | None, cfg: Cle
     report.timing["parts"] = [{"seconds": r["seconds"], "documents": r["documents"]} for r in records]
     if count > 1:
         for r in records:
-            log(f"clean: part {r['part']}/{count}: {r['documents']:,} documents read, {r['candidates']:,} kept before "
-                f"deduplication, {r['seconds']:,.1f} s")
+            log(
+                f"clean: part {r['part']}/{count}: {r['documents']:,} documents read, {r['candidates']:,} kept before "
+                f"deduplication, {r['seconds']:,.1f} s"
+            )
     scratch = work / "merge"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -157,8 +175,10 @@ def merge(plan: CleanPlan, count: int, work: Path, output: Path | None, cfg: Cle
             info.update(counts)
         documents = report.read.get("documents", 0)
         if documents == 0:
-            raise DataError(f"no documents in the {len(plan.files)} input file(s) (supported: .txt, .jsonl, "
-                            "optionally .gz or .zst, .parquet)")
+            raise DataError(
+                f"no documents in the {len(plan.files)} input file(s) (supported: .txt, .jsonl, "
+                "optionally .gz or .zst, .parquet)"
+            )
         with _staged(output, dry_run) as tmp:
             with phase(report.timing, "filter", log):
                 out = _Output(tmp)
@@ -190,10 +210,14 @@ def _staged(output: Path | None, dry_run: bool) -> Iterator[Path | None]:
 def _check_result(report: Report, documents: int, dry_run: bool, log: Callable[[str], None]) -> None:
     invalid = report.read.get("invalid_utf8_replaced", 0)
     if invalid:
-        log(f"clean: warning: {invalid:,} invalid UTF-8 sequences were replaced with U+FFFD (a file in "
+        log(
+            f"clean: warning: {invalid:,} invalid UTF-8 sequences were replaced with U+FFFD (a file in "
             "another encoding? convert it first, e.g. iconv -f latin1 -t utf-8); bad records skipped: "
-            f"{report.read.get('bad_records_skipped', 0):,}")
+            f"{report.read.get('bad_records_skipped', 0):,}"
+        )
     if report.totals("near_dedup")[0] == 0 and not dry_run:
         top = max(report.dropped, key=report.dropped.get)  # type: ignore[arg-type]
-        raise DataError(f"every one of the {documents:,} documents was dropped (most by {top}); nothing "
-                        "written: check the thresholds with --dry-run and the report's examples")
+        raise DataError(
+            f"every one of the {documents:,} documents was dropped (most by {top}); nothing "
+            "written: check the thresholds with --dry-run and the report's examples"
+        )

@@ -112,8 +112,9 @@ def _judge_tagged(item: tuple[tuple[int, int], str]) -> tuple[tuple[int, int], V
     return tag, verdict
 
 
-def _tagged(units: list[Unit], stats: ReadStats, text_field: str, txt_docs: str) -> Iterator[tuple[tuple[int, int],
-                                                                                                    str]]:
+def _tagged(
+    units: list[Unit], stats: ReadStats, text_field: str, txt_docs: str
+) -> Iterator[tuple[tuple[int, int], str]]:
     position, current = 0, -1
     for unit, text in iter_units(units, stats, text_field=text_field, txt_docs=txt_docs):
         if unit.index != current:
@@ -123,17 +124,29 @@ def _tagged(units: list[Unit], stats: ReadStats, text_field: str, txt_docs: str)
 
 
 # ------------------------------------------------------------------------------- the part
-def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, workers: int,
-             text_field: str = "text", txt_docs: str = "file", log: Callable[[str], None] = print,
-             progress_every: float = 10.0, memory: int = 512 << 20) -> dict[str, Any]:
+def run_part(
+    plan: CleanPlan,
+    spec: PartSpec,
+    work: Path,
+    cfg: CleanConfig,
+    *,
+    workers: int,
+    text_field: str = "text",
+    txt_docs: str = "file",
+    log: Callable[[str], None] = print,
+    progress_every: float = 10.0,
+    memory: int = 512 << 20,
+) -> dict[str, Any]:
     """Clean part ``spec`` into ``work``; returns its DONE record (at once when it is done already)."""
     directory = work / spec.dirname()
     plan_key = plan.part_key(spec.count)
     label = "clean" if spec.count == 1 else f"clean part {spec}"
     done = part_is_done(directory, plan_key)
     if done is not None:
-        log(f"{label}: done already ({done['documents']:,} documents read, {done['candidates']:,} before "
-            "deduplication); nothing to do")
+        log(
+            f"{label}: done already ({done['documents']:,} documents read, {done['candidates']:,} before "
+            "deduplication); nothing to do"
+        )
         return done
     start_part(directory)
     units = plan.units_for(spec)
@@ -162,7 +175,7 @@ def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, w
                 report.count(source, "read", verdict.in_bytes)
                 text, step = verdict.text, verdict.step
                 out_bytes = len(text.encode())
-                for passed in STEPS[1:4] if step is None else STEPS[1:STEPS.index(step)]:
+                for passed in STEPS[1:4] if step is None else STEPS[1 : STEPS.index(step)]:
                     report.count(source, passed, out_bytes)
                 if verdict.rule is not None:
                     report.drop(source, verdict.rule, text)
@@ -178,8 +191,10 @@ def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, w
                 if time.monotonic() - last > progress_every:
                     last = time.monotonic()
                     rate = stats.bytes_read / (time.perf_counter() - t0)
-                    log(f"{label}: {stats.documents:,} documents, {stats.bytes_read / 1e6:,.1f} of {total / 1e6:,.1f} "
-                        f"MB read ({rate / 1e6:.2f} MB/s, eta {(total - stats.bytes_read) / max(rate, 1):.0f} s)")
+                    log(
+                        f"{label}: {stats.documents:,} documents, {stats.bytes_read / 1e6:,.1f} of {total / 1e6:,.1f} "
+                        f"MB read ({rate / 1e6:.2f} MB/s, eta {(total - stats.bytes_read) / max(rate, 1):.0f} s)"
+                    )
             if pool:
                 pool.close()
                 pool.join()
@@ -192,13 +207,26 @@ def run_part(plan: CleanPlan, spec: PartSpec, work: Path, cfg: CleanConfig, *, w
     sig.close()
     report.read = stats.to_dict()
     report.seconds = time.perf_counter() - t0
-    atomic_write_text(directory / "units.json", json.dumps(
-        [{"unit": u.index, "source": u.file.rel, "candidates": counts[u.index]} for u in units]) + "\n")
+    atomic_write_text(
+        directory / "units.json",
+        json.dumps([{"unit": u.index, "source": u.file.rel, "candidates": counts[u.index]} for u in units]) + "\n",
+    )
     atomic_write_text(directory / "report.json", json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
-    record = finish_part(directory, plan_key, spec, {
-        "documents": stats.documents, "candidates": candidates, "bytes_read": stats.bytes_read,
-        "seconds": round(report.seconds, 3), "invalid_utf8": stats.invalid_utf8})
+    record = finish_part(
+        directory,
+        plan_key,
+        spec,
+        {
+            "documents": stats.documents,
+            "candidates": candidates,
+            "bytes_read": stats.bytes_read,
+            "seconds": round(report.seconds, 3),
+            "invalid_utf8": stats.invalid_utf8,
+        },
+    )
     if spec.count > 1:
-        log(f"{label}: done in {report.seconds:,.1f} s: {stats.documents:,} documents read, {candidates:,} kept "
-            f"before deduplication ({stats.bytes_read / 1e6 / max(report.seconds, 1e-9):.2f} MB/s)")
+        log(
+            f"{label}: done in {report.seconds:,.1f} s: {stats.documents:,} documents read, {candidates:,} kept "
+            f"before deduplication ({stats.bytes_read / 1e6 / max(report.seconds, 1e-9):.2f} MB/s)"
+        )
     return record

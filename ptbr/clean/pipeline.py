@@ -35,9 +35,20 @@ def _workers(workers: int | None) -> int:
     return workers or os.cpu_count() or 1
 
 
-def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: int | None = None,
-          text_field: str = "text", txt_docs: str = "file", overwrite: bool = False, dry_run: bool = False,
-          log: Callable[[str], None] = print, progress_every: float = 5.0, memory: int = DEFAULT_MEMORY) -> Report:
+def clean(
+    inputs: list[str],
+    output: str | None,
+    cfg: CleanConfig,
+    *,
+    workers: int | None = None,
+    text_field: str = "text",
+    txt_docs: str = "file",
+    overwrite: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+    progress_every: float = 5.0,
+    memory: int = DEFAULT_MEMORY,
+) -> Report:
     """The whole cleaning on this machine (one part and its merge)."""
     out = Path(output) if output else None
     if not dry_run:
@@ -53,32 +64,74 @@ def clean(inputs: list[str], output: str | None, cfg: CleanConfig, *, workers: i
     else:
         work = Path(tempfile.mkdtemp(prefix="ptbr-clean-"))
     try:
-        run_part(plan, PartSpec(0, 1), work, cfg, workers=_workers(workers), text_field=text_field,
-                 txt_docs=txt_docs, log=log, progress_every=progress_every, memory=memory)
+        run_part(
+            plan,
+            PartSpec(0, 1),
+            work,
+            cfg,
+            workers=_workers(workers),
+            text_field=text_field,
+            txt_docs=txt_docs,
+            log=log,
+            progress_every=progress_every,
+            memory=memory,
+        )
         return merge(plan, 1, work, out, cfg, dry_run=dry_run, memory=memory, log=log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _rerun_hint(output: str | None, work: Path) -> str:
-    return f"ptbr corpus clean ... --output {output}" + (f" --work {work}" if output is None or
-                                                          work != default_work_dir(output) else "")
+    return f"ptbr corpus clean ... --output {output}" + (
+        f" --work {work}" if output is None or work != default_work_dir(output) else ""
+    )
 
 
-def clean_part(inputs: list[str], output: str | None, cfg: CleanConfig, spec: PartSpec, *, work: str | None = None,
-               workers: int | None = None, text_field: str = "text", txt_docs: str = "file",
-               log: Callable[[str], None] = print, progress_every: float = 10.0,
-               memory: int = DEFAULT_MEMORY) -> dict[str, Any]:
+def clean_part(
+    inputs: list[str],
+    output: str | None,
+    cfg: CleanConfig,
+    spec: PartSpec,
+    *,
+    work: str | None = None,
+    workers: int | None = None,
+    text_field: str = "text",
+    txt_docs: str = "file",
+    log: Callable[[str], None] = print,
+    progress_every: float = 10.0,
+    memory: int = DEFAULT_MEMORY,
+) -> dict[str, Any]:
     """Part ``spec`` of the cleaning into WORK (default ``OUTPUT.parts``); nothing when it is done already."""
     work_dir = _work_dir(output, work)
     plan = make_plan(inputs, cfg, text_field, txt_docs)
-    return run_part(plan, spec, work_dir, cfg, workers=_workers(workers), text_field=text_field, txt_docs=txt_docs,
-                    log=log, progress_every=progress_every, memory=memory)
+    return run_part(
+        plan,
+        spec,
+        work_dir,
+        cfg,
+        workers=_workers(workers),
+        text_field=text_field,
+        txt_docs=txt_docs,
+        log=log,
+        progress_every=progress_every,
+        memory=memory,
+    )
 
 
-def merge_parts(inputs: list[str], output: str | None, cfg: CleanConfig, count: int, *, work: str | None = None,
-                text_field: str = "text", txt_docs: str = "file", overwrite: bool = False, dry_run: bool = False,
-                memory: int = DEFAULT_MEMORY, log: Callable[[str], None] = print) -> Report | None:
+def merge_parts(
+    inputs: list[str],
+    output: str | None,
+    cfg: CleanConfig,
+    count: int,
+    *,
+    work: str | None = None,
+    text_field: str = "text",
+    txt_docs: str = "file",
+    overwrite: bool = False,
+    dry_run: bool = False,
+    memory: int = DEFAULT_MEMORY,
+    log: Callable[[str], None] = print,
+) -> Report | None:
     """The merge of WORK's ``count`` parts into ``output``; None when ``output`` already holds this result."""
     work_dir = _work_dir(output, work)
     plan = make_plan(inputs, cfg, text_field, txt_docs)
@@ -92,8 +145,9 @@ def merge_parts(inputs: list[str], output: str | None, cfg: CleanConfig, count: 
                 return None
             if not overwrite:
                 raise PtbrError(f"{out} already exists; pass --overwrite to replace it")
-    return merge(plan, count, work_dir, out, cfg, dry_run=dry_run, memory=memory,
-                 rerun=_rerun_hint(output, work_dir), log=log)
+    return merge(
+        plan, count, work_dir, out, cfg, dry_run=dry_run, memory=memory, rerun=_rerun_hint(output, work_dir), log=log
+    )
 
 
 def _work_dir(output: str | None, work: str | None) -> Path:
@@ -117,8 +171,9 @@ def input_key(inputs: list[str], cfg: CleanConfig, text_field: str = "text", txt
     return make_plan(inputs, cfg, text_field, txt_docs).key
 
 
-def clean_once(inputs: list[str], output: str, cfg: CleanConfig, log: Callable[[str], None] = print,
-               **kwargs: Any) -> Path:
+def clean_once(
+    inputs: list[str], output: str, cfg: CleanConfig, log: Callable[[str], None] = print, **kwargs: Any
+) -> Path:
     """:func:`clean` unless ``output`` already holds the result of these inputs and config (report key)."""
     key = input_key(inputs, cfg, kwargs.get("text_field", "text"), kwargs.get("txt_docs", "file"))
     if _report_key(Path(output)) == key:

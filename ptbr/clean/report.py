@@ -54,15 +54,22 @@ class Report:
         for rule, n in other["dropped_by_rule"].items():
             self.dropped[rule] = self.dropped.get(rule, 0) + n
         for rule, examples in other["examples"].items():
-            self.examples[rule].extend(examples[:EXAMPLES_PER_RULE - len(self.examples[rule])])
+            self.examples[rule].extend(examples[: EXAMPLES_PER_RULE - len(self.examples[rule])])
         for k, v in other["read"].items():
             self.read[k] = self.read.get(k, 0) + v
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "config": self.config, "read": self.read, "seconds": round(self.seconds, 3),
-                "steps_kept": {step: dict(zip(("documents", "bytes"), self.totals(step))) for step in STEPS},
-                "dropped_by_rule": dict(sorted(self.dropped.items())), "sources": self.sources,
-                "examples": dict(sorted(self.examples.items())), "timing": self.timing}
+        return {
+            "key": self.key,
+            "config": self.config,
+            "read": self.read,
+            "seconds": round(self.seconds, 3),
+            "steps_kept": {step: dict(zip(("documents", "bytes"), self.totals(step))) for step in STEPS},
+            "dropped_by_rule": dict(sorted(self.dropped.items())),
+            "sources": self.sources,
+            "examples": dict(sorted(self.examples.items())),
+            "timing": self.timing,
+        }
 
 
 def print_report(report: Report, write: Callable[[str], None] = print) -> None:

@@ -28,7 +28,8 @@ from ptbr.clean.config import CleanConfig
 _STOP_WORDS_TEXT = (
     "a ao aos as à às com como da das de do dos e é ela ele em entre essa esse esta este eu foi há isso já "
     "lhe mais mas me mesmo muito na nas nem no nos não o os ou para pela pelas pelo pelos por quando que "
-    "se sem ser seu sua são também tem um uma você")
+    "se sem ser seu sua são também tem um uma você"
+)
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 BULLETS = ("•", "-", "*", "·", "‣", "◦", "–", "—", "▪")
 _WS = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
@@ -41,8 +42,15 @@ def repair(text: str, cfg: CleanConfig) -> str:
     if r.ftfy:
         import ftfy
 
-        text = ftfy.fix_text(text, unescape_html=True, remove_control_chars=True, normalization=None,
-                             uncurl_quotes=False, fix_latin_ligatures=False, fix_character_width=False)
+        text = ftfy.fix_text(
+            text,
+            unescape_html=True,
+            remove_control_chars=True,
+            normalization=None,
+            uncurl_quotes=False,
+            fix_latin_ligatures=False,
+            fix_character_width=False,
+        )
     if r.html_entities:
         text = html.unescape(text)
     if r.nfc:
@@ -72,7 +80,7 @@ def _ngram_fraction(words: list[str], n: int) -> float:
     """Characters covered by the most frequent word n-gram, over all characters (Gopher's top n-gram rule)."""
     if len(words) < n:
         return 0.0
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
@@ -126,4 +134,4 @@ def shingles(text: str, n: int) -> set[bytes]:
     words = normalized_for_dedup(text).split()
     if len(words) < n:
         return {" ".join(words).encode()}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}

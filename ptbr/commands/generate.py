@@ -17,11 +17,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frequency-penalty", type=float, default=0.0)
     parser.add_argument("--stop", action="append", default=[], help="stop at this text (repeatable)")
     parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
-    parser.add_argument("--ignore-eos", action="store_true",
-                        help="keep generating past the end-of-document token (default: stop there)")
+    parser.add_argument(
+        "--ignore-eos", action="store_true", help="keep generating past the end-of-document token (default: stop there)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-    parser.add_argument("--max-prompt-tokens", type=int, default=1 << 20,
-                        help="refuse longer prompts (prefill time and memory grow with the prompt)")
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=1 << 20,
+        help="refuse longer prompts (prefill time and memory grow with the prompt)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,10 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from ptbr.infer.generate import run as generate
     from ptbr.infer.model_io import load_model
 
-    settings = SamplingSettings(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                                top_k=args.top_k, presence_penalty=args.presence_penalty,
-                                frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed,
-                                ignore_eos=args.ignore_eos, max_prompt_tokens=args.max_prompt_tokens)
+    settings = SamplingSettings(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
     settings.check()
     lm = load_model(args.model_dir, args.device)
 

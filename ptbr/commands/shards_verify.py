@@ -18,8 +18,10 @@ def run(args: argparse.Namespace) -> int:
 
     report = verify(args.source, jobs=args.jobs, progress=not args.quiet)
     if report.ok:
-        print(f"OK {report.source}: {report.shards} shards, {report.samples} samples, "
-              f"{human_bytes(report.bytes)} verified")
+        print(
+            f"OK {report.source}: {report.shards} shards, {report.samples} samples, "
+            f"{human_bytes(report.bytes)} verified"
+        )
         return 0
     for problem in report.problems:
         print(f"problem: {problem}", file=sys.stderr)

@@ -7,8 +7,12 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("launcher", nargs=argparse.REMAINDER, metavar="-- LAUNCHER ...",
-                        help="e.g. -- torchrun --nproc_per_node 8 -m ptbr.train --config configs/train/1b5.yaml")
+    parser.add_argument(
+        "launcher",
+        nargs=argparse.REMAINDER,
+        metavar="-- LAUNCHER ...",
+        help="e.g. -- torchrun --nproc_per_node 8 -m ptbr.train --config configs/train/1b5.yaml",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

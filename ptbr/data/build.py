@@ -101,9 +101,14 @@ def parse_size(text: str | int) -> int:
 
 
 def build_key(settings: BuildSettings, tokenizer_sha: str, inputs: list[dict[str, Any]]) -> str:
-    return sha256_json({"format_version": FORMAT_VERSION, "tokenizer_sha256": tokenizer_sha,
-                        "settings": asdict(settings),
-                        "inputs": [[i["rel"], i["bytes"], i["xxh3_128"]] for i in inputs]})
+    return sha256_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "tokenizer_sha256": tokenizer_sha,
+            "settings": asdict(settings),
+            "inputs": [[i["rel"], i["bytes"], i["xxh3_128"]] for i in inputs],
+        }
+    )
 
 
 def describe_inputs(files: list[InputFile], progress: bool) -> list[dict[str, Any]]:
@@ -140,9 +145,11 @@ def existing_state(output: Path, key: str) -> str:
 
 
 def _difference(manifest: dict[str, Any]) -> str:
-    return (f"other inputs or settings (seq_len {manifest.get('seq_len')}, "
-            f"{len(manifest.get('inputs', []))} input file(s), tokenizer "
-            f"{manifest.get('tokenizer', {}).get('sha256', '?')[:12]})")
+    return (
+        f"other inputs or settings (seq_len {manifest.get('seq_len')}, "
+        f"{len(manifest.get('inputs', []))} input file(s), tokenizer "
+        f"{manifest.get('tokenizer', {}).get('sha256', '?')[:12]})"
+    )
 
 
 def _intact(output: Path, manifest: dict[str, Any]) -> bool:
@@ -171,9 +178,13 @@ class SplitWriter:
     def _open(self) -> Any:
         from streaming import MDSWriter
 
-        return MDSWriter(columns={COLUMN: f"ndarray:{self.dtype}:{self.packer.sample_len}"},
-                         out=str(self.directory), compression=self.settings.compression, hashes=["xxh64"],
-                         size_limit=self.settings.shard_size)
+        return MDSWriter(
+            columns={COLUMN: f"ndarray:{self.dtype}:{self.packer.sample_len}"},
+            out=str(self.directory),
+            compression=self.settings.compression,
+            hashes=["xxh64"],
+            size_limit=self.settings.shard_size,
+        )
 
     def add(self, tokens: np.ndarray, documents: int) -> None:
         self.documents += documents
@@ -196,11 +207,16 @@ class SplitWriter:
                 os.fsync(f.fileno())
         fsync_dir(self.directory)
         samples = self.packer.samples_out
-        return {"samples": samples, "tokens": samples * self.packer.sample_len, "documents": self.documents,
-                "stream_tokens": self.packer.tokens_in, "dropped_tokens": self.packer.leftover,
-                "shards": len(shards),
-                "bytes": sum(stored_file(s)["bytes"] for s in shards),
-                "index_sha256": sha256_file(index)}
+        return {
+            "samples": samples,
+            "tokens": samples * self.packer.sample_len,
+            "documents": self.documents,
+            "stream_tokens": self.packer.tokens_in,
+            "dropped_tokens": self.packer.leftover,
+            "shards": len(shards),
+            "bytes": sum(stored_file(s)["bytes"] for s in shards),
+            "index_sha256": sha256_file(index),
+        }
 
 
 def encoded_batches(batches: Iterable[list[str]], workers: int, init_args: tuple) -> Iterator[encode.EncodedBatch]:
@@ -231,9 +247,17 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, settings: BuildSettings, *,
-                 workers: int | None = None, overwrite: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> BuildResult:
+def build_shards(
+    inputs: list[str],
+    tokenizer: str | Path,
+    output: str | Path,
+    settings: BuildSettings,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> BuildResult:
     """Build (or confirm up to date) the dataset in ``output``; see the module docstring."""
     settings.check()
     output = Path(output)
@@ -248,8 +272,9 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
         log(f"{output}: up to date (dataset {manifest['dataset_hash'][:16]}); nothing to do")
         return BuildResult(output, manifest, True)
     if state not in ("absent", "empty", "damaged") and not overwrite:
-        raise DataError(f"--output {output} is not empty: {state}; pass --overwrite to replace it "
-                        f"or choose another directory")
+        raise DataError(
+            f"--output {output} is not empty: {state}; pass --overwrite to replace it or choose another directory"
+        )
     if state == "damaged":
         log(f"{output}: files of this build are missing or changed; rebuilding")
 
@@ -260,17 +285,27 @@ def build_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
         shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)  # before anything in output is replaced
         if sha256_file(staging / TOKENIZER_COPY) != tok_meta.sha256:
             raise DataError(f"{tokenizer} changed while the build was starting; run it again")
-        manifest = _run_build(files, described, tok, tok_meta, dtype, settings, staging, key,
-                              workers or default_workers(), progress)
+        manifest = _run_build(
+            files, described, tok, tok_meta, dtype, settings, staging, key, workers or default_workers(), progress
+        )
         commit_build(output, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(output, manifest, False)
 
 
-def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any, tok_meta: Any, dtype: str,
-               settings: BuildSettings, staging: Path, key: str, workers: int,
-               progress: bool) -> dict[str, Any]:
+def _run_build(
+    files: list[InputFile],
+    described: list[dict[str, Any]],
+    tok: Any,
+    tok_meta: Any,
+    dtype: str,
+    settings: BuildSettings,
+    staging: Path,
+    key: str,
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
     sample_len = settings.seq_len + 1
     stats = ReadStats()
     splits = {"train": SplitWriter("train", staging / "train", sample_len, dtype, settings)}
@@ -298,41 +333,60 @@ def _run_build(files: list[InputFile], described: list[dict[str, Any]], tok: Any
     return build_manifest(tok_meta, dtype, settings, split_info, inputs, stats_dict, key)
 
 
-def build_manifest(tok_meta: TokenizerInfo, dtype: str, settings: BuildSettings, split_info: dict[str, Any],
-              inputs: list[dict[str, Any]], stats: dict[str, Any], key: str) -> dict[str, Any]:
+def build_manifest(
+    tok_meta: TokenizerInfo,
+    dtype: str,
+    settings: BuildSettings,
+    split_info: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    stats: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
     manifest: dict[str, Any] = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "tool": {"name": "ptbr", "version": __version__},
-        "vocab_size": tok_meta.vocab_size, "seq_len": settings.seq_len, "sample_len": settings.seq_len + 1,
-        "eos_id": tok_meta.eos_id, "dtype": dtype, "column": COLUMN,
-        "compression": settings.compression, "hashes": ["xxh64"], "shard_size_limit": settings.shard_size,
+        "vocab_size": tok_meta.vocab_size,
+        "seq_len": settings.seq_len,
+        "sample_len": settings.seq_len + 1,
+        "eos_id": tok_meta.eos_id,
+        "dtype": dtype,
+        "column": COLUMN,
+        "compression": settings.compression,
+        "hashes": ["xxh64"],
+        "shard_size_limit": settings.shard_size,
         "tokenizer": {**tok_meta.to_dict(), "file": TOKENIZER_COPY},
-        "split": {"rule": encode.SPLIT_RULE, "val_fraction": settings.val_fraction,
-                  "seed": settings.split_seed},
+        "split": {"rule": encode.SPLIT_RULE, "val_fraction": settings.val_fraction, "seed": settings.split_seed},
         "reader": {"text_field": settings.text_field, "txt_docs": settings.txt_docs},
         "splits": split_info,
         "inputs": inputs,
         "stats": stats,
         "build_key": key,
     }
-    manifest["dataset_hash"] = dataset_hash(layout_of(manifest),
-                                            {k: v["index_sha256"] for k, v in split_info.items()})
+    manifest["dataset_hash"] = dataset_hash(layout_of(manifest), {k: v["index_sha256"] for k, v in split_info.items()})
     return manifest
 
 
-def _check_sizes(stats: ReadStats, splits: dict[str, SplitWriter], sample_len: int, n_files: int,
-                 settings: BuildSettings) -> None:
+def _check_sizes(
+    stats: ReadStats, splits: dict[str, SplitWriter], sample_len: int, n_files: int, settings: BuildSettings
+) -> None:
     if stats.documents == 0:
-        raise DataError(f"empty corpus: no non-empty documents in {n_files} input file(s)"
-                        + (f" ({stats.bad_records} bad records skipped)" if stats.bad_records else ""))
+        raise DataError(
+            f"empty corpus: no non-empty documents in {n_files} input file(s)"
+            + (f" ({stats.bad_records} bad records skipped)" if stats.bad_records else "")
+        )
     train = splits["train"].packer
     if train.samples_out == 0:
-        raise DataError(f"corpus too small: {train.tokens_in} training tokens do not fill one sample of "
-                        f"seq_len+1 = {sample_len} tokens; add text or lower --seq-len")
+        raise DataError(
+            f"corpus too small: {train.tokens_in} training tokens do not fill one sample of "
+            f"seq_len+1 = {sample_len} tokens; add text or lower --seq-len"
+        )
     if "val" in splits and splits["val"].packer.samples_out == 0:
         val = splits["val"]
-        raise DataError(f"validation split is empty: {val.packer.tokens_in} tokens < one sample of {sample_len}; raise "
-                        f"--val-fraction (now {settings.val_fraction}), lower --seq-len, or pass --val-fraction 0")
+        raise DataError(
+            f"validation split is empty: {val.packer.tokens_in} tokens < one sample of {sample_len}; raise "
+            f"--val-fraction (now {settings.val_fraction}), lower --seq-len, or pass --val-fraction 0"
+        )
 
 
 def commit_build(output: Path, staging: Path, manifest: dict[str, Any]) -> None:

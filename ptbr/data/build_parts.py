@@ -58,22 +58,38 @@ from ptbr.progress import ProgressBar
 TAIL = "tail"
 
 
-def _plan(inputs: list[str], tokenizer: str | Path, settings: BuildSettings, count: int
-          ) -> tuple[Any, TokenizerInfo, str, list[InputFile], list[Unit], str]:
+def _plan(
+    inputs: list[str], tokenizer: str | Path, settings: BuildSettings, count: int
+) -> tuple[Any, TokenizerInfo, str, list[InputFile], list[Unit], str]:
     settings.check()
     tok, tok_meta = load_tokenizer(tokenizer, settings.eos_token)
     dtype = choose_dtype(tok_meta.vocab_size, settings.dtype)
     files = discover_inputs(inputs)
     units = units_of(files, settings.text_field)
-    plan = sha256_json({"format_version": FORMAT_VERSION, "tokenizer_sha256": tok_meta.sha256, "parts": count,
-                        "settings": asdict(settings), "files": [[f.rel, f.size] for f in files],
-                        "units": [[u.file.rel, u.row_group, u.size] for u in units]})
+    plan = sha256_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "tokenizer_sha256": tok_meta.sha256,
+            "parts": count,
+            "settings": asdict(settings),
+            "files": [[f.rel, f.size] for f in files],
+            "units": [[u.file.rel, u.row_group, u.size] for u in units],
+        }
+    )
     return tok, tok_meta, dtype, files, units, plan
 
 
-def build_part(inputs: list[str], tokenizer: str | Path, work: Path, settings: BuildSettings, spec: PartSpec, *,
-               workers: int | None = None, progress: bool = True, log: Callable[[str], None] = print
-               ) -> dict[str, Any]:
+def build_part(
+    inputs: list[str],
+    tokenizer: str | Path,
+    work: Path,
+    settings: BuildSettings,
+    spec: PartSpec,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Tokenize part ``spec`` into ``work``; its DONE record (at once when it is done already)."""
     tok, tok_meta, dtype, files, units, plan = _plan(inputs, tokenizer, settings, spec.count)
     directory = work / spec.dirname()
@@ -86,16 +102,16 @@ def build_part(inputs: list[str], tokenizer: str | Path, work: Path, settings: B
     mine = [u for u, p in zip(units, assign([u.size for u in units], spec.count)) if p == spec.index]
     my_files = list({u.file.path: u.file for u in mine}.values())
     total = sum(u.size for u in mine)
-    log(f"{label}: {len(mine)} of {len(units)} unit(s), {total / 1e6:,.1f} MB, {workers or default_workers()} "
-        "worker(s)")
+    log(
+        f"{label}: {len(mine)} of {len(units)} unit(s), {total / 1e6:,.1f} MB, {workers or default_workers()} worker(s)"
+    )
     described = describe_inputs(my_files, progress)
     sample_len = settings.seq_len + 1
     splits = {"train": SplitWriter("train", directory / "train", sample_len, dtype, settings)}
     if settings.val_fraction > 0:
         splits["val"] = SplitWriter("val", directory / "val", sample_len, dtype, settings)
     stats = ReadStats()
-    init_args = (tok.to_str(), tok_meta.eos_id, dtype, encode.val_threshold(settings.val_fraction),
-                 settings.split_seed)
+    init_args = (tok.to_str(), tok_meta.eos_id, dtype, encode.val_threshold(settings.val_fraction), settings.split_seed)
     docs = (text for _, text in iter_units(mine, stats, text_field=settings.text_field, txt_docs=settings.txt_docs))
     total_tokens = 0
     bar = ProgressBar(label, total, rate_unit="tok", enabled=progress)
@@ -113,11 +129,22 @@ def build_part(inputs: list[str], tokenizer: str | Path, work: Path, settings: B
     for name, w in splits.items():
         w.packer.leftover_tokens().tofile(directory / f"{TAIL}-{name}.bin")
         split_info[name] = w.finish()
-    record = finish_part(directory, plan, spec, {
-        "tokenizer_sha256": tok_meta.sha256, "tokenizer": str(tokenizer), "splits": split_info,
-        "inputs": described, "stats": {**stats.to_dict(), "bytes_read": stats.bytes_read, "tokens": total_tokens}})
-    log(f"{label}: done: {stats.documents:,} documents, {total_tokens:,} tokens, "
-        + ", ".join(f"{n} {s['samples']:,} samples" for n, s in split_info.items()))
+    record = finish_part(
+        directory,
+        plan,
+        spec,
+        {
+            "tokenizer_sha256": tok_meta.sha256,
+            "tokenizer": str(tokenizer),
+            "splits": split_info,
+            "inputs": described,
+            "stats": {**stats.to_dict(), "bytes_read": stats.bytes_read, "tokens": total_tokens},
+        },
+    )
+    log(
+        f"{label}: done: {stats.documents:,} documents, {total_tokens:,} tokens, "
+        + ", ".join(f"{n} {s['samples']:,} samples" for n, s in split_info.items())
+    )
     return record
 
 
@@ -141,14 +168,24 @@ def _tokenizer_mismatch(tok_meta: TokenizerInfo, tokenizer: str | Path) -> Calla
     def explain(record: dict[str, Any]) -> str | None:
         theirs = record.get("tokenizer_sha256")
         if theirs and theirs != tok_meta.sha256:
-            return (f"was built with another tokenizer ({record.get('tokenizer', '?')}, sha256 {theirs[:12]}), "
-                    f"not {tokenizer} ({tok_meta.sha256[:12]})")
+            return (
+                f"was built with another tokenizer ({record.get('tokenizer', '?')}, sha256 {theirs[:12]}), "
+                f"not {tokenizer} ({tok_meta.sha256[:12]})"
+            )
         return None
+
     return explain
 
 
-def _merge_split(name: str, parts: list[Path], records: list[dict[str, Any]], staging: Path, sample_len: int,
-                 dtype: str, settings: BuildSettings) -> dict[str, Any]:
+def _merge_split(
+    name: str,
+    parts: list[Path],
+    records: list[dict[str, Any]],
+    staging: Path,
+    sample_len: int,
+    dtype: str,
+    settings: BuildSettings,
+) -> dict[str, Any]:
     """Lay out one split in ``staging`` (see the module docstring); its manifest entry."""
     out = staging / name
     shards: list[dict[str, Any]] = []
@@ -176,10 +213,17 @@ def _merge_split(name: str, parts: list[Path], records: list[dict[str, Any]], st
     for f in (index, *(p for p in out.rglob("*") if p.is_file())):
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    return {"samples": samples, "tokens": samples * sample_len, "documents": documents,
-            "stream_tokens": stream_tokens, "dropped_tokens": tail_info["dropped_tokens"], "shards": len(shards),
-            "bytes": sum(stored_file(s)["bytes"] for s in shards), "index_sha256": sha256_file(index),
-            "parts": len(parts)}
+    return {
+        "samples": samples,
+        "tokens": samples * sample_len,
+        "documents": documents,
+        "stream_tokens": stream_tokens,
+        "dropped_tokens": tail_info["dropped_tokens"],
+        "shards": len(shards),
+        "bytes": sum(stored_file(s)["bytes"] for s in shards),
+        "index_sha256": sha256_file(index),
+        "parts": len(parts),
+    }
 
 
 def _merged_inputs(files: list[InputFile], records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -189,15 +233,26 @@ def _merged_inputs(files: list[InputFile], records: list[dict[str, Any]]) -> Ite
         for d in record["inputs"]:
             seen = by_path.setdefault(d["path"], d)
             if seen["xxh3_128"] != d["xxh3_128"]:
-                raise DataError(f"{d['path']} changed while the parts were built (two parts read different "
-                                "contents); run every part again")
+                raise DataError(
+                    f"{d['path']} changed while the parts were built (two parts read different "
+                    "contents); run every part again"
+                )
     for f in files:
         yield by_path.get(f.name) or describe_inputs([f], False)[0]
 
 
-def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, settings: BuildSettings, count: int, *,
-                 work: Path, overwrite: bool = False, rerun: str = "ptbr shards build ...",
-                 log: Callable[[str], None] = print) -> BuildResult:
+def merge_shards(
+    inputs: list[str],
+    tokenizer: str | Path,
+    output: str | Path,
+    settings: BuildSettings,
+    count: int,
+    *,
+    work: Path,
+    overwrite: bool = False,
+    rerun: str = "ptbr shards build ...",
+    log: Callable[[str], None] = print,
+) -> BuildResult:
     """Join the ``count`` parts in ``work`` into the dataset ``output`` (see the module docstring)."""
     _, tok_meta, dtype, files, units, plan = _plan(inputs, tokenizer, settings, count)
     output = Path(output)
@@ -210,12 +265,17 @@ def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
         log(f"{output}: up to date (dataset {manifest['dataset_hash'][:16]}); nothing to do")
         return BuildResult(output, manifest, True)
     if state not in ("absent", "empty", "damaged") and not overwrite:
-        raise DataError(f"--output {output} is not empty: {state}; pass --overwrite to replace it "
-                        f"or choose another directory")
+        raise DataError(
+            f"--output {output} is not empty: {state}; pass --overwrite to replace it or choose another directory"
+        )
     for r in records:
-        log(f"shards part {r['part']}/{count}: {r['stats']['documents']:,} documents, {r['stats']['tokens']:,} tokens, "
-            + ", ".join(f"{n} {s['samples']:,} samples + {s['stream_tokens'] - s['tokens']:,} tail tokens"
-                        for n, s in r["splits"].items()))
+        log(
+            f"shards part {r['part']}/{count}: {r['stats']['documents']:,} documents, {r['stats']['tokens']:,} tokens, "
+            + ", ".join(
+                f"{n} {s['samples']:,} samples + {s['stream_tokens'] - s['tokens']:,} tail tokens"
+                for n, s in r["splits"].items()
+            )
+        )
     stats: dict[str, Any] = {}
     for record in records:
         for k, v in record["stats"].items():
@@ -233,8 +293,10 @@ def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
         shutil.copyfile(tokenizer, staging / TOKENIZER_COPY)
         if sha256_file(staging / TOKENIZER_COPY) != tok_meta.sha256:
             raise DataError(f"{tokenizer} changed while the merge was starting; run it again")
-        split_info = {name: _merge_split(name, parts, records, staging, sample_len, dtype, settings)
-                      for name in records[0]["splits"]}
+        split_info = {
+            name: _merge_split(name, parts, records, staging, sample_len, dtype, settings)
+            for name in records[0]["splits"]
+        }
         _check_merged(split_info, sample_len, settings)
         inputs_meta = [{k: v for k, v in d.items() if k != "rel"} for d in described]
         manifest = build_manifest(tok_meta, dtype, settings, split_info, inputs_meta, stats, key)
@@ -248,10 +310,13 @@ def merge_shards(inputs: list[str], tokenizer: str | Path, output: str | Path, s
 def _check_merged(split_info: dict[str, Any], sample_len: int, settings: BuildSettings) -> None:
     train = split_info["train"]
     if train["samples"] == 0:
-        raise DataError(f"corpus too small: {train['stream_tokens']} training tokens do not fill one sample of "
-                        f"seq_len+1 = {sample_len} tokens; add text or lower --seq-len")
+        raise DataError(
+            f"corpus too small: {train['stream_tokens']} training tokens do not fill one sample of "
+            f"seq_len+1 = {sample_len} tokens; add text or lower --seq-len"
+        )
     val = split_info.get("val")
     if val is not None and val["samples"] == 0:
-        raise DataError(f"validation split is empty: {val['documents']} document(s), {val['stream_tokens']} "
-                        f"tokens < one sample of {sample_len}; raise --val-fraction (now {settings.val_fraction}), "
-                        "lower --seq-len, or pass --val-fraction 0")
+        raise DataError(
+            f"validation split is empty: {val['stream_tokens']} tokens < one sample of {sample_len}; raise "
+            f"--val-fraction (now {settings.val_fraction}), lower --seq-len, or pass --val-fraction 0"
+        )

@@ -35,8 +35,9 @@ def _bad(path: Path, entry: dict[str, Any]) -> str | None:
     return None
 
 
-def check_cached_shards(split_dir: str | Path, index: dict[str, Any], job: str,
-                        log: Callable[[str], None]) -> list[str]:
+def check_cached_shards(
+    split_dir: str | Path, index: dict[str, Any], job: str, log: Callable[[str], None]
+) -> list[str]:
     """Delete cached shard files of ``split_dir`` that do not match ``index``; once per ``job``."""
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +45,12 @@ def check_cached_shards(split_dir: str | Path, index: dict[str, Any], job: str,
         marker = split_dir / MARKER
         if marker.is_file() and marker.read_text(encoding="utf-8") == job:
             return []
-        files = [(split_dir / entry["basename"], entry) for shard in index.get("shards", [])
-                 for entry in (shard.get("raw_data"), shard.get("zip_data")) if entry]
+        files = [
+            (split_dir / entry["basename"], entry)
+            for shard in index.get("shards", [])
+            for entry in (shard.get("raw_data"), shard.get("zip_data"))
+            if entry
+        ]
         present = [(p, entry) for p, entry in files if p.is_file()]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -58,7 +63,9 @@ def check_cached_shards(split_dir: str | Path, index: dict[str, Any], job: str,
                 log(f"cache: removed corrupt cached shard {path} ({why}); it will be downloaded again")
         if present:
             total = sum(p.stat().st_size for p, _ in present if p.exists())
-            log(f"cache: checked {len(present)} cached shard files ({total / 2**20:.1f} MiB) of {split_dir} in "
-                f"{time.perf_counter() - t0:.1f} s, {len(removed)} removed")
+            log(
+                f"cache: checked {len(present)} cached shard files ({total / 2**20:.1f} MiB) of {split_dir} in "
+                f"{time.perf_counter() - t0:.1f} s, {len(removed)} removed"
+            )
         marker.write_text(job, encoding="utf-8")
         return removed

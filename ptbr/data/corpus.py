@@ -68,8 +68,13 @@ class ReadStats:
     bad_record_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, int]:
-        return {"files": self.files, "documents": self.documents, "empty_documents": self.empty_documents,
-                "invalid_utf8_replaced": self.invalid_utf8, "bad_records_skipped": self.bad_records}
+        return {
+            "files": self.files,
+            "documents": self.documents,
+            "empty_documents": self.empty_documents,
+            "invalid_utf8_replaced": self.invalid_utf8,
+            "bad_records_skipped": self.bad_records,
+        }
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,7 @@ def discover_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[InputFile]
                     kind = file_format(p)
                     if kind is not None and not fname.startswith(".") and p.is_file():
                         rel = p.relative_to(root).as_posix()
-                        found.append(InputFile(p, str(Path(str(item)) / rel), rel, kind[0], kind[1],
-                                               p.stat().st_size))
+                        found.append(InputFile(p, str(Path(str(item)) / rel), rel, kind[0], kind[1], p.stat().st_size))
             if not found:
                 raise DataError(f"{root}: no corpus files found ({SUPPORTED})")
             files.extend(sorted(found, key=lambda f: f.rel))
@@ -202,12 +206,15 @@ def _parquet(f: InputFile, text_field: str) -> Any:
         raise DataError(f"{f.name}: cannot read as parquet ({str(exc).splitlines()[0][:120]})") from None
     schema = pf.schema_arrow
     if text_field not in schema.names:
-        raise DataError(f"{f.name}: no column {text_field!r} (columns: {', '.join(schema.names[:8])}); "
-                        "name the text column with --text-field")
+        raise DataError(
+            f"{f.name}: no column {text_field!r} (columns: {', '.join(schema.names[:8])}); "
+            "name the text column with --text-field"
+        )
     kind = schema.field(text_field).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{f.name}: column {text_field!r} holds {kind}, not text; name the text column with "
-                        "--text-field")
+        raise DataError(
+            f"{f.name}: column {text_field!r} holds {kind}, not text; name the text column with --text-field"
+        )
     return pf
 
 
@@ -249,8 +256,7 @@ def _iter_parquet(f: InputFile, text_field: str, stats: ReadStats, row_groups: S
         stats.bytes_read += _row_group_size(pf, i)
 
 
-def _iter_file(f: InputFile, stream: BinaryIO, text_field: str, txt_docs: str,
-               stats: ReadStats) -> Iterator[str]:
+def _iter_file(f: InputFile, stream: BinaryIO, text_field: str, txt_docs: str, stats: ReadStats) -> Iterator[str]:
     if f.kind == "jsonl":
         for lineno, line in enumerate(_text_lines(stream), 1):
             if not line.strip():
@@ -284,8 +290,9 @@ def _iter_file(f: InputFile, stream: BinaryIO, text_field: str, txt_docs: str,
             yield "\n".join(para)
 
 
-def iter_documents(files: Sequence[InputFile], stats: ReadStats, *, text_field: str = "text",
-                   txt_docs: str = "file") -> Iterator[str]:
+def iter_documents(
+    files: Sequence[InputFile], stats: ReadStats, *, text_field: str = "text", txt_docs: str = "file"
+) -> Iterator[str]:
     """Yield every non-empty document in order; ``stats`` is updated as reading goes."""
     if txt_docs not in TXT_DOC_MODES:
         raise DataError(f"--txt-docs must be one of {', '.join(TXT_DOC_MODES)}, not {txt_docs!r}")
@@ -294,8 +301,9 @@ def iter_documents(files: Sequence[InputFile], stats: ReadStats, *, text_field: 
         yield from _read(f, None, stats, text_field, txt_docs)
 
 
-def iter_units(units: Sequence[Unit], stats: ReadStats, *, text_field: str = "text",
-               txt_docs: str = "file") -> Iterator[tuple[Unit, str]]:
+def iter_units(
+    units: Sequence[Unit], stats: ReadStats, *, text_field: str = "text", txt_docs: str = "file"
+) -> Iterator[tuple[Unit, str]]:
     """(unit, document) for every non-empty document of ``units``, in order. ``stats.files`` counts
     distinct files (several row groups of one file count once)."""
     if txt_docs not in TXT_DOC_MODES:
@@ -305,13 +313,13 @@ def iter_units(units: Sequence[Unit], stats: ReadStats, *, text_field: str = "te
         if unit.file.path not in seen:
             seen.add(unit.file.path)
             stats.files += 1
-        for text in _read(unit.file, None if unit.row_group is None else [unit.row_group], stats, text_field,
-                          txt_docs):
+        for text in _read(unit.file, None if unit.row_group is None else [unit.row_group], stats, text_field, txt_docs):
             yield unit, text
 
 
-def _read(f: InputFile, row_groups: Sequence[int] | None, stats: ReadStats, text_field: str,
-          txt_docs: str) -> Iterator[str]:
+def _read(
+    f: InputFile, row_groups: Sequence[int] | None, stats: ReadStats, text_field: str, txt_docs: str
+) -> Iterator[str]:
     before = _invalid_count[0]
     try:
         if f.kind == "parquet":

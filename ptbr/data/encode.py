@@ -41,8 +41,9 @@ class EncodedBatch:
     is_val: np.ndarray
 
 
-def init_worker(tokenizer_json: str, eos_id: int, dtype: str, threshold: int, seed: int,
-                single_thread: bool = True) -> None:
+def init_worker(
+    tokenizer_json: str, eos_id: int, dtype: str, threshold: int, seed: int, single_thread: bool = True
+) -> None:
     """Load the tokenizer once per process (also used in-process when workers == 1)."""
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
@@ -50,8 +51,14 @@ def init_worker(tokenizer_json: str, eos_id: int, dtype: str, threshold: int, se
 
     np_dtype = np.dtype(dtype)
     typecode = next(c for c in "HILQ" if array.array(c).itemsize == np_dtype.itemsize)
-    _STATE.update(tok=Tokenizer.from_str(tokenizer_json), eos_id=eos_id, dtype=np_dtype, typecode=typecode,
-                  threshold=threshold, seed=seed)
+    _STATE.update(
+        tok=Tokenizer.from_str(tokenizer_json),
+        eos_id=eos_id,
+        dtype=np_dtype,
+        typecode=typecode,
+        threshold=threshold,
+        seed=seed,
+    )
 
 
 def encode_batch(texts: list[str]) -> EncodedBatch:

@@ -22,7 +22,9 @@ from ptbr.errors import CorruptDataError, DataError, DataSourceError, PtbrError
 _UNREACHABLE = re.compile(
     r"EndpointConnectionError|ConnectTimeoutError|ReadTimeoutError|ConnectionClosedError|"
     r"Could not connect to the endpoint URL|Connection (?:refused|reset|aborted)|timed out|"
-    r"SlowDown|ServiceUnavailable|InternalError|\b50[0234]\b", re.IGNORECASE)
+    r"SlowDown|ServiceUnavailable|InternalError|\b50[0234]\b",
+    re.IGNORECASE,
+)
 _CHECKSUM = re.compile(r"Checksum failure: (\S+)")
 _NOT_FOUND = re.compile(r"Object (\S+) not found|NoSuchKey|\b404\b")
 _CREDENTIALS = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|ExpiredToken|\b403\b")
@@ -55,8 +57,11 @@ class _RetryLine(logging.Handler):
         if attempt == total:
             return  # the final failure is reported by the run itself
         what = " ".join(what.split())[:300]
-        print(f"[ptbr] data source: shard download attempt {attempt} of {total} failed ({what}); retrying",
-              file=sys.stderr, flush=True)
+        print(
+            f"[ptbr] data source: shard download attempt {attempt} of {total} failed ({what}); retrying",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def install_retry_logging() -> None:
@@ -90,20 +95,28 @@ def classify(exc: BaseException, source: str = "the data source") -> PtbrError |
         return cls(line.strip())
     if m := _CHECKSUM.search(text):
         name = m.group(1).rsplit("/", 1)[-1]
-        return CorruptDataError(f"shard {name} of {source} does not match the hash recorded when it was published "
-                                "(corrupt at the source): republish the dataset with 'ptbr shards publish' and check "
-                                f"it with 'ptbr shards verify {source}'")
+        return CorruptDataError(
+            f"shard {name} of {source} does not match the hash recorded when it was published "
+            "(corrupt at the source): republish the dataset with 'ptbr shards publish' and check "
+            f"it with 'ptbr shards verify {source}'"
+        )
     if _CREDENTIALS.search(text):
-        return DataError(f"{source} refused the credentials ({safe_endpoint()}): check AWS_ACCESS_KEY_ID / "
-                         "AWS_SECRET_ACCESS_KEY or the AWS profile of the job")
+        return DataError(
+            f"{source} refused the credentials ({safe_endpoint()}): check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or the AWS profile of the job"
+        )
     if isinstance(exc, FileNotFoundError) or "No such file or directory" in text:  # a directory source
         name = getattr(exc, "filename", None) or "a shard"
-        return CorruptDataError(f"{name} is missing at {source} although its index lists it: rebuild or republish "
-                                f"the dataset, or run 'ptbr shards verify {source}'")
+        return CorruptDataError(
+            f"{name} is missing at {source} although its index lists it: rebuild or republish "
+            f"the dataset, or run 'ptbr shards verify {source}'"
+        )
     if m := _NOT_FOUND.search(text):
         what = m.group(1) or "a shard"
-        return CorruptDataError(f"{what} is missing at {source} although its index lists it: republish the "
-                                f"dataset, or run 'ptbr shards verify {source}'")
+        return CorruptDataError(
+            f"{what} is missing at {source} although its index lists it: republish the "
+            f"dataset, or run 'ptbr shards verify {source}'"
+        )
     if _UNREACHABLE.search(text) or isinstance(exc, ConnectionError | TimeoutError):
         detail = " ".join(str(exc).split())[:300]
         return DataSourceError(f"{source} is unreachable at {safe_endpoint()}: {detail}")
@@ -116,4 +129,3 @@ def data_error(exc: BaseException, source: str, window_s: float) -> PtbrError | 
     if isinstance(err, DataSourceError) and "after retrying" not in str(err):
         err = DataSourceError(f"{err} (after retrying for data.download_retry_s={window_s:g} s)")
     return err
-

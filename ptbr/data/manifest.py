@@ -24,8 +24,18 @@ MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 INDEX = "index.json"
 COLUMN = "tokens"
-REQUIRED = ("format", "format_version", "vocab_size", "seq_len", "sample_len", "eos_id", "dtype",
-            "tokenizer", "splits", "dataset_hash")
+REQUIRED = (
+    "format",
+    "format_version",
+    "vocab_size",
+    "seq_len",
+    "sample_len",
+    "eos_id",
+    "dtype",
+    "tokenizer",
+    "splits",
+    "dataset_hash",
+)
 
 
 def dataset_hash(layout: dict[str, Any], index_hashes: dict[str, str]) -> str:
@@ -70,8 +80,10 @@ def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     if missing:
         raise DataError(f"{source}: manifest.json lacks {', '.join(missing)}")
     if manifest["format_version"] > FORMAT_VERSION:
-        raise DataError(f"{source}: manifest format {manifest['format_version']} is newer than this "
-                        f"ptbr understands ({FORMAT_VERSION}); upgrade ptbr")
+        raise DataError(
+            f"{source}: manifest format {manifest['format_version']} is newer than this "
+            f"ptbr understands ({FORMAT_VERSION}); upgrade ptbr"
+        )
     return manifest
 
 
@@ -87,9 +99,13 @@ def read_manifest(source: str) -> dict[str, Any]:
     if store.remote:
         success = store.get(SUCCESS)
         if success is None:
-            raise DataError(f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
-                            f"re-run 'ptbr shards publish'")
+            raise DataError(
+                f"{source}: no {SUCCESS} marker: the dataset is not (completely) published; "
+                f"re-run 'ptbr shards publish'"
+            )
         if not success_matches(success, data):
-            raise DataError(f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
-                            f"interrupted); re-run 'ptbr shards publish'")
+            raise DataError(
+                f"{source}: {SUCCESS} does not match {MANIFEST} (a publish is in progress or was "
+                f"interrupted); re-run 'ptbr shards publish'"
+            )
     return parse_manifest(data, source)

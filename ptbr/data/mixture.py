@@ -18,8 +18,12 @@ from ptbr.data.hashing import sha256_bytes
 from ptbr.data.manifest import read_manifest
 from ptbr.errors import DataError
 
-MUST_AGREE = {"vocab_size": "vocabulary size", "seq_len": "seq_len", "eos_id": "end-of-document id",
-              "dtype": "token dtype"}
+MUST_AGREE = {
+    "vocab_size": "vocabulary size",
+    "seq_len": "seq_len",
+    "eos_id": "end-of-document id",
+    "dtype": "token dtype",
+}
 
 
 def read_mixture(specs: list[Any]) -> dict[str, Any]:
@@ -33,17 +37,34 @@ def read_mixture(specs: list[Any]) -> dict[str, Any]:
     for spec, m in zip(specs[1:], manifests[1:]):
         tok = (m.get("tokenizer") or {}).get("sha256")
         if tok != ref_tok:
-            raise DataError(f"data.sources: {spec.source} was tokenized with another tokenizer than {first.source} "
-                            f"(sha256 {str(tok)[:16]} vs {str(ref_tok)[:16]}); rebuild it with the same tokenizer")
+            raise DataError(
+                f"data.sources: {spec.source} was tokenized with another tokenizer than {first.source} "
+                f"(sha256 {str(tok)[:16]} vs {str(ref_tok)[:16]}); rebuild it with the same tokenizer"
+            )
         for key, what in MUST_AGREE.items():
             if m.get(key) != ref.get(key):
-                raise DataError(f"data.sources: {spec.source} has {what} {m.get(key)}, {first.source} has "
-                                f"{ref.get(key)}; all sources of a mixture must match")
+                raise DataError(
+                    f"data.sources: {spec.source} has {what} {m.get(key)}, {first.source} has "
+                    f"{ref.get(key)}; all sources of a mixture must match"
+                )
     total = sum(s.weight for s in specs)
-    parts = [{"source": s.source, "name": s.label(), "weight": s.weight / total, "dataset_hash": m["dataset_hash"],
-              "splits": m["splits"]} for s, m in zip(specs, manifests)]
+    parts = [
+        {
+            "source": s.source,
+            "name": s.label(),
+            "weight": s.weight / total,
+            "dataset_hash": m["dataset_hash"],
+            "splits": m["splits"],
+        }
+        for s, m in zip(specs, manifests)
+    ]
     identity = json.dumps([[p["dataset_hash"], round(p["weight"], 12)] for p in parts]).encode()
-    splits = {split: {"samples": sum(int(m["splits"][split]["samples"]) for m in manifests),
-                      "shards": sum(int(m["splits"][split]["shards"]) for m in manifests)}
-              for split in ref["splits"] if all(split in m["splits"] for m in manifests)}
+    splits = {
+        split: {
+            "samples": sum(int(m["splits"][split]["samples"]) for m in manifests),
+            "shards": sum(int(m["splits"][split]["shards"]) for m in manifests),
+        }
+        for split in ref["splits"]
+        if all(split in m["splits"] for m in manifests)
+    }
     return {**ref, "dataset_hash": sha256_bytes(identity), "splits": splits, "mixture": parts}

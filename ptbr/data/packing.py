@@ -22,8 +22,10 @@ def choose_dtype(vocab_size: int, requested: str = "auto") -> str:
         raise DataError(f"--dtype must be auto, uint16 or uint32, not {requested!r}")
     limit = int(np.iinfo(DTYPES[requested]).max) + 1
     if vocab_size > limit:
-        raise DataError(f"vocabulary of {vocab_size} tokens does not fit {requested} (max {limit}); "
-                        f"use --dtype uint32 or --dtype auto")
+        raise DataError(
+            f"vocabulary of {vocab_size} tokens does not fit {requested} (max {limit}); "
+            f"use --dtype uint32 or --dtype auto"
+        )
     return requested
 
 

@@ -97,8 +97,7 @@ def finish_part(directory: Path, plan: str, spec: PartSpec, summary: dict[str, A
     return record
 
 
-def check_parts(work: Path, count: int, plan: str, rerun: str,
-                mismatch: Any = None) -> list[dict[str, Any]]:
+def check_parts(work: Path, count: int, plan: str, rerun: str, mismatch: Any = None) -> list[dict[str, Any]]:
     """The DONE records of parts 0..count-1 of ``plan`` in ``work``, or a one-line DataError naming the first
     part that is missing, unfinished, damaged or foreign. ``rerun`` completes "run it again with ...";
     ``mismatch(record)`` may explain a foreign part better (e.g. another tokenizer)."""
@@ -108,16 +107,22 @@ def check_parts(work: Path, count: int, plan: str, rerun: str,
         d = work / spec.dirname()
         if not d.is_dir():
             others = sorted(p.name for p in work.glob("part-*-of-*")) if work.is_dir() else []
-            hint = f" (it holds {others[0]} ...: parts of another --part count?)" if others and not any(
-                p.endswith(f"-of-{count:05d}") for p in others) else ""
+            hint = (
+                f" (it holds {others[0]} ...: parts of another --part count?)"
+                if others and not any(p.endswith(f"-of-{count:05d}") for p in others)
+                else ""
+            )
             raise DataError(f"part {spec} is missing: no {d}{hint}; run it with {rerun} --part {spec}")
         record = _read_done(d)
         if record is None:
-            raise DataError(f"part {spec} in {work} is unfinished (no {DONE}: still running, or it was "
-                            f"interrupted); run it again with {rerun} --part {spec}")
+            raise DataError(
+                f"part {spec} in {work} is unfinished (no {DONE}: still running, or it was "
+                f"interrupted); run it again with {rerun} --part {spec}"
+            )
         if record.get("plan") != plan:
             why = (mismatch(record) if mismatch else None) or (
-                "was made from other inputs, settings or part count than this merge's")
+                "was made from other inputs, settings or part count than this merge's"
+            )
             raise DataError(f"part {spec} in {work} {why}; remove {d} and run it again with {rerun} --part {spec}")
         damage = _damage(d, record)
         if damage:

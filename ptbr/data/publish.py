@@ -110,10 +110,11 @@ def plan_objects(local: Path, manifest: dict[str, Any]) -> tuple[list[LocalObjec
             d = stored_file(shard)
             p = local / split / d["basename"]
             if not p.is_file() or p.stat().st_size != d["bytes"]:
-                raise DataError(f"{local}: shard {split}/{d['basename']} is missing or truncated; "
-                                f"run 'ptbr shards verify {local}' and rebuild")
-            shards.append(LocalObject(f"{split}/{d['basename']}", p, d["bytes"],
-                                      index_xxh64=d["hashes"].get("xxh64")))
+                raise DataError(
+                    f"{local}: shard {split}/{d['basename']} is missing or truncated; "
+                    f"run 'ptbr shards verify {local}' and rebuild"
+                )
+            shards.append(LocalObject(f"{split}/{d['basename']}", p, d["bytes"], index_xxh64=d["hashes"].get("xxh64")))
         meta.append(LocalObject(f"{split}/{INDEX}", index_path, len(data)))
     meta.append(LocalObject(MANIFEST, local / MANIFEST, (local / MANIFEST).stat().st_size))
     return shards, meta
@@ -156,8 +157,17 @@ class _Counter:
 
 
 class Publisher:
-    def __init__(self, local: Path, url: s3.S3Url, *, force: bool, jobs: int, part_size: int,
-                 progress: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        local: Path,
+        url: s3.S3Url,
+        *,
+        force: bool,
+        jobs: int,
+        part_size: int,
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> None:
         self.local, self.url, self.force, self.jobs = local, url, force, max(1, jobs)
         self.part_size, self.progress, self.log = part_size, progress, log
         self.client = s3.make_client(max_pool_connections=self.jobs * 2 + 4)
@@ -180,8 +190,7 @@ class Publisher:
         claimed = _json_or_none(claim) or {}
         if claimed.get("dataset_hash") == dhash:
             return existing, None
-        remote_manifest = _json_or_none(s3.get_bytes(self.client, self.url, MANIFEST)) if MANIFEST in existing \
-            else None
+        remote_manifest = _json_or_none(s3.get_bytes(self.client, self.url, MANIFEST)) if MANIFEST in existing else None
         if remote_manifest and remote_manifest.get("dataset_hash") == dhash:
             return existing, None
         if remote_manifest and remote_manifest.get("dataset_hash"):
@@ -203,10 +212,13 @@ class Publisher:
         """
         from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
-        config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
-                                max_concurrency=self.jobs, use_threads=True)
-        bar = ProgressBar(f"publish {phase}", sum(o.size for o in objects), rate_unit="objects",
-                       enabled=self.progress)
+        config = TransferConfig(
+            multipart_threshold=self.part_size,
+            multipart_chunksize=self.part_size,
+            max_concurrency=self.jobs,
+            use_threads=True,
+        )
+        bar = ProgressBar(f"publish {phase}", sum(o.size for o in objects), rate_unit="objects", enabled=self.progress)
         counter = _Counter(bar)
 
         buffers = threading.local()
@@ -216,8 +228,9 @@ class Publisher:
                 buffers.buf = bytearray(8 << 20)
             hash_local(obj, buffers.buf)
             if obj.index_xxh64 is not None and obj.index_xxh64 != obj.xxh64:
-                raise DataError(f"{self.local}/{obj.rel} does not match the xxh64 in its index (corrupted); "
-                                f"rebuild the dataset")
+                raise DataError(
+                    f"{self.local}/{obj.rel} does not match the xxh64 in its index (corrupted); rebuild the dataset"
+                )
             remote = s3.head(self.client, self.url, obj.rel) if obj.rel in existing else None
             return mismatch(obj, remote) is not None
 
@@ -236,9 +249,18 @@ class Publisher:
                     self.report.skipped += 1
                     counter.add(obj.size)
                     continue
-                uploads.append((obj, manager.upload(str(obj.path), self.url.bucket, self.url.key(obj.rel),
-                                                    extra_args={"Metadata": {META_HASH: obj.xxh64}},
-                                                    subscribers=[_ProgressSubscriber(counter)])))
+                uploads.append(
+                    (
+                        obj,
+                        manager.upload(
+                            str(obj.path),
+                            self.url.bucket,
+                            self.url.key(obj.rel),
+                            extra_args={"Metadata": {META_HASH: obj.xxh64}},
+                            subscribers=[_ProgressSubscriber(counter)],
+                        ),
+                    )
+                )
             list(pool.map(finish, uploads))
         bar.close()
         if uploads:
@@ -252,8 +274,9 @@ class Publisher:
             return
         self.log(f"warning: {obj.rel} failed verification after upload ({why}); uploading again")
         with open(obj.path, "rb") as f:
-            self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(obj.rel), Body=f,
-                                   Metadata={META_HASH: obj.xxh64})
+            self.client.put_object(
+                Bucket=self.url.bucket, Key=self.url.key(obj.rel), Body=f, Metadata={META_HASH: obj.xxh64}
+            )
         why = mismatch(obj, s3.head(self.client, self.url, obj.rel))
         if why is not None:
             raise DataError(f"{self.url}/{obj.rel}: verification failed after upload ({why}); not committing")
@@ -265,15 +288,17 @@ class Publisher:
 
     def _delete(self, rels: list[str]) -> None:
         for i in range(0, len(rels), 1000):
-            chunk = rels[i:i + 1000]
-            resp = self.client.delete_objects(Bucket=self.url.bucket,
-                                              Delete={"Objects": [{"Key": self.url.key(r)} for r in chunk],
-                                                      "Quiet": True})
+            chunk = rels[i : i + 1000]
+            resp = self.client.delete_objects(
+                Bucket=self.url.bucket, Delete={"Objects": [{"Key": self.url.key(r)} for r in chunk], "Quiet": True}
+            )
             errors = resp.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise DataError(f"{self.url}: could not delete {len(errors)} object(s), e.g. {first.get('Key')}: "
-                                f"{first.get('Code')} {first.get('Message', '')}".rstrip())
+                raise DataError(
+                    f"{self.url}: could not delete {len(errors)} object(s), e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
         self.report.deleted += len(rels)
 
     # --------------------------------------------------------------------------- main
@@ -294,13 +319,17 @@ class Publisher:
         with s3.s3_errors(f"publishing to {self.url}", self.url):
             existing, foreign = self._read_remote_state(msha, dhash)
             if foreign and not self.force:
-                raise DataError(f"{self.url} already holds {foreign}; pass --force to replace it, "
-                                f"or publish to another prefix")
+                raise DataError(
+                    f"{self.url} already holds {foreign}; pass --force to replace it, or publish to another prefix"
+                )
             committed = self._committed(existing, msha)
             if SUCCESS in existing and not committed:
                 self._delete([SUCCESS])  # readers must not trust the prefix while it changes
-            self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(CLAIM),
-                                   Body=json.dumps({"dataset_hash": dhash, "manifest_sha256": msha}).encode())
+            self.client.put_object(
+                Bucket=self.url.bucket,
+                Key=self.url.key(CLAIM),
+                Body=json.dumps({"dataset_hash": dhash, "manifest_sha256": msha}).encode(),
+            )
             self._abort_stale_multipart()
             self._upload_all(shards, existing, "shards")
             self._upload_all(meta, existing, "indexes")
@@ -313,8 +342,7 @@ class Publisher:
             if committed:
                 self.report.skipped += 1
             else:
-                self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(SUCCESS),
-                                       Body=(msha + "\n").encode())
+                self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(SUCCESS), Body=(msha + "\n").encode())
                 self.report.uploaded += 1
             if not self._committed({SUCCESS: 0}, msha):
                 raise DataError(f"{self.url}/{SUCCESS} did not read back as written")
@@ -333,12 +361,18 @@ def _json_or_none(data: bytes | None) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def publish(local: str | Path, url: str, *, force: bool = False, jobs: int = 8,
-            part_size: int = DEFAULT_PART_SIZE, progress: bool = True,
-            log: Callable[[str], None] = print) -> PublishReport:
+def publish(
+    local: str | Path,
+    url: str,
+    *,
+    force: bool = False,
+    jobs: int = 8,
+    part_size: int = DEFAULT_PART_SIZE,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PublishReport:
     """Publish the build in ``local`` to ``url`` (s3://bucket/prefix); see the module docstring."""
     target = s3.parse_s3_url(url)
     if part_size < 5 << 20:
         raise DataError("--part-size must be at least 5 MiB (S3 minimum for multipart parts)")
-    return Publisher(Path(local), target, force=force, jobs=jobs, part_size=part_size,
-                     progress=progress, log=log).run()
+    return Publisher(Path(local), target, force=force, jobs=jobs, part_size=part_size, progress=progress, log=log).run()

@@ -15,8 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ptbr.errors import DataError, DataSourceError
 
-CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                    "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+}
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class S3Url:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def rel(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     @property
     def list_prefix(self) -> str:
@@ -45,7 +51,7 @@ def is_s3(source: str | os.PathLike[str]) -> bool:
 def parse_s3_url(url: str) -> S3Url:
     if not is_s3(url):
         raise DataError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix)")
-    rest = url[len("s3://"):]
+    rest = url[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise DataError(f"S3 URL {url!r} has no bucket (expected s3://bucket/prefix)")
@@ -71,9 +77,13 @@ def make_client(*, max_pool_connections: int = 10) -> Any:
     from botocore.config import Config
 
     ep = endpoint_url()
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-                    max_pool_connections=max_pool_connections,
-                    s3={"addressing_style": "path"} if ep else None)
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=120,
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path"} if ep else None,
+    )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if ep and not region:
         region = "us-east-1"
@@ -90,23 +100,29 @@ def translate(exc: BaseException, context: str, url: S3Url | None = None) -> Dat
     from botocore import exceptions as bx
 
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-        return DataError(f"{context}: no usable S3 credentials (set AWS_ACCESS_KEY_ID and "
-                         f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ConnectTimeoutError |
-                  bx.ReadTimeoutError):
+        return DataError(
+            f"{context}: no usable S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        )
+    if isinstance(
+        exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ConnectTimeoutError | bx.ReadTimeoutError
+    ):
         return DataSourceError(f"{context}: cannot reach S3 at {safe_endpoint()} ({exc.__class__.__name__})")
     if isinstance(exc, bx.ClientError):
         code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         bucket = url.bucket if url else "?"
         if code in CREDENTIAL_CODES:
-            return DataError(f"{context}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID and "
-                             f"AWS_SECRET_ACCESS_KEY for {safe_endpoint()}")
+            return DataError(
+                f"{context}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY for {safe_endpoint()}"
+            )
         if code == "NoSuchBucket":
             return DataError(f"{context}: bucket {bucket!r} does not exist at {safe_endpoint()}")
         if code in ("AccessDenied", "403") or status == 403:
-            return DataError(f"{context}: access denied to s3://{bucket} (wrong credentials or missing "
-                             f"permissions) at {safe_endpoint()}")
+            return DataError(
+                f"{context}: access denied to s3://{bucket} (wrong credentials or missing "
+                f"permissions) at {safe_endpoint()}"
+            )
         message = exc.response.get("Error", {}).get("Message", "")
         return DataError(f"{context}: S3 error {code or status}: {message}".rstrip(": "))
     if isinstance(exc, bx.BotoCoreError):

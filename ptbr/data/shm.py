@@ -17,8 +17,17 @@ import re
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
-STREAMING_NAMES = ("locals", "barrier", "next_epoch", "cache_usage", "shard_states", "shard_access_times",
-                   "resume", "epoch_shape", "epoch_data")
+STREAMING_NAMES = (
+    "locals",
+    "barrier",
+    "next_epoch",
+    "cache_usage",
+    "shard_states",
+    "shard_access_times",
+    "resume",
+    "epoch_shape",
+    "epoch_data",
+)
 _PATTERN = re.compile(r"^\d{6}_(" + "|".join(STREAMING_NAMES) + r")$")
 # DeepSpeed's CPU shared-memory all-reduce (gloo runs) keeps a 66 MiB buffer per rank that a killed
 # job leaves behind; the same "nobody maps it" rule makes it safe to remove.
@@ -56,7 +65,7 @@ def segments_in_use(shm_dir: Path = SHM_DIR) -> set[str]:
                 for line in f:
                     i = line.find(prefix)
                     if i >= 0:
-                        used.add(line[i + len(prefix):].strip().removesuffix(" (deleted)"))
+                        used.add(line[i + len(prefix) :].strip().removesuffix(" (deleted)"))
         except (FileNotFoundError, PermissionError, ProcessLookupError):
             pass
         try:
@@ -69,7 +78,7 @@ def segments_in_use(shm_dir: Path = SHM_DIR) -> set[str]:
             except (FileNotFoundError, PermissionError, ProcessLookupError):
                 continue
             if target.startswith(prefix):
-                used.add(target[len(prefix):].removesuffix(" (deleted)"))
+                used.add(target[len(prefix) :].removesuffix(" (deleted)"))
     return used
 
 

@@ -37,5 +37,6 @@ class S3Store:
         with s3.s3_errors(f"reading {self.url}/{rel}", self.url):
             return s3.get_bytes(self.client, self.url, rel)
 
+
 def open_store(source: str | os.PathLike[str], **kwargs: Any) -> LocalStore | S3Store:
     return S3Store(str(source), **kwargs) if s3.is_s3(source) else LocalStore(source)

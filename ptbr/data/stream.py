@@ -68,11 +68,12 @@ class OneSource:
 
 def as_sources(source: str | os.PathLike[str] | Sequence[Source]) -> list[Source]:
     """A path or URL as a mixture of one; a list of sources as it is. URLs lose a trailing slash."""
-    specs: list[Source] = ([OneSource(str(source))] if isinstance(source, str | os.PathLike) else list(source))
+    specs: list[Source] = [OneSource(str(source))] if isinstance(source, str | os.PathLike) else list(source)
     if not specs:
         raise DataError("no data source given")
-    return [OneSource(s.source.rstrip("/"), s.weight) if is_s3(s.source) and s.source.endswith("/") else s
-            for s in specs]
+    return [
+        OneSource(s.source.rstrip("/"), s.weight) if is_s3(s.source) and s.source.endswith("/") else s for s in specs
+    ]
 
 
 def dataset_cache_dir(cache_root: str | os.PathLike[str], manifest: dict[str, Any], split: str) -> Path:
@@ -96,8 +97,10 @@ def place_index(source: str, split: str, local: Path, manifest: dict[str, Any]) 
     if data is None:
         raise DataError(f"{source}: {split}/{INDEX} is missing")
     if sha256_bytes(data) != want:
-        raise DataError(f"{source}: {split}/{INDEX} does not match the manifest (the dataset changed while "
-                        f"being read, or is damaged: run 'ptbr shards verify {source}')")
+        raise DataError(
+            f"{source}: {split}/{INDEX} does not match the manifest (the dataset changed while "
+            f"being read, or is damaged: run 'ptbr shards verify {source}')"
+        )
     local.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, data)
 
@@ -117,17 +120,25 @@ def working_node_counts(num_canonical_nodes: int, limit: int = 128) -> list[int]
     return [n for n in range(1, limit + 1) if num_canonical_nodes % n == 0 or n % num_canonical_nodes == 0]
 
 
-def check_canonical_nodes(num_canonical_nodes: int, nodes: int, samples: int, key: str = "data.num_canonical_nodes",
-                          ) -> None:
+def check_canonical_nodes(
+    num_canonical_nodes: int,
+    nodes: int,
+    samples: int,
+    key: str = "data.num_canonical_nodes",
+) -> None:
     """One line, before any work, instead of streaming's error inside a loader: the node count must
     divide ``num_canonical_nodes`` or be a multiple of it, and every canonical node needs samples."""
     if num_canonical_nodes > samples:
-        raise DataError(f"{key}={num_canonical_nodes} exceeds the {samples} training samples (every canonical node "
-                        f"needs at least one); set {key} to a value <= {samples} that your node counts divide")
+        raise DataError(
+            f"{key}={num_canonical_nodes} exceeds the {samples} training samples (every canonical node "
+            f"needs at least one); set {key} to a value <= {samples} that your node counts divide"
+        )
     if num_canonical_nodes % nodes and nodes % num_canonical_nodes:
         works = ", ".join(map(str, working_node_counts(num_canonical_nodes, limit=max(64, 2 * nodes))))
-        raise DataError(f"{nodes} nodes cannot read a stream of {num_canonical_nodes} canonical nodes (one must divide "
-                        f"the other); node counts that work: {works}; {key} is fixed when a run starts (e.g. 6720)")
+        raise DataError(
+            f"{nodes} nodes cannot read a stream of {num_canonical_nodes} canonical nodes (one must divide "
+            f"the other); node counts that work: {works}; {key} is fixed when a run starts (e.g. 6720)"
+        )
 
 
 def physical_nodes() -> int:
@@ -144,8 +155,12 @@ def prepare_split_cache(source: str, split: str, cache_root: str, manifest: dict
     return local
 
 
-def streaming_options(streaming_kwargs: dict[str, Any], num_canonical_nodes: int | None, download_retry_s: float,
-                      download_timeout_s: float) -> int:
+def streaming_options(
+    streaming_kwargs: dict[str, Any],
+    num_canonical_nodes: int | None,
+    download_retry_s: float,
+    download_timeout_s: float,
+) -> int:
     """Fill ``streaming_kwargs`` with ptbr's defaults (hash check, retries, timeout; retry log lines on) and
     return the canonical node count to use (streaming's own default, resolved here: see
     :func:`default_num_canonical_nodes`)."""
@@ -154,8 +169,9 @@ def streaming_options(streaming_kwargs: dict[str, Any], num_canonical_nodes: int
     streaming_kwargs.setdefault("download_retry", download_attempts(download_retry_s))
     streaming_kwargs.setdefault("download_timeout", download_timeout_s)
     if num_canonical_nodes is None:
-        num_canonical_nodes = default_num_canonical_nodes(streaming_kwargs.get("shuffle_algo", "py1e"),
-                                                          physical_nodes())
+        num_canonical_nodes = default_num_canonical_nodes(
+            streaming_kwargs.get("shuffle_algo", "py1e"), physical_nodes()
+        )
     return num_canonical_nodes
 
 
@@ -168,10 +184,20 @@ def predownload_default(manifest: dict[str, Any], split: str, batch_size: int) -
     return max(8 * batch_size, 2 * per_shard)
 
 
-def build_dataset(source: str | os.PathLike[str] | Sequence[Source], split: str, *, cache_root: str,
-                  batch_size: int, shuffle: bool, seed: int, num_canonical_nodes: int | None = None,
-                  download_retry_s: float = 300.0, download_timeout_s: float = 60.0,
-                  manifest: dict[str, Any] | None = None, **streaming_kwargs: Any) -> TokenDataset:
+def build_dataset(
+    source: str | os.PathLike[str] | Sequence[Source],
+    split: str,
+    *,
+    cache_root: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_canonical_nodes: int | None = None,
+    download_retry_s: float = 300.0,
+    download_timeout_s: float = 60.0,
+    manifest: dict[str, Any] | None = None,
+    **streaming_kwargs: Any,
+) -> TokenDataset:
     """A TokenDataset over ``split`` of one dataset (s3://bucket/prefix or a directory) or of a weighted
     mixture of several (each source's share of the samples is its weight over the sum: streaming's
     ``Stream(proportion=...)``).
@@ -199,22 +225,32 @@ def build_dataset(source: str | os.PathLike[str] | Sequence[Source], split: str,
     for part in parts:
         local = prepare_split_cache(part["source"], split, cache_root, part)
         locals_.append(local)
-        streams.append(Stream(remote=join_source(part["source"], split), local=str(local),
-                              proportion=part["weight"]))
-    num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s,
-                                            download_timeout_s)
+        streams.append(Stream(remote=join_source(part["source"], split), local=str(local), proportion=part["weight"]))
+    num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s, download_timeout_s)
     streaming_kwargs.setdefault("predownload", predownload_default(manifest, split, batch_size))
     try:
         with streaming_tempdir():
-            ds = TokenDataset(manifest=manifest, source=specs[0].source, retry_window_s=download_retry_s,
-                              streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-                              num_canonical_nodes=num_canonical_nodes, **streaming_kwargs)
+            ds = TokenDataset(
+                manifest=manifest,
+                source=specs[0].source,
+                retry_window_s=download_retry_s,
+                streams=streams,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                shuffle_seed=seed,
+                num_canonical_nodes=num_canonical_nodes,
+                **streaming_kwargs,
+            )
     except ValueError as exc:
         if "Reused local directory" not in str(exc):
             raise
-        raise DataError(f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job (one per "
-                        "cache directory): drop the other (del + gc.collect()) or use another cache_root") from None
+        raise DataError(
+            f"{split} of dataset {manifest['dataset_hash'][:16]} is already open in this job (one per "
+            "cache directory): drop the other (del + gc.collect()) or use another cache_root"
+        ) from None
     if ds.num_samples != manifest["splits"][split]["samples"]:
-        raise DataError(f"{specs[0].source}: {split} has {ds.num_samples} samples, manifest says "
-                        f"{manifest['splits'][split]['samples']}")
+        raise DataError(
+            f"{specs[0].source}: {split} has {ds.num_samples} samples, manifest says "
+            f"{manifest['splits'][split]['samples']}"
+        )
     return ds

@@ -30,8 +30,11 @@ def job_key() -> str:
     if os.environ.get("PTBR_JOB_ID"):
         return os.environ["PTBR_JOB_ID"]
     if os.environ.get("SLURM_JOB_ID"):
-        parts = [os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_STEP_ID", ""),
-                 os.environ.get("SLURM_RESTART_COUNT", "")]
+        parts = [
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("SLURM_STEP_ID", ""),
+            os.environ.get("SLURM_RESTART_COUNT", ""),
+        ]
         return "slurm" + ".".join(p for p in parts if p)
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     if run_id and run_id != "none":
@@ -109,7 +112,7 @@ def _prune_old_job_dirs(base: Path, keep: Path, max_age_s: float = JOB_DIR_MAX_A
         try:
             if d == keep or not d.is_dir() or d.is_symlink():
                 continue
-            key = d.name[len(prefix):]
+            key = d.name[len(prefix) :]
             dead_pid = key.startswith("pid") and key[3:].isdigit() and not Path(f"/proc/{key[3:]}").exists()
             newest = max([d.stat().st_mtime, *(p.stat().st_mtime for p in d.iterdir())])
             if dead_pid or newest < cutoff:

@@ -37,8 +37,9 @@ from ptbr.errors import DataError
 class TokenDataset(StreamingDataset):
     """Samples of ``seq_len + 1`` tokens served as ``{"input", "target", "sample_id"}``."""
 
-    def __init__(self, *, manifest: dict[str, Any], source: str = "", retry_window_s: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, manifest: dict[str, Any], source: str = "", retry_window_s: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source = source or str(kwargs.get("remote") or kwargs.get("local"))
         self.retry_window_s = retry_window_s
@@ -90,6 +91,8 @@ class TokenDataset(StreamingDataset):
         """Load a resume state; refuses (instead of silently ignoring) when the dataset already ran."""
         epoch = int(obj.get("epoch", 0))
         if epoch < self.next_epoch:
-            raise DataError(f"load_state_dict(epoch {epoch}) on a dataset that already iterated epoch "
-                            f"{self.next_epoch - 1} (streaming would ignore it): load it into a fresh dataset")
+            raise DataError(
+                f"load_state_dict(epoch {epoch}) on a dataset that already iterated epoch "
+                f"{self.next_epoch - 1} (streaming would ignore it): load it into a fresh dataset"
+            )
         super().load_state_dict(obj)

@@ -39,8 +39,13 @@ class TokenizerInfo:
     special_tokens: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "vocab_size": self.vocab_size, "eos_token": self.eos_token,
-                "eos_id": self.eos_id, "special_tokens": dict(self.special_tokens)}
+        return {
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "eos_token": self.eos_token,
+            "eos_id": self.eos_id,
+            "special_tokens": dict(self.special_tokens),
+        }
 
 
 def new_tokenizer() -> Tokenizer:
@@ -54,8 +59,14 @@ def new_tokenizer() -> Tokenizer:
     return tok
 
 
-def train_tokenizer(documents: Iterable[str], *, vocab_size: int, min_frequency: int = 2,
-                    special_tokens: Iterable[str] = SPECIAL_TOKENS, show_progress: bool = False) -> Tokenizer:
+def train_tokenizer(
+    documents: Iterable[str],
+    *,
+    vocab_size: int,
+    min_frequency: int = 2,
+    special_tokens: Iterable[str] = SPECIAL_TOKENS,
+    show_progress: bool = False,
+) -> Tokenizer:
     """Train byte-level BPE on ``documents`` (any iterable of strings, consumed once)."""
     from tokenizers import pre_tokenizers, trainers
 
@@ -64,12 +75,18 @@ def train_tokenizer(documents: Iterable[str], *, vocab_size: int, min_frequency:
         specials.insert(0, EOS_TOKEN)
     minimum = BYTE_ALPHABET + len(specials)
     if vocab_size < minimum:
-        raise DataError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
-                        f"{minimum} (256 bytes + {len(specials)} special tokens)")
+        raise DataError(
+            f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
+            f"{minimum} (256 bytes + {len(specials)} special tokens)"
+        )
     tok = new_tokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                  special_tokens=specials, show_progress=show_progress,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        show_progress=show_progress,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(documents, trainer=trainer)
     return tok
 
@@ -96,9 +113,14 @@ def load_tokenizer(path: str | Path, eos_token: str = EOS_TOKEN) -> tuple[Tokeni
                 specials[entry["content"]] = int(entry["id"])
     except (ValueError, KeyError, TypeError):
         pass
-    meta = TokenizerInfo(path=str(path), sha256=sha256_bytes(data),
-                         vocab_size=tok.get_vocab_size(with_added_tokens=True), eos_token=eos_token,
-                         eos_id=eos_id, special_tokens=specials)
+    meta = TokenizerInfo(
+        path=str(path),
+        sha256=sha256_bytes(data),
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        eos_token=eos_token,
+        eos_id=eos_id,
+        special_tokens=specials,
+    )
     return tok, meta
 
 
@@ -111,10 +133,19 @@ class TokenizerReport:
     files: int
 
 
-def train_tokenizer_from_corpus(inputs: list[str], output: str | Path, *, vocab_size: int, min_frequency: int = 2,
-                                extra_special_tokens: Iterable[str] = (), text_field: str = "text",
-                                txt_docs: str = "file", max_bytes: int | None = None, overwrite: bool = False,
-                                progress: bool = True) -> TokenizerReport:
+def train_tokenizer_from_corpus(
+    inputs: list[str],
+    output: str | Path,
+    *,
+    vocab_size: int,
+    min_frequency: int = 2,
+    extra_special_tokens: Iterable[str] = (),
+    text_field: str = "text",
+    txt_docs: str = "file",
+    max_bytes: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TokenizerReport:
     """Train on the documents of ``inputs`` (files or directories) and write ``output`` atomically.
 
     Stops reading after ``max_bytes`` raw input bytes (a sample is enough for BPE). An existing
@@ -146,9 +177,13 @@ def train_tokenizer_from_corpus(inputs: list[str], output: str | Path, *, vocab_
             raise
 
     try:
-        tok = train_tokenizer(documents(), vocab_size=vocab_size, min_frequency=min_frequency,
-                              special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
-                              show_progress=progress and sys.stderr.isatty())
+        tok = train_tokenizer(
+            documents(),
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
+            show_progress=progress and sys.stderr.isatty(),
+        )
     except Exception:
         if failure:
             raise failure[0] from None

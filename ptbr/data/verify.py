@@ -69,8 +69,9 @@ def _check_shard(store: LocalStore | S3Store, shard: _Shard, manifest: dict[str,
         return [f"{name}: {len(data)} bytes, index says {stored['bytes']} (truncated or replaced)"], len(data)
     want = stored.get("hashes", {}).get("xxh64")
     if want and xxhash.xxh64(data).hexdigest() != want:
-        return [f"{name}: content hash mismatch (xxh64 {xxhash.xxh64(data).hexdigest()} != {want}; corrupted)"], \
-            len(data)
+        return [f"{name}: content hash mismatch (xxh64 {xxhash.xxh64(data).hexdigest()} != {want}; corrupted)"], len(
+            data
+        )
     try:
         raw = decompress(data, entry.get("compression")) if zipped else data
     except Exception as exc:
@@ -111,9 +112,11 @@ def _check_index(split: str, data: bytes | None, manifest: dict[str, Any], repor
     total = 0
     for s in shards:
         if s.get("column_names") != [COLUMN] or s.get("column_encodings") != [encoding]:
-            report.problems.append(f"{split}: shard {(s.get('raw_data') or {}).get('basename')} has columns "
-                                   f"{s.get('column_names')} {s.get('column_encodings')}, expected "
-                                   f"[{COLUMN!r}] [{encoding!r}]")
+            report.problems.append(
+                f"{split}: shard {(s.get('raw_data') or {}).get('basename')} has columns "
+                f"{s.get('column_names')} {s.get('column_encodings')}, expected "
+                f"[{COLUMN!r}] [{encoding!r}]"
+            )
         total += int(s.get("samples", 0))
     if total != entry.get("samples"):
         report.problems.append(f"{split}: indexes hold {total} samples, manifest says {entry.get('samples')}")
@@ -122,8 +125,7 @@ def _check_index(split: str, data: bytes | None, manifest: dict[str, Any], repor
     return [_Shard(split, s) for s in shards]
 
 
-def verify(source: str, *, jobs: int = 4, progress: bool = True,
-           log: Callable[[str], None] = print) -> VerifyReport:
+def verify(source: str, *, jobs: int = 4, progress: bool = True, log: Callable[[str], None] = print) -> VerifyReport:
     """Verify ``source``; problems are collected, not raised (only access errors raise)."""
     store = S3Store(source, max_pool_connections=jobs + 4) if is_s3(source) else LocalStore(source)
     report = VerifyReport(str(store))
@@ -139,9 +141,11 @@ def verify(source: str, *, jobs: int = 4, progress: bool = True,
     if success is None and store.remote:
         report.problems.append(f"{SUCCESS}: missing (the publish never committed; re-run 'ptbr shards publish')")
     elif success is not None and not success_matches(success, mbytes):
-        report.problems.append(f"{SUCCESS}: does not match manifest.json (holds "
-                               f"{success.decode(errors='replace').strip()[:16]}, manifest hashes to "
-                               f"{sha256_bytes(mbytes)[:16]})")
+        report.problems.append(
+            f"{SUCCESS}: does not match manifest.json (holds "
+            f"{success.decode(errors='replace').strip()[:16]}, manifest hashes to "
+            f"{sha256_bytes(mbytes)[:16]})"
+        )
     shards: list[_Shard] = []
     index_hashes = {}
     for split in manifest["splits"]:
@@ -159,4 +163,3 @@ def verify(source: str, *, jobs: int = 4, progress: bool = True,
             report.samples += int(shard.entry.get("samples", 0))
             bar.update(report.bytes, report.shards)
     return report
-

@@ -18,14 +18,22 @@ import numpy as np
 class LlamaCpp:
     """One model in llama.cpp with one sequence; ``reset()`` clears the recurrent state."""
 
-    def __init__(self, model: str | Path, *, threads: int = 1, n_ctx: int = 4096, n_batch: int = 512,
-                 logits_all: bool = False) -> None:
+    def __init__(
+        self, model: str | Path, *, threads: int = 1, n_ctx: int = 4096, n_batch: int = 512, logits_all: bool = False
+    ) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                   n_threads=threads, n_threads_batch=threads, logits_all=logits_all,
-                                   verbose=False)
+        self.llm = llama_cpp.Llama(
+            model_path=str(model),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            verbose=False,
+        )
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
 
@@ -72,7 +80,7 @@ class LlamaCpp:
         """[len(tokens), V] float32 logits of every position, from a cleared state (needs ``logits_all``)."""
         self.reset()
         self.eval(tokens)
-        return np.array(self.llm.scores[:len(tokens)], dtype=np.float32)
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
 
     def last_logits(self) -> np.ndarray:
         """[V] logits after the last token fed."""

@@ -46,14 +46,17 @@ copy_2 = 2
 copy_3 = 1
 copy_other = 1
 """
-_PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc",
-               "metrics")
+_PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics")
 
 
 def find_weed(explicit: str | None = None) -> str:
     """Locate the ``weed`` binary: argument, $PTBR_WEED, next to this Python, then $PATH."""
-    candidates = [explicit, os.environ.get("PTBR_WEED"), str(Path(sys.executable).parent / "weed"),
-                  shutil.which("weed")]
+    candidates = [
+        explicit,
+        os.environ.get("PTBR_WEED"),
+        str(Path(sys.executable).parent / "weed"),
+        shutil.which("weed"),
+    ]
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
@@ -85,9 +88,16 @@ class LocalS3Server:
     values; :meth:`env` gives the variables that boto3 and mosaicml-streaming read.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, access_key: str | None = None,
-                 secret_key: str | None = None, region: str = DEFAULT_REGION, weed: str | None = None,
-                 start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = DEFAULT_REGION,
+        weed: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.access_key = access_key or "ptbr" + secrets.token_hex(8)
         self.secret_key = secret_key or secrets.token_hex(20)
@@ -111,18 +121,26 @@ class LocalS3Server:
 
     def env(self) -> dict[str, str]:
         """Environment for clients: credentials, endpoint (S3_ENDPOINT_URL) and region."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "S3_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+        }
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (path-style addressing, few retries)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"},
-                                          retries={"max_attempts": 2, "mode": "standard"}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2, "mode": "standard"}),
+        )
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` (no error if this server already has it, also when it was created under the
@@ -136,15 +154,29 @@ class LocalS3Server:
         p = self.ports
         root = self.data_dir
         return [
-            weed, f"-logdir={root / 'logs'}", "server", f"-dir={root / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-metricsPort={p['metrics']}",
-            "-master.telemetry=false", f"-volume.max={MAX_VOLUMES}", "-master.volumeSizeLimitMB=1024",
-            f"-s3.localSocket={root / 'tmp' / 's3.sock'}", f"-filer.localSocket={root / 'tmp' / 'filer.sock'}",
+            weed,
+            f"-logdir={root / 'logs'}",
+            "server",
+            f"-dir={root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_grpc']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_grpc']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-metricsPort={p['metrics']}",
+            "-master.telemetry=false",
+            f"-volume.max={MAX_VOLUMES}",
+            "-master.volumeSizeLimitMB=1024",
+            f"-s3.localSocket={root / 'tmp' / 's3.sock'}",
+            f"-filer.localSocket={root / 'tmp' / 'filer.sock'}",
         ]
 
     def start(self) -> LocalS3Server:
@@ -162,12 +194,21 @@ class LocalS3Server:
             self.ports = previous or dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES))))
             previous = None
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-            env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
-                       TMPDIR=str(self.data_dir / "tmp"))
+            env.update(
+                AWS_ACCESS_KEY_ID=self.access_key,
+                AWS_SECRET_ACCESS_KEY=self.secret_key,
+                TMPDIR=str(self.data_dir / "tmp"),
+            )
             with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(self._command(weed), stdin=subprocess.DEVNULL, stdout=log,
-                                              stderr=subprocess.STDOUT, env=env, cwd=self.data_dir,
-                                              start_new_session=True)
+                self._proc = subprocess.Popen(
+                    self._command(weed),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.data_dir,
+                    start_new_session=True,
+                )
             self.pid = self._proc.pid
             try:
                 self._wait_ready()
@@ -259,8 +300,13 @@ class LocalS3Server:
         s3.env holds this throw-away server's secret key so that other shells can ``source`` it;
         it is created readable by the owner only and removed by :func:`stop_saved`.
         """
-        state = {"pid": self.pid, "ports": self.ports, "endpoint_url": self.endpoint_url,
-                 "access_key": self.access_key, "data_dir": str(self.data_dir)}
+        state = {
+            "pid": self.pid,
+            "ports": self.ports,
+            "endpoint_url": self.endpoint_url,
+            "access_key": self.access_key,
+            "data_dir": str(self.data_dir),
+        }
         self.state_path.write_text(json.dumps(state, indent=2) + "\n")
         fd = os.open(self.env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -299,12 +345,12 @@ def _is_weed_for(pid: int, data_dir: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(argv) and argv[0].endswith(b"weed") and f"-dir={data_dir / 'data'}".encode() in argv \
-        and _alive(pid)
+    return bool(argv) and argv[0].endswith(b"weed") and f"-dir={data_dir / 'data'}".encode() in argv and _alive(pid)
 
 
-def stop_process_group(pid: int, *, graceful: bool = False, timeout: float = 30.0,
-                       proc: subprocess.Popen[bytes] | None = None) -> None:
+def stop_process_group(
+    pid: int, *, graceful: bool = False, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Signal the process group led by ``pid`` and wait for the leader to go away."""
     sig_first = signal.SIGTERM if graceful else signal.SIGKILL
     try:

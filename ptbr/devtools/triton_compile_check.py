@@ -53,9 +53,11 @@ class CompileReport:
 
     def line(self, arch: int) -> str:
         spills = "?" if self.spill_store_bytes is None else f"{self.spill_store_bytes}/{self.spill_load_bytes}"
-        return (f"{self.kernel} N={self.head_size}: compiled for sm_{arch} in {self.seconds:.1f} s, {self.num_warps} "
-                f"warps, {self.registers} registers, spill stores/loads {spills} bytes, shared memory "
-                f"{self.shared_bytes} bytes")
+        return (
+            f"{self.kernel} N={self.head_size}: compiled for sm_{arch} in {self.seconds:.1f} s, {self.num_warps} "
+            f"warps, {self.registers} registers, spill stores/loads {spills} bytes, shared memory "
+            f"{self.shared_bytes} bytes"
+        )
 
 
 def kernel_signatures(N: int, dtype: str) -> dict[str, tuple[dict[str, str], dict[str, object]]]:
@@ -66,31 +68,59 @@ def kernel_signatures(N: int, dtype: str) -> dict[str, tuple[dict[str, str], dic
     return {
         "_fwd_state_kernel": (
             {"k_ptr": io, "v_ptr": io, "w_ptr": io, "s0_ptr": "*fp32", "h_ptr": "*fp32", **sizes},
-            {"N": N, "BT": tw.CHUNK, "BV": bv_scan, "HAS_S0": True}),
+            {"N": N, "BT": tw.CHUNK, "BV": bv_scan, "HAS_S0": True},
+        ),
         "_fwd_output_kernel": (
-            {"r_ptr": io, "k_ptr": io, "v_ptr": io, "w_ptr": io, "u_ptr": io, "h_ptr": "*fp32", "y_ptr": io,
-             **sizes},
-            {"N": N, "BT": tw.CHUNK, "BC": tw.SUB_CHUNK, "BV": bv_out}),
+            {"r_ptr": io, "k_ptr": io, "v_ptr": io, "w_ptr": io, "u_ptr": io, "h_ptr": "*fp32", "y_ptr": io, **sizes},
+            {"N": N, "BT": tw.CHUNK, "BC": tw.SUB_CHUNK, "BV": bv_out},
+        ),
         "_bwd_state_kernel": (
-            {"r_ptr": io, "w_ptr": io, "dy_ptr": io, "dsT_ptr": "*fp32", "dh_ptr": "*fp32", "ds0_ptr": "*fp32",
-             **sizes},
-            {"N": N, "BT": tw.CHUNK, "BV": bv_scan, "HAS_DST": True, "STORE_DS0": True}),
+            {
+                "r_ptr": io,
+                "w_ptr": io,
+                "dy_ptr": io,
+                "dsT_ptr": "*fp32",
+                "dh_ptr": "*fp32",
+                "ds0_ptr": "*fp32",
+                **sizes,
+            },
+            {"N": N, "BT": tw.CHUNK, "BV": bv_scan, "HAS_DST": True, "STORE_DS0": True},
+        ),
         "_bwd_grad_kernel": (
-            {"r_ptr": io, "k_ptr": io, "v_ptr": io, "w_ptr": io, "u_ptr": io, "dy_ptr": io, "h_ptr": "*fp32",
-             "dh_ptr": "*fp32", "dr_ptr": io, "dk_ptr": io, "dv_ptr": io, "dw_ptr": io, "du_ptr": "*fp32", **sizes},
-            {"N": N, "BT": tw.CHUNK, "BC": tw.SUB_CHUNK}),
+            {
+                "r_ptr": io,
+                "k_ptr": io,
+                "v_ptr": io,
+                "w_ptr": io,
+                "u_ptr": io,
+                "dy_ptr": io,
+                "h_ptr": "*fp32",
+                "dh_ptr": "*fp32",
+                "dr_ptr": io,
+                "dk_ptr": io,
+                "dv_ptr": io,
+                "dw_ptr": io,
+                "du_ptr": "*fp32",
+                **sizes,
+            },
+            {"N": N, "BT": tw.CHUNK, "BC": tw.SUB_CHUNK},
+        ),
     }
 
 
 def _ptxas_figures(log: str) -> tuple[int | None, int | None, int | None]:
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return (int(regs.group(1)) if regs else None, int(spills.group(1)) if spills else None,
-            int(spills.group(2)) if spills else None)
+    return (
+        int(regs.group(1)) if regs else None,
+        int(spills.group(1)) if spills else None,
+        int(spills.group(2)) if spills else None,
+    )
 
 
-def compile_kernels(N: int = 64, dtype: str = "bf16", arch: int = 90,
-                    num_warps: int | None = None) -> list[CompileReport]:
+def compile_kernels(
+    N: int = 64, dtype: str = "bf16", arch: int = 90, num_warps: int | None = None
+) -> list[CompileReport]:
     """Compile every kernel for ``sm_<arch>`` with the configuration the launcher uses (``num_warps``
     overrides it); ptxas's own report gives registers and spills."""
     target = GPUTarget("cuda", arch, 32)
@@ -106,8 +136,11 @@ def compile_kernels(N: int = 64, dtype: str = "bf16", arch: int = 90,
         log = io.StringIO()
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
-                                      options={"num_warps": warps, "num_stages": stages})
+            compiled = triton.compile(
+                ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                target=target,
+                options={"num_warps": warps, "num_stages": stages},
+            )
         seconds = time.perf_counter() - t0
         figures = _ptxas_figures(log.getvalue())
         reports.append(CompileReport(name, N, warps, seconds, compiled.metadata.shared, *figures))

@@ -61,9 +61,17 @@ def save(path: Path, record: dict[str, Any], config: dict[str, Any]) -> dict[str
     return record
 
 
-def bench_exports(paths: Sequence[str | Path], tasks: str | None = None, *, limit: float | None = None,
-                  num_fewshot: int | None = None, device: str | None = None, batch_size: int = 8,
-                  include: Sequence[str] = (), log: Callable[[str], None] = info) -> list[dict[str, Any]]:
+def bench_exports(
+    paths: Sequence[str | Path],
+    tasks: str | None = None,
+    *,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    include: Sequence[str] = (),
+    log: Callable[[str], None] = info,
+) -> list[dict[str, Any]]:
     """Run the tasks on every export; return their records (also written beside each)."""
     from ptbr.infer.harness import PtbrLM
 
@@ -75,8 +83,9 @@ def bench_exports(paths: Sequence[str | Path], tasks: str | None = None, *, limi
         t0 = time.perf_counter()
         lm = PtbrLM(path=str(path), device=device, batch_size=batch_size)
         raw = evaluate(lm, tm, loaded, limit=limit, num_fewshot=num_fewshot)
-        record = res.summarize(raw, lm.get_model_info(), limit=limit, num_fewshot=num_fewshot,
-                               seconds=time.perf_counter() - t0)
+        record = res.summarize(
+            raw, lm.get_model_info(), limit=limit, num_fewshot=num_fewshot, seconds=time.perf_counter() - t0
+        )
         records.append(save(Path(path), record, config))
         log(f"{path}: {len(record['tasks'])} task(s) in {record['seconds']:.1f} s -> {Path(path) / 'bench.json'}")
     return records

@@ -33,8 +33,15 @@ class EvalResult:
     documents: list[dict[str, float]] | None = None  # --text: each document's summed NLL, tokens and bytes
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"samples": self.samples, "tokens": self.tokens, "bytes": self.bytes, "loss": self.loss,
-               "ppl": self.ppl, "bits_per_byte": self.bits_per_byte, "loss_by_position": self.loss_by_position}
+        out = {
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "loss": self.loss,
+            "ppl": self.ppl,
+            "bits_per_byte": self.bits_per_byte,
+            "loss_by_position": self.loss_by_position,
+        }
         if self.documents is not None:
             out["documents"] = self.documents
         return out
@@ -53,18 +60,28 @@ def utf8_bytes_per_token(tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int | None = None,
-             batch_size: int = 8, cache_dir: str | None = None) -> EvalResult:
+def evaluate(
+    lm: LoadedModel,
+    source: str,
+    split: str = "val",
+    max_samples: int | None = None,
+    batch_size: int = 8,
+    cache_dir: str | None = None,
+) -> EvalResult:
     from ptbr.data import build_dataset, prepare_streaming_env, read_manifest
 
     manifest = read_manifest(source)
     if int(manifest["vocab_size"]) > lm.model.config.vocab_size:
-        raise PtbrError(f"{source} was tokenized with {manifest['vocab_size']} tokens, more than the model's "
-                        f"{lm.model.config.vocab_size}")
+        raise PtbrError(
+            f"{source} was tokenized with {manifest['vocab_size']} tokens, more than the model's "
+            f"{lm.model.config.vocab_size}"
+        )
     tok_sha = (manifest.get("tokenizer") or {}).get("sha256")
     if lm.config.get("tokenizer_sha256") and tok_sha and tok_sha != lm.config["tokenizer_sha256"]:
-        raise PtbrError(f"{source} was tokenized with another tokenizer than the model's (sha256 {tok_sha[:16]} vs "
-                        f"{lm.config['tokenizer_sha256'][:16]}): its losses would mean nothing")
+        raise PtbrError(
+            f"{source} was tokenized with another tokenizer than the model's (sha256 {tok_sha[:16]} vs "
+            f"{lm.config['tokenizer_sha256'][:16]}): its losses would mean nothing"
+        )
     prepare_streaming_env()
     cache = cache_dir or os.path.join(tempfile.gettempdir(), f"ptbr-eval-{os.geteuid()}")
     ds = build_dataset(source, split, cache_root=cache, batch_size=batch_size, shuffle=False, seed=0)
@@ -85,8 +102,15 @@ def evaluate(lm: LoadedModel, source: str, split: str = "val", max_samples: int 
         nbytes += int(token_bytes[y.cpu()].sum())
     del ds
     loss = nll / tokens
-    return EvalResult(n, tokens, nbytes, loss, math.exp(min(loss, 50.0)), nll / math.log(2) / max(nbytes, 1),
-                      bucket_losses(per_position, n))
+    return EvalResult(
+        n,
+        tokens,
+        nbytes,
+        loss,
+        math.exp(min(loss, 50.0)),
+        nll / math.log(2) / max(nbytes, 1),
+        bucket_losses(per_position, n),
+    )
 
 
 TEXT_SEGMENT = 1024  # tokens per pass over a long document (the state carried): bounded logits memory
@@ -106,7 +130,7 @@ def read_texts(paths: list[str]) -> list[str]:
             try:
                 docs += [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise PtbrError(f"--text {path}: every line must be a JSON object with a \"text\" field") from None
+                raise PtbrError(f'--text {path}: every line must be a JSON object with a "text" field') from None
         else:
             docs.append(raw)
     if not any(docs):
@@ -137,12 +161,23 @@ def evaluate_texts(lm: LoadedModel, texts: list[str]) -> EvalResult:
         nll += float(token_nll.sum())
         tokens += len(ids)
         nbytes += doc_bytes
-        per_position[:len(ids)] += token_nll
-        count[:len(ids)] += 1
+        per_position[: len(ids)] += token_nll
+        count[: len(ids)] += 1
     if tokens == 0:
         raise PtbrError("--text: the documents hold no tokens")
     loss = nll / tokens
-    by_position = {f"{lo}-{hi}": float(per_position[lo:hi].sum() / count[lo:hi].sum())
-                   for lo, hi in bucket_edges(longest) if count[lo:hi].sum() > 0}
-    return EvalResult(len(texts), tokens, nbytes, loss, math.exp(min(loss, 50.0)),
-                      nll / math.log(2) / max(nbytes, 1), by_position, docs)
+    by_position = {
+        f"{lo}-{hi}": float(per_position[lo:hi].sum() / count[lo:hi].sum())
+        for lo, hi in bucket_edges(longest)
+        if count[lo:hi].sum() > 0
+    }
+    return EvalResult(
+        len(texts),
+        tokens,
+        nbytes,
+        loss,
+        math.exp(min(loss, 50.0)),
+        nll / math.log(2) / max(nbytes, 1),
+        by_position,
+        docs,
+    )

@@ -93,8 +93,10 @@ def resolve(target: str, run_dir: str | None = None) -> layout.Checkpoint:
         matches = [c for c in layout.list_checkpoints(Path(run_dir) / "checkpoints") if c.step == int(target)]
         complete = [c for c in matches if not c.problems()]
         if not complete:
-            raise CheckpointError(f"{run_dir} has no complete checkpoint of step {target}"
-                                  + (f" ({'; '.join(matches[-1].problems())})" if matches else ""))
+            raise CheckpointError(
+                f"{run_dir} has no complete checkpoint of step {target}"
+                + (f" ({'; '.join(matches[-1].problems())})" if matches else "")
+            )
         return complete[-1]
     path = Path(target)
     ckpt = layout.parse_checkpoint(path)
@@ -144,8 +146,9 @@ def _flat_groups(optim: dict[str, Any]) -> tuple[int, list[torch.Tensor]]:
     return stage, list(osd[key])
 
 
-def plan_params(param_shapes: list[dict[str, Any]], stage: int, world: int, flat_sizes: list[int],
-                paddings: list[list[int]] | None) -> list[ParamPlan]:
+def plan_params(
+    param_shapes: list[dict[str, Any]], stage: int, world: int, flat_sizes: list[int], paddings: list[list[int]] | None
+) -> list[ParamPlan]:
     """Where every element of every parameter lies in the ranks' flat fp32 tensors."""
     plans: list[ParamPlan] = []
     if stage == 3:
@@ -165,8 +168,10 @@ def plan_params(param_shapes: list[dict[str, Any]], stage: int, world: int, flat
                 plans.append(p)
                 offset += part
         if offset != sum(flat_sizes):
-            raise CheckpointError(f"ZeRO-3 partitions hold {sum(flat_sizes)} elements per rank, the parameters "
-                                  f"need {offset}: the checkpoint does not match its parameter shapes")
+            raise CheckpointError(
+                f"ZeRO-3 partitions hold {sum(flat_sizes)} elements per rank, the parameters "
+                f"need {offset}: the checkpoint does not match its parameter shapes"
+            )
         return plans
     for g, group in enumerate(param_shapes):
         part = flat_sizes[g]  # every rank holds an equal partition of the group's flat vector
@@ -194,8 +199,9 @@ def _release(t: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------- safetensors, written in place
-def safetensors_header(params: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype,
-                       metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+def safetensors_header(
+    params: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, metadata: dict[str, str]
+) -> tuple[bytes, dict[str, int]]:
     """The file header and each tensor's byte offset in the data section."""
     item = torch.empty((), dtype=dtype).element_size()
     header: dict[str, Any] = {"__metadata__": metadata}
@@ -210,8 +216,9 @@ def safetensors_header(params: list[tuple[str, tuple[int, ...]]], dtype: torch.d
     return len(raw).to_bytes(8, "little") + raw, offsets
 
 
-def write_weights(ckpt: layout.Checkpoint, path: Path, dtype: torch.dtype, metadata: dict[str, str],
-                  progress: bool = True) -> tuple[int, int, dict[str, str]]:
+def write_weights(
+    ckpt: layout.Checkpoint, path: Path, dtype: torch.dtype, metadata: dict[str, str], progress: bool = True
+) -> tuple[int, int, dict[str, str]]:
     """Write ``model.safetensors`` at ``path``; returns (parameters, bytes, shared {alias: name})."""
     model_files, optim_files = ckpt.model_state_files(), ckpt.optim_state_files()
     if not model_files or not optim_files:
@@ -246,8 +253,11 @@ def write_weights(ckpt: layout.Checkpoint, path: Path, dtype: torch.dtype, metad
                         n = min(CHUNK, frag.numel - a)
                         source = flats[flat].narrow(0, src + a, n)
                         out = source.to(dtype).contiguous()
-                        os.pwrite(fd, out.view(torch.uint8).numpy().tobytes(),
-                                  len(header) + offsets[p.name] + (frag.dest + a) * item)
+                        os.pwrite(
+                            fd,
+                            out.view(torch.uint8).numpy().tobytes(),
+                            len(header) + offsets[p.name] + (frag.dest + a) * item,
+                        )
                         _release(source)
                         bar.update(bar.done_bytes + n * item, bar.count + n)
             del state, flats
@@ -273,36 +283,83 @@ def write_rwkv_pth(safetensors_path: Path, path: Path, shared: dict[str, str]) -
 
 
 # ------------------------------------------------------------------------------- the command
-def export_gguf_of(target: str, out_dir: str | Path, *, dtype: str, run_dir: str | None, tokenizer: str | None,
-                   overwrite: bool, progress: bool, log: Callable[[str], None], name: str | None,
-                   license_: str | None) -> GgufReport:
+def export_gguf_of(
+    target: str,
+    out_dir: str | Path,
+    *,
+    dtype: str,
+    run_dir: str | None,
+    tokenizer: str | None,
+    overwrite: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    name: str | None,
+    license_: str | None,
+) -> GgufReport:
     """llama.cpp's single file (``ptbr.infer.gguf``): an export directory is converted as it is; a checkpoint's
     fp32 master weights are exported to a temporary directory next to ``out_dir`` first."""
     from ptbr.infer.export_reader import is_export_dir
     from ptbr.infer.gguf import check_request, export_gguf
 
-    options = {"dtype": dtype, "overwrite": overwrite, "progress": progress, "log": log, "name": name,
-               "license_": license_}
+    options = {
+        "dtype": dtype,
+        "overwrite": overwrite,
+        "progress": progress,
+        "log": log,
+        "name": name,
+        "license_": license_,
+    }
     if is_export_dir(Path(target)):
         return export_gguf(target, out_dir, tokenizer=tokenizer, **options)
     check_request(out_dir, dtype, overwrite)  # before the fp32 export, not after it
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp32-") as tmp:
-        fp32 = export(target, Path(tmp) / "fp32", dtype="fp32", run_dir=run_dir, tokenizer=tokenizer,
-                      progress=progress, log=lambda _msg: None)
-        return export_gguf(fp32.out_dir, out, source_label=str(json.loads(
-            (fp32.out_dir / "config.json").read_text())["checkpoint"]), **options)
+        fp32 = export(
+            target,
+            Path(tmp) / "fp32",
+            dtype="fp32",
+            run_dir=run_dir,
+            tokenizer=tokenizer,
+            progress=progress,
+            log=lambda _msg: None,
+        )
+        return export_gguf(
+            fp32.out_dir,
+            out,
+            source_label=str(json.loads((fp32.out_dir / "config.json").read_text())["checkpoint"]),
+            **options,
+        )
 
 
-def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = "safetensors",
-           run_dir: str | None = None, tokenizer: str | None = None, overwrite: bool = False, progress: bool = True,
-           log: Callable[[str], None] = print, name: str | None = None,
-           license_: str | None = None) -> ExportReport | GgufReport:
+def export(
+    target: str,
+    out_dir: str | Path,
+    *,
+    dtype: str = "bf16",
+    fmt: str = "safetensors",
+    run_dir: str | None = None,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    name: str | None = None,
+    license_: str | None = None,
+) -> ExportReport | GgufReport:
     """``name`` and ``license_``: the model card of a GGUF export (``fmt="gguf"``)."""
     if fmt == "gguf":
-        return export_gguf_of(target, out_dir, dtype=dtype, run_dir=run_dir, tokenizer=tokenizer,
-                              overwrite=overwrite, progress=progress, log=log, name=name, license_=license_)
+        return export_gguf_of(
+            target,
+            out_dir,
+            dtype=dtype,
+            run_dir=run_dir,
+            tokenizer=tokenizer,
+            overwrite=overwrite,
+            progress=progress,
+            log=log,
+            name=name,
+            license_=license_,
+        )
     if dtype not in DTYPES:
         raise PtbrError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if fmt not in FORMATS:
@@ -319,11 +376,20 @@ def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = 
         raise PtbrError(f"no tokenizer at {tok_src}: pass --tokenizer PATH (the tokenizer.json of the dataset)")
 
     with staged_directory(out) as tmp:
-        config = {"model": model_cfg, "vocab_size": model_cfg["vocab_size"], "dtype": dtype, "format": fmt,
-                  "weights": WEIGHTS[fmt], "step": int(state["step"]), "tokens": int(state["tokens"]),
-                  "samples": int(state["samples"]), "tokenizer_sha256": state.get("tokenizer_sha256"),
-                  "dataset_hash": state.get("fingerprint", {}).get("dataset"), "checkpoint": str(ckpt.path),
-                  "ptbr_version": __version__}
+        config = {
+            "model": model_cfg,
+            "vocab_size": model_cfg["vocab_size"],
+            "dtype": dtype,
+            "format": fmt,
+            "weights": WEIGHTS[fmt],
+            "step": int(state["step"]),
+            "tokens": int(state["tokens"]),
+            "samples": int(state["samples"]),
+            "tokenizer_sha256": state.get("tokenizer_sha256"),
+            "dataset_hash": state.get("fingerprint", {}).get("dataset"),
+            "checkpoint": str(ckpt.path),
+            "ptbr_version": __version__,
+        }
         metadata = {"format": "pt", "ptbr": json.dumps({k: config[k] for k in ("step", "tokens", "dtype")})}
         st_path = tmp / WEIGHTS["safetensors"]
         params, nbytes, shared = write_weights(ckpt, st_path, DTYPES[dtype], metadata, progress)
@@ -335,6 +401,8 @@ def export(target: str, out_dir: str | Path, *, dtype: str = "bf16", fmt: str = 
         shutil.copyfile(tok_src, tmp / "tokenizer.json")
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
     report = ExportReport(out, out / WEIGHTS[fmt], int(state["step"]), params, nbytes, time.perf_counter() - t0)
-    log(f"exported {ckpt.path} (step {report.step}, {params:,} parameters) to {report.weights} as {dtype} "
-        f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s")
+    log(
+        f"exported {ckpt.path} (step {report.step}, {params:,} parameters) to {report.weights} as {dtype} "
+        f"({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s"
+    )
     return report

@@ -52,7 +52,7 @@ def prefill(lm: LoadedModel, tokens: list[int], chunk: int = PREFILL_CHUNK) -> t
     model, state = lm.model, None
     logits = None
     for i in range(0, len(tokens), chunk):
-        idx = torch.tensor([tokens[i:i + chunk]], device=lm.device)
+        idx = torch.tensor([tokens[i : i + chunk]], device=lm.device)
         out, state = model(idx, state=state, return_state=True, last_only=True)
         logits = out[:, -1].float()
     return logits, state
@@ -89,8 +89,9 @@ def sample(logits: torch.Tensor, counts: torch.Tensor, s: SamplingSettings, gen:
     return int(torch.multinomial(distribution(logits, s), 1, generator=gen))
 
 
-def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
-             on_token: Callable[[int], None] | None = None) -> Iterator[str]:
+def generate(
+    lm: LoadedModel, prompt: str, settings: SamplingSettings, on_token: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece (complete UTF-8 characters only); ``on_token``
     sees every sampled token id."""
     settings.check()
@@ -98,8 +99,10 @@ def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         raise PtbrError("--prompt is empty: give some text to continue")
     tokens = lm.tokenizer.encode(prompt, add_special_tokens=False).ids
     if len(tokens) > settings.max_prompt_tokens:
-        raise PtbrError(f"the prompt has {len(tokens):,} tokens, more than the {settings.max_prompt_tokens:,} "
-                        "accepted (--max-prompt-tokens)")
+        raise PtbrError(
+            f"the prompt has {len(tokens):,} tokens, more than the {settings.max_prompt_tokens:,} "
+            "accepted (--max-prompt-tokens)"
+        )
     gen = torch.Generator().manual_seed(settings.seed if settings.seed is not None else torch.seed())
     logits, state = prefill(lm, tokens)
     rnn = RNN(lm.model)
@@ -148,10 +151,10 @@ class TextStream:
         hits = [i for i in (self.held.find(st) for st in self.stops) if i >= 0]
         if hits:
             self.stopped = True
-            out, self.held = self.held[:min(hits)], ""
+            out, self.held = self.held[: min(hits)], ""
             return out
         keep = _stop_prefix_at_end(self.held, self.stops)
-        out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
         return out
 
     def finish(self) -> str:

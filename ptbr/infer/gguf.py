@@ -51,16 +51,30 @@ WEIGHTS = "model.gguf"
 Q = gguf.GGMLQuantizationType
 DTYPES: dict[str, gguf.GGMLQuantizationType] = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
 ALIASES = {"fp32": "f32", "fp16": "f16"}  # the spellings of the safetensors export
-FILE_TYPES = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
-              Q.BF16: gguf.LlamaFileType.MOSTLY_BF16, Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+FILE_TYPES = {
+    Q.F32: gguf.LlamaFileType.ALL_F32,
+    Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+    Q.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+}
 CHUNK = 1 << 20  # elements converted at a time (4 MiB of fp32)
 CONTEXT_LENGTH = 1 << 20  # RWKV has no context limit; llama.cpp's converter writes this
 LAYER_NORM_EPS = 1e-5
 CUDA_HEAD_SIZES = (64, 128)  # ggml-cuda/wkv.cu; the CPU kernel takes any head size
 T = gguf.MODEL_TENSOR
 # the tensors that take the chosen dtype; every other one stays f32 (see the module docstring)
-QUANTIZABLE = {T.TOKEN_EMBD, T.OUTPUT, T.TIME_MIX_KEY, T.TIME_MIX_VALUE, T.TIME_MIX_RECEPTANCE, T.TIME_MIX_GATE,
-               T.TIME_MIX_OUTPUT, T.CHANNEL_MIX_KEY, T.CHANNEL_MIX_VALUE, T.CHANNEL_MIX_RECEPTANCE}
+QUANTIZABLE = {
+    T.TOKEN_EMBD,
+    T.OUTPUT,
+    T.TIME_MIX_KEY,
+    T.TIME_MIX_VALUE,
+    T.TIME_MIX_RECEPTANCE,
+    T.TIME_MIX_GATE,
+    T.TIME_MIX_OUTPUT,
+    T.CHANNEL_MIX_KEY,
+    T.CHANNEL_MIX_VALUE,
+    T.CHANNEL_MIX_RECEPTANCE,
+}
 LERP_ORDER = ("w", "k", "v", "r", "g")  # RWKV-LM's order of the five mixes; llama.cpp's graph reads the same
 
 
@@ -94,8 +108,10 @@ def resolve_dtype(dtype: str) -> str:
     """``f32``, ``f16``, ``bf16``, ``q8_0`` (``fp32``/``fp16`` accepted); anything else is a one-line error."""
     name = ALIASES.get(dtype, dtype)
     if name not in DTYPES:
-        raise PtbrError(f"--dtype must be one of {', '.join(DTYPES)} for --format gguf, got {dtype!r} (other "
-                        "llama.cpp types: quantize the f32 or f16 file with llama-quantize)")
+        raise PtbrError(
+            f"--dtype must be one of {', '.join(DTYPES)} for --format gguf, got {dtype!r} (other "
+            "llama.cpp types: quantize the f32 or f16 file with llama-quantize)"
+        )
     return name
 
 
@@ -111,27 +127,36 @@ def _tensor_name(kind: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = 
 
 
 # ------------------------------------------------------------------------------- the tensor plan
-def tensor_plan(w: ExportedWeights, n_layer: int, qtype: gguf.GGMLQuantizationType,
-                log: Callable[[str], None] = print) -> list[TensorSpec]:
+def tensor_plan(
+    w: ExportedWeights, n_layer: int, qtype: gguf.GGMLQuantizationType, log: Callable[[str], None] = print
+) -> list[TensorSpec]:
     """Every tensor llama.cpp's rwkv6 loader requires, in llama.cpp's names and layouts, none other."""
     specs: list[TensorSpec] = []
 
-    def add(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], blocks: Callable[[], Iterator[np.ndarray]],
-            bid: int | None = None, suffix: str = "weight") -> None:
+    def add(
+        kind: gguf.MODEL_TENSOR,
+        shape: tuple[int, ...],
+        blocks: Callable[[], Iterator[np.ndarray]],
+        bid: int | None = None,
+        suffix: str = "weight",
+    ) -> None:
         t = Q.F32
         if kind in QUANTIZABLE and suffix == "weight" and qtype != Q.F32:
             block_size = gguf.GGML_QUANT_SIZES[qtype][0]
             t = qtype if shape[-1] % block_size == 0 else Q.F16
             if t != qtype:
-                log(f"note: {_tensor_name(kind, bid)} rows of {shape[-1]} are not a multiple of {block_size}: "
-                    "stored as f16")
+                log(
+                    f"note: {_tensor_name(kind, bid)} rows of {shape[-1]} are not a multiple of {block_size}: "
+                    "stored as f16"
+                )
         specs.append(TensorSpec(_tensor_name(kind, bid, suffix), shape, t, blocks))
 
     def streamed(kind: gguf.MODEL_TENSOR, src: str, bid: int | None = None, suffix: str = "weight") -> None:
         add(kind, w.shape(src), lambda: w.row_chunks(src, CHUNK), bid, suffix)
 
-    def small(kind: gguf.MODEL_TENSOR, make: Callable[[], np.ndarray], bid: int | None = None,
-              suffix: str = "weight") -> None:
+    def small(
+        kind: gguf.MODEL_TENSOR, make: Callable[[], np.ndarray], bid: int | None = None, suffix: str = "weight"
+    ) -> None:
         shape = make().shape  # small tensors: read twice (plan, write) rather than kept
         add(kind, shape, lambda: iter([np.ascontiguousarray(make())]), bid, suffix)
 
@@ -149,23 +174,33 @@ def tensor_plan(w: ExportedWeights, n_layer: int, qtype: gguf.GGMLQuantizationTy
         norm(T.ATTN_NORM, f"blocks.{i}.ln1", i)
         norm(T.ATTN_NORM_2, f"blocks.{i}.ln2", i)
         small(T.TIME_MIX_LERP_X, flat(f"{att}.time_maa_x"), i)
-        small(T.TIME_MIX_LERP_FUSED, lambda att=att: np.stack(
-            [w.read(f"{att}.time_maa_{s}").reshape(1, 1, -1) for s in LERP_ORDER]), i)
+        small(
+            T.TIME_MIX_LERP_FUSED,
+            lambda att=att: np.stack([w.read(f"{att}.time_maa_{s}").reshape(1, 1, -1) for s in LERP_ORDER]),
+            i,
+        )
         small(T.TIME_MIX_W1, lambda att=att: w.read(f"{att}.time_maa_w1").T, i)  # [C, 5R] -> [5R, C]
         small(T.TIME_MIX_W2, lambda att=att: w.read(f"{att}.time_maa_w2").transpose(0, 2, 1), i)  # [5, C, R]
         small(T.TIME_MIX_DECAY, flat(f"{att}.time_decay"), i)
         small(T.TIME_MIX_DECAY_W1, lambda att=att: w.read(f"{att}.time_decay_w1").T, i)  # [D, C]
         small(T.TIME_MIX_DECAY_W2, lambda att=att: w.read(f"{att}.time_decay_w2").T, i)  # [C, D]
         small(T.TIME_MIX_FIRST, lambda att=att: w.read(f"{att}.time_faaaa"), i)  # [H, N]
-        for kind, lin in ((T.TIME_MIX_KEY, "key"), (T.TIME_MIX_VALUE, "value"),
-                          (T.TIME_MIX_RECEPTANCE, "receptance"), (T.TIME_MIX_GATE, "gate"),
-                          (T.TIME_MIX_OUTPUT, "output")):
+        for kind, lin in (
+            (T.TIME_MIX_KEY, "key"),
+            (T.TIME_MIX_VALUE, "value"),
+            (T.TIME_MIX_RECEPTANCE, "receptance"),
+            (T.TIME_MIX_GATE, "gate"),
+            (T.TIME_MIX_OUTPUT, "output"),
+        ):
             streamed(kind, f"{att}.{lin}.weight", i)
         norm(T.TIME_MIX_LN, f"{att}.ln_x", i)
         small(T.CHANNEL_MIX_LERP_K, flat(f"{ffn}.time_maa_k"), i)
         small(T.CHANNEL_MIX_LERP_R, flat(f"{ffn}.time_maa_r"), i)
-        for kind, lin in ((T.CHANNEL_MIX_KEY, "key"), (T.CHANNEL_MIX_VALUE, "value"),
-                          (T.CHANNEL_MIX_RECEPTANCE, "receptance")):
+        for kind, lin in (
+            (T.CHANNEL_MIX_KEY, "key"),
+            (T.CHANNEL_MIX_VALUE, "value"),
+            (T.CHANNEL_MIX_RECEPTANCE, "receptance"),
+        ):
             streamed(kind, f"{ffn}.{lin}.weight", i)
     norm(T.OUTPUT_NORM, "ln_out")
     streamed(T.OUTPUT, "head.weight")  # a tied head reads emb.weight through the export's alias
@@ -195,13 +230,27 @@ class ModelFacts:
         vocab, n_embd = w.shape("emb.weight")
         heads, head_size = w.shape("blocks.0.att.time_faaaa")
         stored = {n for n in w.names() if n not in w.aliases or w.aliases[n] not in w.names()}
-        return cls(n_layer=n_layer, n_embd=n_embd, head_size=head_size, dim_ffn=w.shape("blocks.0.ffn.key.weight")[0],
-                   mix_lora=w.shape("blocks.0.att.time_maa_w2")[1], decay_lora=w.shape("blocks.0.att.time_decay_w1")[1],
-                   vocab_size=vocab, parameters=sum(int(np.prod(w.shape(n))) for n in stored))
+        return cls(
+            n_layer=n_layer,
+            n_embd=n_embd,
+            head_size=head_size,
+            dim_ffn=w.shape("blocks.0.ffn.key.weight")[0],
+            mix_lora=w.shape("blocks.0.att.time_maa_w2")[1],
+            decay_lora=w.shape("blocks.0.att.time_decay_w1")[1],
+            vocab_size=vocab,
+            parameters=sum(int(np.prod(w.shape(n))) for n in stored),
+        )
 
 
-def add_metadata(writer: gguf.GGUFWriter, facts: ModelFacts, vocab: GgufVocab, config: dict[str, Any],
-                 qtype: gguf.GGMLQuantizationType, name: str | None, license_: str | None) -> None:
+def add_metadata(
+    writer: gguf.GGUFWriter,
+    facts: ModelFacts,
+    vocab: GgufVocab,
+    config: dict[str, Any],
+    qtype: gguf.GGMLQuantizationType,
+    name: str | None,
+    license_: str | None,
+) -> None:
     """Hyperparameters llama.cpp reads for rwkv6, the tokenizer, and the model card."""
     size = gguf.size_label(facts.parameters, 0, 0, 0)
     model_cfg = config.get("model") or {}
@@ -213,9 +262,11 @@ def add_metadata(writer: gguf.GGUFWriter, facts: ModelFacts, vocab: GgufVocab, c
     writer.add_license(license_ or "unspecified")
     writer.add_languages(["pt"])
     writer.add_tags(["rwkv6", "ptbr", "portuguese", "pt-BR", "text-generation"])
-    writer.add_description(f"RWKV-6 (x060) language model trained on Brazilian Portuguese with ptbr "
-                           f"{config.get('ptbr_version') or __version__}: step {step}, {tokens:,} training tokens, "
-                           f"dataset {config.get('dataset_hash')}")
+    writer.add_description(
+        f"RWKV-6 (x060) language model trained on Brazilian Portuguese with ptbr "
+        f"{config.get('ptbr_version') or __version__}: step {step}, {tokens:,} training tokens, "
+        f"dataset {config.get('dataset_hash')}"
+    )
     # hyperparameters: what llama_model_rwkv6::load_arch_hparams and the base loader read
     writer.add_context_length(CONTEXT_LENGTH)
     writer.add_embedding_length(facts.n_embd)
@@ -274,8 +325,9 @@ class _Streamed:
             raise RuntimeError(f"{self.spec.name}: wrote {written} bytes, planned {self.nbytes}")
 
 
-def write_gguf(path: Path, specs: list[TensorSpec], metadata: Callable[[gguf.GGUFWriter], None],
-               progress: bool = True) -> int:
+def write_gguf(
+    path: Path, specs: list[TensorSpec], metadata: Callable[[gguf.GGUFWriter], None], progress: bool = True
+) -> int:
     """Header, key-values and tensor infos, then each tensor streamed; returns the file size."""
     writer = gguf.GGUFWriter(path=None, arch=ARCH)
     metadata(writer)
@@ -304,10 +356,19 @@ def check_request(out_dir: str | Path, dtype: str, overwrite: bool) -> str:
     return dtype
 
 
-def export_gguf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "f16", tokenizer: str | None = None,
-                overwrite: bool = False, progress: bool = True, name: str | None = None,
-                license_: str | None = None, source_label: str | None = None,
-                log: Callable[[str], None] = print) -> GgufReport:
+def export_gguf(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str = "f16",
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    name: str | None = None,
+    license_: str | None = None,
+    source_label: str | None = None,
+    log: Callable[[str], None] = print,
+) -> GgufReport:
     """An export directory (``ptbr export``) -> ``OUT_DIR/model.gguf``, without torch. A checkpoint goes through
     ``ptbr.infer.export.export(fmt="gguf")``, which exports its fp32 master weights first and calls this."""
     dtype = check_request(out_dir, dtype, overwrite)
@@ -321,13 +382,19 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "f16
     vocab = vocab_from_tokenizer(Path(tokenizer) if tokenizer else source / "tokenizer.json", facts.vocab_size)
     specs = tensor_plan(weights, facts.n_layer, qtype, log)
     with staged_directory(out) as tmp:  # the old OUT_DIR or the whole new one, never a half-written file
-        nbytes = write_gguf(tmp / WEIGHTS, specs, lambda wr: add_metadata(
-            wr, facts, vocab, weights.config, qtype, name, license_), progress)
+        nbytes = write_gguf(
+            tmp / WEIGHTS,
+            specs,
+            lambda wr: add_metadata(wr, facts, vocab, weights.config, qtype, name, license_),
+            progress,
+        )
     step = int(weights.config.get("step", 0))
     report = GgufReport(out, out / WEIGHTS, step, facts.parameters, nbytes, time.perf_counter() - t0, dtype)
-    log(f"exported {source_label or source} (step {step}, {facts.parameters:,} parameters) to {report.weights} as "
+    log(
+        f"exported {source_label or source} (step {step}, {facts.parameters:,} parameters) to {report.weights} as "
         f"{dtype} ({nbytes / 2**20:,.1f} MiB) in {report.seconds:.1f} s; run it: llama-completion -m "
-        f'{report.weights} -no-cnv -p "..."')
+        f'{report.weights} -no-cnv -p "..."'
+    )
     if facts.head_size not in CUDA_HEAD_SIZES:
         log(f"note: head size {facts.head_size}: llama.cpp runs it on CPU; its CUDA kernel needs 64 or 128")
     return report

@@ -52,12 +52,16 @@ def _check_pipeline(data: dict[str, Any], path: Path) -> bool:
         raise PtbrError(f"{path}: BPE with byte_fallback cannot be expressed in llama.cpp's gpt2 model")
     pre = data.get("pre_tokenizer") or {}
     if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
-        raise PtbrError(f"{path}: pre-tokenizer {json.dumps(pre)} is not ByteLevel(use_regex=True, "
-                        "add_prefix_space=False), the only one mapped to llama.cpp's 'gpt-2'")
+        raise PtbrError(
+            f"{path}: pre-tokenizer {json.dumps(pre)} is not ByteLevel(use_regex=True, "
+            "add_prefix_space=False), the only one mapped to llama.cpp's 'gpt-2'"
+        )
     norm = data.get("normalizer")
     if norm not in (None, {"type": "NFC"}):
-        raise PtbrError(f"{path}: normalizer {json.dumps(norm)} cannot be expressed in GGUF (only NFC, which "
-                        "llama.cpp's callers must apply themselves)")
+        raise PtbrError(
+            f"{path}: normalizer {json.dumps(norm)} cannot be expressed in GGUF (only NFC, which "
+            "llama.cpp's callers must apply themselves)"
+        )
     return norm is not None
 
 
@@ -81,8 +85,9 @@ def vocab_from_tokenizer(path: str | Path, vocab_size: int, eos_token: str = "<|
         kinds[int(added["id"])] = CONTROL if added.get("special") else USER_DEFINED
     n = max(by_id) + 1
     if n > vocab_size:
-        raise PtbrError(f"{path} has {n} tokens, more than the model's vocabulary ({vocab_size}): not this "
-                        "model's tokenizer")
+        raise PtbrError(
+            f"{path} has {n} tokens, more than the model's vocabulary ({vocab_size}): not this model's tokenizer"
+        )
     missing = [i for i in range(n) if i not in by_id]
     if missing:
         raise PtbrError(f"{path}: token ids {missing[:5]} have no token; llama.cpp needs every id")

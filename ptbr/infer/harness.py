@@ -30,15 +30,26 @@ except ImportError:  # lm-eval is optional (ptbr[bench]); PtbrLM then refuses to
         return lambda cls: cls
 
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def export_scorer(lm: LoadedModel, path: str | Path) -> ModelScorer:
     """A scorer over a loaded export: parallel ingestion through the model's chunked (CPU) or Triton (CUDA) WKV,
     one-token steps through the RNN recurrence; ``info`` says which weights these are (step and tokens)."""
-    info = {"export": str(Path(path).resolve()), "step": lm.config.get("step"), "tokens": lm.config.get("tokens"),
-            "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""), "device": str(lm.device)}
+    info = {
+        "export": str(Path(path).resolve()),
+        "step": lm.config.get("step"),
+        "tokens": lm.config.get("tokens"),
+        "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+        "device": str(lm.device),
+    }
     return ModelScorer(lm.model, lm.tokenizer, lm.eos_id, lm.device, fast_step=RNN(lm.model).step, info=info)
 
 
@@ -46,9 +57,17 @@ def export_scorer(lm: LoadedModel, path: str | Path) -> ModelScorer:
 class PtbrLM(PtbrHarnessLM):
     """An exported ptbr model for lm-evaluation-harness (see the module docstring for its arguments)."""
 
-    def __init__(self, path: str | None = None, pretrained: str | None = None, device: str | None = None,
-                 batch_size: Any = DEFAULT_BATCH, dtype: str | None = None,
-                 max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, chunk: int = CHUNK, **_ignored: Any) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        pretrained: str | None = None,
+        device: str | None = None,
+        batch_size: Any = DEFAULT_BATCH,
+        dtype: str | None = None,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        chunk: int = CHUNK,
+        **_ignored: Any,
+    ) -> None:
         path = path or pretrained
         if not path:
             raise PtbrError("--model ptbr needs the export directory: --model_args path=exports/NAME")

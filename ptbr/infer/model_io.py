@@ -43,8 +43,11 @@ def load_model(model_dir: str | Path, device: str | None = None, dtype: torch.dt
     model = RWKV6(cfg, init_weights=False)
     fill_weights(model, model_dir, config, "")
     if dtype is None:
-        dtype = torch.float32 if dev.type == "cpu" else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            config.get("dtype"), torch.float32)
+        dtype = (
+            torch.float32
+            if dev.type == "cpu"
+            else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.get("dtype"), torch.float32)
+        )
     model = model.to(device=dev, dtype=dtype).eval()
     tok_path = model_dir / "tokenizer.json"
     if not tok_path.is_file():

@@ -22,8 +22,7 @@ from ptbr.model.rwkv6 import GROUPNORM_EPS, RWKV6, LayerState
 _MIX_ORDER = [3, 1, 2, 4, 0]
 
 
-def decay_factor(xw: torch.Tensor, decay_w1: torch.Tensor, decay_w2: torch.Tensor,
-                 decay: torch.Tensor) -> torch.Tensor:
+def decay_factor(xw: torch.Tensor, decay_w1: torch.Tensor, decay_w2: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """The per-channel decay ``exp(-exp(w_raw))`` in float32, whatever the weights' dtype.
 
     ``w_raw`` comes out of the LoRA in the weights' dtype, exactly as training and prefill compute it; the
@@ -34,14 +33,36 @@ def decay_factor(xw: torch.Tensor, decay_w1: torch.Tensor, decay_w2: torch.Tenso
     return torch.exp(-torch.exp(w_raw.float()))
 
 
-def _layer_step(x: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor,
-                ln1_w: torch.Tensor, ln1_b: torch.Tensor, maa_x: torch.Tensor, maa_w1: torch.Tensor,
-                maa: torch.Tensor, maa_w2: torch.Tensor, rkvg: torch.Tensor, decay: torch.Tensor,
-                decay_w1: torch.Tensor, decay_w2: torch.Tensor, u: torch.Tensor, lnx_w: torch.Tensor,
-                lnx_b: torch.Tensor, out: torch.Tensor, ln2_w: torch.Tensor, ln2_b: torch.Tensor,
-                f_maa_k: torch.Tensor, f_maa_r: torch.Tensor, f_key: torch.Tensor, f_rec: torch.Tensor,
-                f_val: torch.Tensor, H: int, N: int, eps: float,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_step(
+    x: torch.Tensor,
+    att_shift: torch.Tensor,
+    wkv: torch.Tensor,
+    ffn_shift: torch.Tensor,
+    ln1_w: torch.Tensor,
+    ln1_b: torch.Tensor,
+    maa_x: torch.Tensor,
+    maa_w1: torch.Tensor,
+    maa: torch.Tensor,
+    maa_w2: torch.Tensor,
+    rkvg: torch.Tensor,
+    decay: torch.Tensor,
+    decay_w1: torch.Tensor,
+    decay_w2: torch.Tensor,
+    u: torch.Tensor,
+    lnx_w: torch.Tensor,
+    lnx_b: torch.Tensor,
+    out: torch.Tensor,
+    ln2_w: torch.Tensor,
+    ln2_b: torch.Tensor,
+    f_maa_k: torch.Tensor,
+    f_maa_r: torch.Tensor,
+    f_key: torch.Tensor,
+    f_rec: torch.Tensor,
+    f_val: torch.Tensor,
+    H: int,
+    N: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One block for one token, x [B, C] -> (x, att_shift, wkv, ffn_shift). Few, fused operations: at batch
     1 the matrix-vector products are memory-bound and everything else is per-operation overhead (run through
     TorchScript with the layer loop, see :func:`_compiled_stack`)."""
@@ -67,16 +88,44 @@ def _layer_step(x: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn
     return x + ff, xa, new_wkv, xf
 
 
-def _all_layers(x: torch.Tensor, states: list[torch.Tensor], weights: list[list[torch.Tensor]], H: int, N: int,
-                eps: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _all_layers(
+    x: torch.Tensor, states: list[torch.Tensor], weights: list[list[torch.Tensor]], H: int, N: int, eps: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every block for one token; ``states`` is (att_shift, wkv, ffn_shift) per layer, flattened. One call for
     the whole stack, so TorchScript runs the layer loop too."""
     new: list[torch.Tensor] = []
     for i in range(len(weights)):
         w = weights[i]
         x, att_shift, wkv, ffn_shift = _layer_step(
-            x, states[3 * i], states[3 * i + 1], states[3 * i + 2], w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
-            w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15], w[16], w[17], w[18], w[19], w[20], H, N, eps)
+            x,
+            states[3 * i],
+            states[3 * i + 1],
+            states[3 * i + 2],
+            w[0],
+            w[1],
+            w[2],
+            w[3],
+            w[4],
+            w[5],
+            w[6],
+            w[7],
+            w[8],
+            w[9],
+            w[10],
+            w[11],
+            w[12],
+            w[13],
+            w[14],
+            w[15],
+            w[16],
+            w[17],
+            w[18],
+            w[19],
+            w[20],
+            H,
+            N,
+            eps,
+        )
         new.append(att_shift)
         new.append(wkv)
         new.append(ffn_shift)
@@ -103,21 +152,30 @@ def _layer_weights(block) -> list[torch.Tensor]:
     maa = torch.stack([att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g])
     R = att.time_maa_w2.shape[1]
     return [
-        block.ln1.weight, block.ln1.bias,
+        block.ln1.weight,
+        block.ln1.bias,
         att.time_maa_x.reshape(C),
         att.time_maa_w1.reshape(C, 5, R)[:, _MIX_ORDER].reshape(C, 5 * R).contiguous(),
         maa.reshape(5, 1, C)[_MIX_ORDER].contiguous(),
         att.time_maa_w2[_MIX_ORDER].contiguous(),  # [5, R, C]
         # r, k, v, g projections as one batched product: [4, C_in, C_out]
-        torch.stack([att.receptance.weight.t(), att.key.weight.t(), att.value.weight.t(),
-                     att.gate.weight.t()]).contiguous(),
-        att.time_decay.reshape(C), att.time_decay_w1, att.time_decay_w2,
+        torch.stack(
+            [att.receptance.weight.t(), att.key.weight.t(), att.value.weight.t(), att.gate.weight.t()]
+        ).contiguous(),
+        att.time_decay.reshape(C),
+        att.time_decay_w1,
+        att.time_decay_w2,
         att.time_faaaa.reshape(H, N).float(),
-        att.ln_x.weight, att.ln_x.bias,
+        att.ln_x.weight,
+        att.ln_x.bias,
         att.output.weight.t().contiguous(),
-        block.ln2.weight, block.ln2.bias,
-        ffn.time_maa_k.reshape(C), ffn.time_maa_r.reshape(C),
-        ffn.key.weight.t().contiguous(), ffn.receptance.weight.t().contiguous(), ffn.value.weight.t().contiguous(),
+        block.ln2.weight,
+        block.ln2.bias,
+        ffn.time_maa_k.reshape(C),
+        ffn.time_maa_r.reshape(C),
+        ffn.key.weight.t().contiguous(),
+        ffn.receptance.weight.t().contiguous(),
+        ffn.value.weight.t().contiguous(),
     ]
 
 

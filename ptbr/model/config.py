@@ -54,12 +54,21 @@ class RWKV6Config(StrictModel):
     dim_ffn: int | None = Field(default=None, gt=0)
     mix_lora: int = Field(default=32, gt=0, description="rank of the token-shift mix LoRA")
     decay_lora: int = Field(default=64, gt=0, description="rank of the data-dependent decay LoRA")
-    tie_embeddings: bool = Field(default=False, description="the output head reuses the embedding matrix "
-                                                            "(RWKV-LM's option; off in the x060 presets)")
-    reset_state_at_eos: bool = Field(default=False, description="each document of a packed sample starts from "
-                                     "a zero state (WKV and token shift); off = exactly RWKV-LM")
-    eos_id: int | None = Field(default=None, ge=0, description="end-of-document token id for reset_state_at_eos "
-                               "(training fills it in from the dataset's manifest)")
+    tie_embeddings: bool = Field(
+        default=False,
+        description="the output head reuses the embedding matrix (RWKV-LM's option; off in the x060 presets)",
+    )
+    reset_state_at_eos: bool = Field(
+        default=False,
+        description="each document of a packed sample starts from "
+        "a zero state (WKV and token shift); off = exactly RWKV-LM",
+    )
+    eos_id: int | None = Field(
+        default=None,
+        ge=0,
+        description="end-of-document token id for reset_state_at_eos "
+        "(training fills it in from the dataset's manifest)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RWKV6Config:

@@ -70,5 +70,6 @@ def bucket_edges(seq_len: int) -> list[tuple[int, int]]:
 def bucket_losses(nll_per_position: torch.Tensor, count: float) -> dict[str, float]:
     """Mean loss per bucket from the summed NLL at every position ([T]) over ``count`` sequences."""
     sums = nll_per_position.double().cpu()
-    return {f"{lo}-{hi}": float(sums[lo:hi].sum() / (count * (hi - lo)))
-            for lo, hi in bucket_edges(len(sums)) if count > 0}
+    return {
+        f"{lo}-{hi}": float(sums[lo:hi].sum() / (count * (hi - lo))) for lo, hi in bucket_edges(len(sums)) if count > 0
+    }

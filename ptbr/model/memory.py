@@ -31,8 +31,9 @@ def model_state_gib(cfg: RWKV6Config, gpus: int, nodes: int) -> dict[str, float]
     params = count_parameters(cfg)
     per_node = gpus // nodes
     _, z2 = estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=False)
-    _, z3, _ = estimate_zero3_model_states_mem_needs(params, largest_layer_params(cfg), per_node, nodes,
-                                                      cpu_offload=False, cpu_offload_params=False)
+    _, z3, _ = estimate_zero3_model_states_mem_needs(
+        params, largest_layer_params(cfg), per_node, nodes, cpu_offload=False, cpu_offload_params=False
+    )
     z1 = 4 * params + 16 * params / gpus
     return {"1": z1 / 2**30, "2": z2 / 2**30, "3": z3 / 2**30}
 

@@ -101,7 +101,10 @@ class TimeMix(nn.Module):
         self.ln_x = nn.GroupNorm(H, C, eps=GROUPNORM_EPS)
 
     def forward(
-        self, x: torch.Tensor, shift: torch.Tensor | None = None, wkv_state: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        wkv_state: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
@@ -141,8 +144,9 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(cfg.dim_ffn, C, bias=False)
 
-    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None,
-                reset: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, shift: torch.Tensor | None = None, reset: torch.Tensor | None = None
+    ) -> torch.Tensor:
         xx = token_shift(x, shift, reset)
         xk = x + xx * self.time_maa_k
         xr = x + xx * self.time_maa_r
@@ -237,13 +241,15 @@ class RWKV6(nn.Module):
         calls it this way, through the DeepSpeed engine, so that ZeRO-3 sees every segment's use of the
         parameters inside the engine's forward."""
         if targets is not None:
-            return sequence_loss(self._run, idx, targets, segment_len=segment_len, bptt=bptt, l2wrap=l2wrap,
-                                 reduction=reduction)
+            return sequence_loss(
+                self._run, idx, targets, segment_len=segment_len, bptt=bptt, l2wrap=l2wrap, reduction=reduction
+            )
         logits, new_state = self._run(idx, state, last_only)
         return (logits, new_state) if return_state else logits
 
-    def _run(self, idx: torch.Tensor, state: list[LayerState] | None = None,
-             last_only: bool = False) -> tuple[torch.Tensor, list[LayerState]]:
+    def _run(
+        self, idx: torch.Tensor, state: list[LayerState] | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, list[LayerState]]:
         reset = self.document_ends(idx)
         x = self.emb(idx)
         new_state = []
@@ -270,29 +276,38 @@ class RWKV6(nn.Module):
             raise ValueError("model.reset_state_at_eos needs model.eos_id (training takes it from the dataset)")
         return idx == cfg.eos_id
 
-    def zero_state(self, batch_size: int, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> list[LayerState]:
+    def zero_state(
+        self, batch_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> list[LayerState]:
         cfg = self.config
         return [
             LayerState(
                 att_shift=torch.zeros(batch_size, cfg.n_embd, device=device, dtype=dtype),
-                wkv=torch.zeros(batch_size, cfg.n_head, cfg.head_size, cfg.head_size,
-                                device=device, dtype=torch.float32),
+                wkv=torch.zeros(
+                    batch_size, cfg.n_head, cfg.head_size, cfg.head_size, device=device, dtype=torch.float32
+                ),
                 ffn_shift=torch.zeros(batch_size, cfg.n_embd, device=device, dtype=dtype),
             )
             for _ in range(cfg.n_layer)
         ]
 
 
-def _block_on_tensors(block: Block, x: torch.Tensor, att_shift: torch.Tensor | None, wkv: torch.Tensor | None,
-                      ffn_shift: torch.Tensor | None, reset: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+def _block_on_tensors(
+    block: Block,
+    x: torch.Tensor,
+    att_shift: torch.Tensor | None,
+    wkv: torch.Tensor | None,
+    ffn_shift: torch.Tensor | None,
+    reset: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
     state = None if att_shift is None else LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
     x, out = block(x, state, reset)
     return x, out.att_shift, out.wkv, out.ffn_shift
 
 
-def _recomputed_block(block: Block, x: torch.Tensor, state: LayerState | None,
-                      reset: torch.Tensor | None) -> tuple[torch.Tensor, LayerState]:
+def _recomputed_block(
+    block: Block, x: torch.Tensor, state: LayerState | None, reset: torch.Tensor | None
+) -> tuple[torch.Tensor, LayerState]:
     """The block with its activations recomputed in the backward pass, reentrant checkpointing (for ZeRO-3).
 
     The recompute runs inside the checkpoint's own backward and is followed by a backward through the
@@ -305,7 +320,8 @@ def _recomputed_block(block: Block, x: torch.Tensor, state: LayerState | None,
     """
     flat = (None, None, None) if state is None else (state.att_shift, state.wkv, state.ffn_shift)
     x, att_shift, wkv, ffn_shift = torch.utils.checkpoint.checkpoint(
-        _block_on_tensors, block, x, *flat, reset, use_reentrant=True)
+        _block_on_tensors, block, x, *flat, reset, use_reentrant=True
+    )
     return x, LayerState(att_shift=att_shift, wkv=wkv, ffn_shift=ffn_shift)
 
 

@@ -34,8 +34,9 @@ def detach_state(state: list) -> list:
     return [s.map(torch.Tensor.detach) for s in state]
 
 
-def _segment_nll(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, state: object,
-                 l2wrap: bool) -> tuple[torch.Tensor, object]:
+def _segment_nll(
+    run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, state: object, l2wrap: bool
+) -> tuple[torch.Tensor, object]:
     logits, new_state = run(idx, state)
     nll = token_nll(logits, targets)
     if l2wrap:  # per-token: each position's pull follows its weight in the sample's mean (see L2Wrap)
@@ -43,8 +44,16 @@ def _segment_nll(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, stat
     return nll, new_state
 
 
-def sequence_loss(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, *, segment_len: int | None = None,
-                  bptt: Bptt = "full", l2wrap: bool = True, reduction: Reduction = "mean") -> torch.Tensor:
+def sequence_loss(
+    run: RunSegment,
+    idx: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    segment_len: int | None = None,
+    bptt: Bptt = "full",
+    l2wrap: bool = True,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Mean next-token loss of ``idx`` [B, L] (``reduction="none"``: the NLL of every token, [B, L],
     without L2Wrap), computed in segments of ``segment_len`` tokens (None or >= L: one pass)."""
     if bptt not in ("full", "truncated"):
@@ -63,8 +72,9 @@ def sequence_loss(run: RunSegment, idx: torch.Tensor, targets: torch.Tensor, *, 
         if state is not None and bptt == "truncated":
             state = detach_state(state)
         if recompute:
-            nll, state = torch.utils.checkpoint.checkpoint(_segment_nll, run, idx[:, seg], targets[:, seg], state,
-                                                           wrap, use_reentrant=False)
+            nll, state = torch.utils.checkpoint.checkpoint(
+                _segment_nll, run, idx[:, seg], targets[:, seg], state, wrap, use_reentrant=False
+            )
         else:
             nll, state = _segment_nll(run, idx[:, seg], targets[:, seg], state, wrap)
         parts.append(nll.sum() if reduction == "mean" else nll)

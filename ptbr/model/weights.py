@@ -39,8 +39,10 @@ def read_export_config(model_dir: Path, what: str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         raise PtbrError(f"{what}{cfg_path} is not valid JSON, so {model_dir} is not a ptbr export; {hint}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise PtbrError(f"{what}{model_dir} is not a ptbr export (its config.json has no 'model' section: another "
-                        f"tool's model, e.g. Hugging Face's?); {hint}")
+        raise PtbrError(
+            f"{what}{model_dir} is not a ptbr export (its config.json has no 'model' section: another "
+            f"tool's model, e.g. Hugging Face's?); {hint}"
+        )
     return config
 
 
@@ -49,8 +51,10 @@ def fill_weights(model: RWKV6, model_dir: Path, config: dict[str, Any], what: st
     missing, unexpected = model.load_state_dict(read_state_dict(model_dir, config), strict=False)
     absent = sorted(set(missing) - ({"head.weight"} if model.config.tie_embeddings else set()))
     if absent or unexpected:
-        raise PtbrError(f"{what}{model_dir}: the weights do not match its config.json "
-                        f"(missing {absent[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise PtbrError(
+            f"{what}{model_dir}: the weights do not match its config.json "
+            f"(missing {absent[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
 
 
 def load_weights_into(model: RWKV6, model_dir: str | Path) -> None:

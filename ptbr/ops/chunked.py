@@ -78,8 +78,25 @@ class _Chunks:
     # Everything the backward needs goes through ctx.save_for_backward (never a ctx attribute): activation
     # checkpointing (torch.utils.checkpoint, the long-context segments) frees and recomputes only tensors
     # that autograd's saved-tensor hooks see; a tensor kept as an attribute would stay alive.
-    _FIELDS = ("r", "k", "v", "u", "A", "Ae", "e_Ae", "e_k", "e_last", "q", "kg", "e_kd", "kd", "P", "causal",
-               "rk", "bonus")
+    _FIELDS = (
+        "r",
+        "k",
+        "v",
+        "u",
+        "A",
+        "Ae",
+        "e_Ae",
+        "e_k",
+        "e_last",
+        "q",
+        "kg",
+        "e_kd",
+        "kd",
+        "P",
+        "causal",
+        "rk",
+        "bonus",
+    )
 
     def to_saved(self) -> tuple[torch.Tensor, ...]:
         return (*(getattr(self, f) for f in self._FIELDS), torch.stack(self.unsafe))
@@ -212,6 +229,13 @@ class _WKV6Chunked(torch.autograd.Function):
         )
 
 
-def wkv6_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-        state: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6_chunked(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _WKV6Chunked.apply(r, k, v, w, u, state, chunk_size)

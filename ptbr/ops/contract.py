@@ -17,8 +17,15 @@ LOG_DECAY_FLOOR = -128.0
 W_RAW_CEIL = math.log(-LOG_DECAY_FLOOR)
 
 
-def check_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-                 state: torch.Tensor | None, reset: torch.Tensor | None = None) -> None:
+def check_inputs(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None,
+    reset: torch.Tensor | None = None,
+) -> None:
     """Raise ValueError naming the first bad argument."""
     for name, x in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u)):
         if not isinstance(x, torch.Tensor):
@@ -38,8 +45,7 @@ def check_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Ten
         if not isinstance(state, torch.Tensor):
             raise ValueError(f"wkv6: state must be a torch.Tensor or None, got {type(state).__name__}")
         if tuple(state.shape) != (B, H, N, N):
-            raise ValueError(f"wkv6: state must have shape [B, H, N, N] = {(B, H, N, N)}, "
-                             f"got {tuple(state.shape)}")
+            raise ValueError(f"wkv6: state must have shape [B, H, N, N] = {(B, H, N, N)}, got {tuple(state.shape)}")
         wide = r.dtype == torch.float64
         if state.dtype != torch.float32 and not (wide and state.dtype == torch.float64):
             raise ValueError(f"wkv6: state must be float32, got {state.dtype}")
@@ -52,5 +58,4 @@ def check_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Ten
         tensors.append(("reset", reset))
     for name, x in tensors:
         if x.device != r.device:
-            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; "
-                             "put all inputs on one device")
+            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; put all inputs on one device")

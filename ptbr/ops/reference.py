@@ -21,8 +21,15 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-        state: torch.Tensor | None = None, reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6_reference(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, H, N = r.shape
     cd = compute_dtype(r, k, v, w, u, *(() if state is None else (state,)))
     r, k, v, w, u = (x.to(cd) for x in (r, k, v, w, u))

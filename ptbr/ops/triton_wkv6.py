@@ -104,15 +104,17 @@ def check_triton_inputs(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: to
     """What the kernels need beyond ``contract.check_inputs``: dtypes, head size, a CUDA device."""
     for name, x in (("r", r), ("k", k), ("v", v), ("w", w), ("u", u)):
         if x.dtype not in TRITON_DTYPES:
-            raise ValueError(f"wkv6: backend='triton' takes float16, bfloat16 or float32 inputs, but {name} is "
-                             f"{x.dtype} (use backend='reference' or 'torch' for float64)")
+            raise ValueError(
+                f"wkv6: backend='triton' takes float16, bfloat16 or float32 inputs, but {name} is "
+                f"{x.dtype} (use backend='reference' or 'torch' for float64)"
+            )
     N = r.shape[-1]
     if N not in TRITON_HEAD_SIZES:
-        raise ValueError(f"wkv6: backend='triton' supports head size N in {TRITON_HEAD_SIZES}, "
-                         f"got r with N = {N}")
+        raise ValueError(f"wkv6: backend='triton' supports head size N in {TRITON_HEAD_SIZES}, got r with N = {N}")
     if r.device.type != "cuda" and not (r.device.type == "cpu" and interpreting()):
-        raise ValueError(f"wkv6: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), "
-                         f"but r is on {r.device}")
+        raise ValueError(
+            f"wkv6: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), but r is on {r.device}"
+        )
 
 
 PREC = tl.constexpr(DOT_PRECISION)
@@ -217,8 +219,7 @@ def _dot(a, b):
         if PREC == "tf32x3":
             a_hi = _tf32_round(a)
             b_hi = _tf32_round(b)
-            return (tl.dot(a_hi, b_hi) + tl.dot(a_hi, _tf32_round(b - b_hi))
-                    + tl.dot(_tf32_round(a - a_hi), b_hi))
+            return tl.dot(a_hi, b_hi) + tl.dot(a_hi, _tf32_round(b - b_hi)) + tl.dot(_tf32_round(a - a_hi), b_hi)
         else:
             a_tc = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
             b_tc = (b.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
@@ -244,8 +245,20 @@ def _shifted_log_decays(w_ptr, offs, o, rows, T, R: tl.constexpr, ROW):
 
 @_tuned(key=["N", "BV"])
 @triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
-def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H, T_BUCKET, N: tl.constexpr,
-                      BT: tl.constexpr, BV: tl.constexpr, HAS_S0: tl.constexpr):
+def _fwd_state_kernel(
+    k_ptr,
+    v_ptr,
+    w_ptr,
+    s0_ptr,
+    h_ptr,
+    T,
+    H,
+    T_BUCKET,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_S0: tl.constexpr,
+):
     """Chunk states: h[c] = state entering chunk c (h[NT] = final state), value columns of one block.
 
     S_{c+1} = exp(Σ_chunk lw) ⊙ S_c + Σ_s (k_s ⊙ exp(Σ_{j>s} lw_j))ᵀ v_s.
@@ -280,8 +293,22 @@ def _fwd_state_kernel(k_ptr, v_ptr, w_ptr, s0_ptr, h_ptr, T, H, T_BUCKET, N: tl.
 
 @_tuned(key=["N", "BV"])
 @triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
-def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H, T_BUCKET,
-                       N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr):
+def _fwd_output_kernel(
+    r_ptr,
+    k_ptr,
+    v_ptr,
+    w_ptr,
+    u_ptr,
+    h_ptr,
+    y_ptr,
+    T,
+    H,
+    T_BUCKET,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BV: tl.constexpr,
+):
     """y of one chunk (one block of value columns), sub-chunk by sub-chunk:
 
     y_m = (r_m ⊙ exp(ae_m)) S^(m) + P_m v_m + (r_m·u·k_m) v_m,
@@ -320,8 +347,9 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H, T_
         for jj in range(BC):
             j = BC - 1 - jj
             row_j = t0 + m * BC + j
-            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T),
-                          other=float("-inf"))  # lw_{j+1}; -exp(-inf) = 0 past the block or T
+            w_n = tl.load(
+                w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T), other=float("-inf")
+            )  # lw_{j+1}; -exp(-inf) = 0 past the block or T
             x = tl.where(o_c[:, None] > j + 1, x - tl.exp(tl.minimum(w_n.to(tl.float32), CEIL))[None, :], 0.0)
             k_j = tl.load(k_ptr + seq + row_j * ROW + o_k, mask=row_j < T, other=0.0).to(tl.float32)
             e = tl.exp(tl.where(o_c[:, None] > j, x, float("-inf")))
@@ -335,9 +363,22 @@ def _fwd_output_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, h_ptr, y_ptr, T, H, T_
 
 @_tuned(key=["N", "BV"])
 @triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
-def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H, T_BUCKET,
-                      N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, HAS_DST: tl.constexpr,
-                      STORE_DS0: tl.constexpr):
+def _bwd_state_kernel(
+    r_ptr,
+    w_ptr,
+    dy_ptr,
+    dsT_ptr,
+    dh_ptr,
+    ds0_ptr,
+    T,
+    H,
+    T_BUCKET,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_DST: tl.constexpr,
+    STORE_DS0: tl.constexpr,
+):
     """Reverse sweep: dh[c] = dLoss/dS_{c+1} (state leaving chunk c); ds0 = dLoss/dS_0.
 
     dS_c = exp(Σ_chunk lw) ⊙ dS_{c+1} + Σ_t (r_t ⊙ exp(Σ_{j<t} lw_j))ᵀ dy_t   (sums inside chunk c).
@@ -373,9 +414,27 @@ def _bwd_state_kernel(r_ptr, w_ptr, dy_ptr, dsT_ptr, dh_ptr, ds0_ptr, T, H, T_BU
 
 @_tuned(key=["N"])
 @triton.jit(do_not_specialize=["T", "H", "T_BUCKET"])
-def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, dr_ptr, dk_ptr, dv_ptr,
-                     dw_ptr, du_ptr, T, H, T_BUCKET, N: tl.constexpr, BT: tl.constexpr,
-                     BC: tl.constexpr):
+def _bwd_grad_kernel(
+    r_ptr,
+    k_ptr,
+    v_ptr,
+    w_ptr,
+    u_ptr,
+    dy_ptr,
+    h_ptr,
+    dh_ptr,
+    dr_ptr,
+    dk_ptr,
+    dv_ptr,
+    dw_ptr,
+    du_ptr,
+    T,
+    H,
+    T_BUCKET,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
     """dr, dk, dv, dw of one chunk and its du partial, sub-chunk by sub-chunk:
 
     dr_m = (dy_m S^(m)ᵀ) ⊙ exp(ae_m) + diagonal + bonus
@@ -435,8 +494,7 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
         dr = _dot(dy, tl.trans(S)) * tl.exp(tl.cumsum(prev, axis=0))
         dk = _dot(v, tl.trans(dS)) * eb
         dv = _dot(k * eb, dS)
-        dlw = (e_m * tl.sum(S * dS, axis=1))[None, :] + _dot(later, r * dr) \
-            + _dot(earlier, k * dk)
+        dlw = (e_m * tl.sum(S * dS, axis=1))[None, :] + _dot(later, r * dr) + _dot(earlier, k * dk)
         S = S * e_m[:, None] + _dot(tl.trans(k * eb), v)  # S^(m+1) (after the last sub-chunk: unused)
         # the u bonus (no decay, no dlw)
         db = tl.sum(dy * v, axis=1)[:, None]  # d(bonus_t) = dy_t · v_t
@@ -454,8 +512,9 @@ def _bwd_grad_kernel(r_ptr, k_ptr, v_ptr, w_ptr, u_ptr, dy_ptr, h_ptr, dh_ptr, d
         for jj in range(BC):
             j = BC - 1 - jj
             row_j = t0 + m * BC + j
-            w_n = tl.load(w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T),
-                          other=float("-inf"))  # lw_{j+1}; -exp(-inf) = 0 past the block or T
+            w_n = tl.load(
+                w_ptr + seq + (row_j + 1) * ROW + o_k, mask=(j + 1 < BC) & (row_j + 1 < T), other=float("-inf")
+            )  # lw_{j+1}; -exp(-inf) = 0 past the block or T
             x = tl.where(o_c[:, None] > j + 1, x - tl.exp(tl.minimum(w_n.to(tl.float32), CEIL))[None, :], 0.0)
             k_j = tl.load(k_ptr + seq + row_j * ROW + o_k, mask=row_j < T, other=0.0).to(tl.float32)
             e = tl.exp(tl.where(o_c[:, None] > j, x, float("-inf")))
@@ -490,8 +549,21 @@ def _chunk_states(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, s0: torch.T
     NT = triton.cdiv(T, CHUNK)
     h = torch.empty(B * H, NT + 1, N, N, dtype=torch.float32, device=k.device)
     BV = _scan_block(N)
-    _launch(_fwd_state_kernel, (B * H, N // BV), k, v, w, h if s0 is None else s0, h, T=T, H=H, N=N, BT=CHUNK,
-            BV=BV, HAS_S0=s0 is not None)
+    _launch(
+        _fwd_state_kernel,
+        (B * H, N // BV),
+        k,
+        v,
+        w,
+        h if s0 is None else s0,
+        h,
+        T=T,
+        H=H,
+        N=N,
+        BT=CHUNK,
+        BV=BV,
+        HAS_S0=s0 is not None,
+    )
     return h
 
 
@@ -501,8 +573,7 @@ def _forward(r, k, v, w, u, s0) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     h = _chunk_states(k, v, w, s0)
     y = torch.empty_like(r)
     BV = min(N, 64)
-    _launch(_fwd_output_kernel, (B * H, NT, N // BV), r, k, v, w, u, h, y, T=T, H=H, N=N, BT=CHUNK, BC=SUB_CHUNK,
-            BV=BV)
+    _launch(_fwd_output_kernel, (B * H, NT, N // BV), r, k, v, w, u, h, y, T=T, H=H, N=N, BT=CHUNK, BC=SUB_CHUNK, BV=BV)
     return y, h[:, NT].reshape(B, H, N, N).clone(), h
 
 
@@ -513,12 +584,47 @@ def _backward(r, k, v, w, u, s0, dy, dsT):
     dh = torch.empty_like(h[:, :NT])
     ds0 = torch.empty(B, H, N, N, dtype=torch.float32, device=r.device) if s0 is not None else dh
     BV = _scan_block(N)
-    _launch(_bwd_state_kernel, (B * H, N // BV), r, w, dy, dh if dsT is None else dsT, dh, ds0, T=T, H=H, N=N,
-            BT=CHUNK, BV=BV, HAS_DST=dsT is not None, STORE_DS0=s0 is not None)
+    _launch(
+        _bwd_state_kernel,
+        (B * H, N // BV),
+        r,
+        w,
+        dy,
+        dh if dsT is None else dsT,
+        dh,
+        ds0,
+        T=T,
+        H=H,
+        N=N,
+        BT=CHUNK,
+        BV=BV,
+        HAS_DST=dsT is not None,
+        STORE_DS0=s0 is not None,
+    )
     dr, dk, dv, dw = (torch.empty_like(x) for x in (r, k, v, w))
     du = torch.empty(B * H, NT, N, dtype=torch.float32, device=r.device)
-    _launch(_bwd_grad_kernel, (B * H, NT), r, k, v, w, u, dy, h, dh, dr, dk, dv, dw, du, T=T, H=H, N=N, BT=CHUNK,
-            BC=SUB_CHUNK)
+    _launch(
+        _bwd_grad_kernel,
+        (B * H, NT),
+        r,
+        k,
+        v,
+        w,
+        u,
+        dy,
+        h,
+        dh,
+        dr,
+        dk,
+        dv,
+        dw,
+        du,
+        T=T,
+        H=H,
+        N=N,
+        BT=CHUNK,
+        BC=SUB_CHUNK,
+    )
     du = du.view(B, H, NT, N).sum(dim=(0, 2)).to(u.dtype)
     return dr, dk, dv, dw, du, (ds0 if s0 is not None else None)
 
@@ -548,16 +654,28 @@ class _WKV6Triton(torch.autograd.Function):
         B, T, H, N = r.shape
         if B * H * T == 0:
             ds0 = None if s0 is None else (torch.zeros_like(s0) if dsT is None else dsT.clone())
-            return (torch.zeros_like(r), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(w),
-                    torch.zeros_like(u), ds0)
+            return (
+                torch.zeros_like(r),
+                torch.zeros_like(k),
+                torch.zeros_like(v),
+                torch.zeros_like(w),
+                torch.zeros_like(u),
+                ds0,
+            )
         if dy is None:
             dy = torch.zeros_like(r)
         with _on_device(r):
             return _backward(r, k, v, w, u, s0, dy.contiguous(), None if dsT is None else dsT.contiguous())
 
 
-def wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-        state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6_triton(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 WKV with Triton kernels: ``(y [B,T,H,N] in r.dtype, final state [B,H,N,N] float32)``.
 
     Differentiable in r, k, v, w, u and the initial state. A direct call checks its inputs like

@@ -66,9 +66,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 RESET_W_RAW = W_RAW_CEIL + 1.0
 
 
-def wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-        state: torch.Tensor | None = None, backend: str = "auto",
-        reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+    backend: str = "auto",
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 WKV: returns ``(y [B,T,H,N] in r.dtype, final state [B,H,N,N] float32)``; ``reset`` marks
     the steps after which the state is zero (end-of-document tokens), see the module docstring."""
     check_inputs(r, k, v, w, u, state, reset)

@@ -44,8 +44,9 @@ def _decode(data: bytes) -> str:
 
 def _paragraphs(text: str) -> str:
     """Hard-wrapped, indented text -> one line per paragraph, blank line between paragraphs."""
-    paras = [" ".join(line.strip() for line in block.splitlines() if line.strip())
-             for block in re.split(r"\n\s*\n", text)]
+    paras = [
+        " ".join(line.strip() for line in block.splitlines() if line.strip()) for block in re.split(r"\n\s*\n", text)
+    ]
     return "\n\n".join(p for p in paras if p)
 
 
@@ -90,10 +91,17 @@ def html_documents(data: bytes) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------- roff
-_ROFF_ESCAPES = [(re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)"), ""), (re.compile(r"\\s[+-]?\d"), ""),
-                 (re.compile(r"\\\((em|en)"), "—"), (re.compile(r"\\\(aq"), "'"), (re.compile(r"\\\((lq|rq)"), '"'),
-                 (re.compile(r"\\\(bu"), "•"), (re.compile(r"\\[-&|^%]"), lambda m: "-" if m.group() == "\\-" else ""),
-                 (re.compile(r"\\e"), lambda m: "\\"), (re.compile(r"\\\(.."), "")]
+_ROFF_ESCAPES = [
+    (re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)"), ""),
+    (re.compile(r"\\s[+-]?\d"), ""),
+    (re.compile(r"\\\((em|en)"), "—"),
+    (re.compile(r"\\\(aq"), "'"),
+    (re.compile(r"\\\((lq|rq)"), '"'),
+    (re.compile(r"\\\(bu"), "•"),
+    (re.compile(r"\\[-&|^%]"), lambda m: "-" if m.group() == "\\-" else ""),
+    (re.compile(r"\\e"), lambda m: "\\"),
+    (re.compile(r"\\\(.."), ""),
+]
 
 
 def roff_document(data: bytes) -> str:
@@ -168,16 +176,21 @@ def _run(cmd: list[str], cwd: Path) -> None:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
-        raise PtbrError(f"{cmd[0]} is not installed: the quickstart fetches its corpus with apt-get (Debian/Ubuntu); "
-                        "pass --corpus DIR with your own .txt/.jsonl files instead") from None
+        raise PtbrError(
+            f"{cmd[0]} is not installed: the quickstart fetches its corpus with apt-get (Debian/Ubuntu); "
+            "pass --corpus DIR with your own .txt/.jsonl files instead"
+        ) from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise PtbrError(f"{' '.join(cmd[:3])} failed ({last}); check the network or the apt sources, or pass "
-                        "--corpus DIR with your own .txt/.jsonl files")
+        raise PtbrError(
+            f"{' '.join(cmd[:3])} failed ({last}); check the network or the apt sources, or pass "
+            "--corpus DIR with your own .txt/.jsonl files"
+        )
 
 
-def fetch_debian_corpus(out_dir: Path, log: Callable[[str], None] = print,
-                        packages: tuple[str, ...] = PACKAGES) -> dict:
+def fetch_debian_corpus(
+    out_dir: Path, log: Callable[[str], None] = print, packages: tuple[str, ...] = PACKAGES
+) -> dict:
     """Download and extract the packages into ``out_dir`` (skipped if ``SOURCES.json`` is there)."""
     done = out_dir / SOURCES_FILE
     if done.is_file():
@@ -195,8 +208,12 @@ def fetch_debian_corpus(out_dir: Path, log: Callable[[str], None] = print,
             docs = [d for d in documents_of(package, root) if len(d) >= MIN_CHARS]
             text = "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
             atomic_write_text(out_dir / f"{package}.jsonl", text)
-            sources["packages"][package] = {"version": version, "documents": len(docs),
-                                            "bytes": len(text.encode()), "deb": deb.name}
+            sources["packages"][package] = {
+                "version": version,
+                "documents": len(docs),
+                "bytes": len(text.encode()),
+                "deb": deb.name,
+            }
             log(f"corpus: {package} {version}: {len(docs):,} documents, {len(text.encode()) / 1e6:.1f} MB")
             shutil.rmtree(root)
     missing = set(packages) - set(sources["packages"])
@@ -204,4 +221,3 @@ def fetch_debian_corpus(out_dir: Path, log: Callable[[str], None] = print,
         raise PtbrError(f"apt-get did not deliver {', '.join(sorted(missing))}; pass --corpus DIR instead")
     atomic_write_text(done, json.dumps(sources, indent=2) + "\n")
     return sources
-

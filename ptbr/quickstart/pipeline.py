@@ -62,13 +62,15 @@ class Quickstart:
 
     def ptbr(self, *args: str, env: dict[str, str] | None = None, capture: bool = False) -> str:
         """Run ``ptbr ARGS`` as a user would (the command is printed first)."""
-        return self.command([sys.executable, "-m", "ptbr.cli", *args], shown=f"ptbr {shlex.join(args)}",
-                            env=env, capture=capture)
+        return self.command(
+            [sys.executable, "-m", "ptbr.cli", *args], shown=f"ptbr {shlex.join(args)}", env=env, capture=capture
+        )
 
     def command(self, cmd: list[str], shown: str, env: dict[str, str] | None = None, capture: bool = False) -> str:
         print(f"\n$ {shown}", flush=True)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env or self.env, text=True,
-                                stdout=subprocess.PIPE if capture else None)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env or self.env, text=True, stdout=subprocess.PIPE if capture else None
+        )
         try:
             stdout, _ = proc.communicate()
         except KeyboardInterrupt:  # stop the stage the way a scheduler would: training checkpoints and exits
@@ -80,8 +82,10 @@ class Quickstart:
                 proc.wait()
             raise
         if proc.returncode != 0:
-            raise PtbrError(f"`{shown}` failed with exit code {proc.returncode} (its output is above); fix that and "
-                            "run the quickstart again: finished stages are reused")
+            raise PtbrError(
+                f"`{shown}` failed with exit code {proc.returncode} (its output is above); fix that and "
+                "run the quickstart again: finished stages are reused"
+            )
         return stdout or ""
 
     # ------------------------------------------------------------------ stages
@@ -102,8 +106,10 @@ class Quickstart:
         total = sum(p["bytes"] for p in sources["packages"].values())
         docs = sum(p["documents"] for p in sources["packages"].values())
         packages = ", ".join(f"{name} {meta['version']}" for name, meta in sources["packages"].items())
-        self.say(f"corpus: {'reusing ' if reused else ''}{docs:,} documents, {total / 1e6:.1f} MB of Brazilian "
-                 f"Portuguese from the Debian packages {packages} (see {out / 'SOURCES.json'})")
+        self.say(
+            f"corpus: {'reusing ' if reused else ''}{docs:,} documents, {total / 1e6:.1f} MB of Brazilian "
+            f"Portuguese from the Debian packages {packages} (see {out / 'SOURCES.json'})"
+        )
         self.done.append(("corpus", f"{out} ({'reused' if reused else 'downloaded'})"))
         return out
 
@@ -113,15 +119,31 @@ class Quickstart:
             self.say(f"tokenizer: reusing {out}")
             self.done.append(("tokenizer", f"{out} (reused)"))
             return out
-        self.ptbr("tokenizer", "train", "--input", str(corpus), "--output", str(out),
-                  "--vocab-size", str(self.s.vocab_size))
+        self.ptbr(
+            "tokenizer", "train", "--input", str(corpus), "--output", str(out), "--vocab-size", str(self.s.vocab_size)
+        )
         self.done.append(("tokenizer", str(out)))
         return out
 
     def shards(self, corpus: Path, tokenizer: Path) -> Path:
         out = self.work / "shards"
-        self.ptbr("shards", "build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output", str(out),
-                  "--seq-len", str(self.s.seq_len), "--val-fraction", "0.02", "--shard-size", "1mb", "--clean")
+        self.ptbr(
+            "shards",
+            "build",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer),
+            "--output",
+            str(out),
+            "--seq-len",
+            str(self.s.seq_len),
+            "--val-fraction",
+            "0.02",
+            "--shard-size",
+            "1mb",
+            "--clean",
+        )
         self.done.append(("cleaning report", str(out.with_name("shards.cleaned") / "report.json")))
         self.done.append(("shards", str(out)))
         return out
@@ -132,8 +154,10 @@ class Quickstart:
         self.server = LocalS3Server(self.work / "s3").start()
         self.server.create_bucket(BUCKET)
         self.env.update(self.server.env())  # endpoint and keys for the children; never printed
-        self.say(f"S3: SeaweedFS serving s3://{BUCKET} at {self.server.endpoint_url} (data in {self.work / 's3'}, "
-                 "stopped when the quickstart ends)")
+        self.say(
+            f"S3: SeaweedFS serving s3://{BUCKET} at {self.server.endpoint_url} (data in {self.work / 's3'}, "
+            "stopped when the quickstart ends)"
+        )
 
     def publish(self, shards: Path) -> str:
         url = f"s3://{BUCKET}/quickstart/v1"
@@ -144,23 +168,44 @@ class Quickstart:
 
     def train(self, url: str) -> Path:
         run_dir = self.work / "run"
-        args = ["--config", self.s.config, f"data.source={url}", f"train.run_dir={run_dir}",
-                f"data.cache_dir={self.work / 'cache'}", *self.s.overrides]
+        args = [
+            "--config",
+            self.s.config,
+            f"data.source={url}",
+            f"train.run_dir={run_dir}",
+            f"data.cache_dir={self.work / 'cache'}",
+            *self.s.overrides,
+        ]
         from ptbr.checkpoint import layout
 
         before = layout.newest_usable(run_dir / "checkpoints", lambda _m: None)
         if before is not None:
             self.say(f"train: resuming from {before.path.name} (what is done is not trained again)")
-        launcher = ["torch.distributed.run", "--nproc_per_node", str(self.s.ranks), "--master_addr", "127.0.0.1",
-                    "--master_port", str(free_port()), "-m", "ptbr.train"]
+        launcher = [
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(self.s.ranks),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "ptbr.train",
+        ]
         env = {**self.env, "OMP_NUM_THREADS": "1"}
-        self.command([sys.executable, "-m", "ptbr.cli", "supervise", "--", sys.executable, "-m", *launcher, *args],
-                     shown=f"ptbr supervise -- torchrun {shlex.join(launcher[1:] + args)}", env=env)
+        self.command(
+            [sys.executable, "-m", "ptbr.cli", "supervise", "--", sys.executable, "-m", *launcher, *args],
+            shown=f"ptbr supervise -- torchrun {shlex.join(launcher[1:] + args)}",
+            env=env,
+        )
         after = layout.newest_usable(run_dir / "checkpoints", lambda _m: None)
         if after is None:
             raise PtbrError(f"training ended without a committed checkpoint in {run_dir / 'checkpoints'}")
-        what = "already finished: nothing to train" if before and before.step == after.step else \
-            f"trained to step {after.step}"
+        what = (
+            "already finished: nothing to train"
+            if before and before.step == after.step
+            else f"trained to step {after.step}"
+        )
         self.done.append(("training run", f"{run_dir} ({what}; checkpoint {after.path.name})"))
         return run_dir
 
@@ -189,8 +234,21 @@ class Quickstart:
         return out / "model.gguf"
 
     def generate(self, model: Path) -> str:
-        text = self.ptbr("generate", str(model), "--prompt", PROMPT, "--max-tokens", str(self.s.max_tokens),
-                         "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", capture=True)
+        text = self.ptbr(
+            "generate",
+            str(model),
+            "--prompt",
+            PROMPT,
+            "--max-tokens",
+            str(self.s.max_tokens),
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "1",
+            capture=True,
+        )
         print(text, flush=True)
         (self.work / "generated.txt").write_text(text)
         self.done.append(("generated text", str(self.work / "generated.txt")))
@@ -199,8 +257,11 @@ class Quickstart:
     def evaluate(self, model: Path, url: str) -> dict:
         out = self.ptbr("eval", str(model), "--data", url, "--max-samples", "64", "--json", capture=True)
         result = json.loads(out.strip().splitlines()[-1])
-        print(f"validation: loss {result['loss']:.3f}, perplexity {result['ppl']:.1f}, "
-              f"{result['bits_per_byte']:.3f} bits per byte", flush=True)
+        print(
+            f"validation: loss {result['loss']:.3f}, perplexity {result['ppl']:.1f}, "
+            f"{result['bits_per_byte']:.3f} bits per byte",
+            flush=True,
+        )
         (self.work / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         self.done.append(("evaluation", str(self.work / "eval.json")))
         return result
@@ -243,10 +304,12 @@ class Quickstart:
         for stage, what in self.done:
             print(f"  {stage:<{width}}  {what}")
         w = shlex.quote(str(self.work))
-        in_python = (f"from llama_cpp import Llama; llm = Llama({json.dumps(str(gguf))}, verbose=False); "
-                     'print(llm("A Constituição Federal", max_tokens=100)["choices"][0]["text"])')
+        in_python = (
+            f"from llama_cpp import Llama; llm = Llama({json.dumps(str(gguf))}, verbose=False); "
+            'print(llm("A Constituição Federal", max_tokens=100)["choices"][0]["text"])'
+        )
         print(f"""
-Next, try (after `source {shlex.quote(str(Path(sys.executable).parent / 'activate'))}`, which puts `ptbr` on PATH):
+Next, try (after `source {shlex.quote(str(Path(sys.executable).parent / "activate"))}`, which puts `ptbr` on PATH):
   ptbr generate {w}/export --prompt "A Constituição Federal" --max-tokens 100   # more text
   ptbr info                                                                    # presets and their sizes
   bash launch/quickstart.sh --corpus DIR                                       # the same on your own .txt/.jsonl
@@ -256,8 +319,8 @@ Run the GGUF in llama.cpp (its llama-completion program; `llama-cli -no-cnv` in 
 llama-cpp-python, which the environment above already has:
   llama-completion -m {shlex.quote(str(gguf))} -no-cnv -p "A Constituição Federal" -n 100
   python -c {shlex.quote(in_python)}
-The shards stay in the local S3 data directory ({self.work / 's3'}); `python tools/s3_server.py start --dir
-{self.work / 's3'} --background` serves them again ({url}).""")
+The shards stay in the local S3 data directory ({self.work / "s3"}); `python tools/s3_server.py start --dir
+{self.work / "s3"} --background` serves them again ({url}).""")
 
 
 def _gguf_step(path: Path) -> int | None:
@@ -272,4 +335,3 @@ def _gguf_step(path: Path) -> int | None:
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-

@@ -35,8 +35,15 @@ class BatchStream:
     reported at the step boundary, not inside a collective); ``commit`` advances the position once the step
     was trained, so an abandoned step is never counted; ``close`` stops the loader workers."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, progress: Progress, micro_global: int,
-                 source: str, sample_log: IO[str] | None = None, launch_id: int = 0) -> None:
+    def __init__(
+        self,
+        loader: torch.utils.data.DataLoader,
+        progress: Progress,
+        micro_global: int,
+        source: str,
+        sample_log: IO[str] | None = None,
+        launch_id: int = 0,
+    ) -> None:
         self.loader, self.progress, self.micro_global, self.source = loader, progress, micro_global, source
         self.sample_log, self.launch_id = sample_log, launch_id
         self._iterator = iter(loader)
@@ -76,8 +83,9 @@ class BatchStream:
         if self.sample_log is None:
             return
         for batch in batches:
-            self.sample_log.write(json.dumps({"launch": self.launch_id, "step": step,
-                                              "ids": [int(i) for i in batch["sample_id"]]}) + "\n")
+            self.sample_log.write(
+                json.dumps({"launch": self.launch_id, "step": step, "ids": [int(i) for i in batch["sample_id"]]}) + "\n"
+            )
 
     def close(self) -> None:
         """Stop the loader workers now (the rank leaves with os._exit, which would not) and close the log.

@@ -107,22 +107,33 @@ class TrainingBench:
         from ptbr.bench.runner import evaluate
         from ptbr.bench.scorer import ModelScorer
 
-        scorer = ModelScorer(self.model, self.tokenizer, self.eos_id, self.device,
-                             info={"step": step, "tokens": tokens})
+        scorer = ModelScorer(
+            self.model, self.tokenizer, self.eos_id, self.device, info={"step": step, "tokens": tokens}
+        )
         lm = PtbrHarnessLM(scorer, batch_size=self.cfg.batch.micro_batch_size)
         tm, tasks = self.tasks
         raw = evaluate(lm, tm, tasks, limit=self.cfg.train.bench_limit)
         summary = summarize(raw, scorer.info, limit=self.cfg.train.bench_limit)
-        return {"kind": "bench", "step": step, "tokens": tokens, "limit": self.cfg.train.bench_limit,
-                "seconds": time.perf_counter() - t0, "scores": flat_scores(summary)}
+        return {
+            "kind": "bench",
+            "step": step,
+            "tokens": tokens,
+            "limit": self.cfg.train.bench_limit,
+            "seconds": time.perf_counter() - t0,
+            "scores": flat_scores(summary),
+        }
 
 
 @contextlib.contextmanager
 def _rng_kept() -> Iterator[None]:
     import numpy as np
 
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    states = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
     try:
         yield
     finally:

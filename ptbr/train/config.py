@@ -32,25 +32,35 @@ class SourceSpec(StrictModel):
 
 
 class DataConfig(StrictModel):
-    source: str | None = Field(default=None, description="s3://bucket/prefix or a local directory of published "
-                                                         "shards (or data.sources for a weighted mixture)")
-    sources: list[SourceSpec] | None = Field(default=None, description="a weighted mixture of published datasets "
-                                                                       "sharing tokenizer and seq_len")
-    cache_dir: str = Field(default="~/.cache/ptbr/streaming",
-                           description="root of the local shard cache (one sub-directory per dataset version); "
-                                       "~ and $VARIABLES are expanded on each node")
+    source: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix or a local directory of published "
+        "shards (or data.sources for a weighted mixture)",
+    )
+    sources: list[SourceSpec] | None = Field(
+        default=None, description="a weighted mixture of published datasets sharing tokenizer and seq_len"
+    )
+    cache_dir: str = Field(
+        default="~/.cache/ptbr/streaming",
+        description="root of the local shard cache (one sub-directory per dataset version); "
+        "~ and $VARIABLES are expanded on each node",
+    )
     seq_len: int = Field(gt=0, description="must equal the shards' seq_len")
     shuffle: bool = True
     shuffle_algo: str = "py1e"
-    num_canonical_nodes: int | None = Field(default=None, gt=0,
-                                            description="fix it to keep the sample order across world sizes")
+    num_canonical_nodes: int | None = Field(
+        default=None, gt=0, description="fix it to keep the sample order across world sizes"
+    )
     num_workers: int = Field(default=2, ge=0)
     predownload: int | None = Field(default=None, gt=0)
     val_split: str = "val"
     train_split: str = "train"
-    download_retry_s: float = Field(default=300.0, ge=0,
-                                    description="keep retrying a failing shard download for at least this long "
-                                                "(streaming's backoff doubles: up to about twice as long)")
+    download_retry_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="keep retrying a failing shard download for at least this long "
+        "(streaming's backoff doubles: up to about twice as long)",
+    )
     download_timeout_s: float = Field(default=60.0, gt=0, description="read timeout of one download attempt")
 
     @model_validator(mode="before")
@@ -111,24 +121,33 @@ class OptimConfig(StrictModel):
 class BatchConfig(StrictModel):
     micro_batch_size: int = Field(default=8, gt=0, description="sequences per device per micro-step")
     grad_accum: int | None = Field(default=None, gt=0)
-    global_batch_size: int | None = Field(default=None, gt=0,
-                                          description="sequences per optimizer step; derives grad_accum")
+    global_batch_size: int | None = Field(
+        default=None, gt=0, description="sequences per optimizer step; derives grad_accum"
+    )
 
     def resolve(self, world_size: int) -> tuple[int, int]:
         """Return (grad_accum, global_batch_size) for this world size, or raise ConfigError."""
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size is not None:
             if self.global_batch_size % per_step:
-                fits = [m for m in range(self.micro_batch_size, 0, -1)
-                        if self.global_batch_size % (m * world_size) == 0]
-                fix = (f"set batch.micro_batch_size={fits[0]}" if fits else
-                       "no micro-batch splits it: use a GPU count that divides it (ptbr train --dry-run lists them)")
-                raise ConfigError(f"batch.global_batch_size ({self.global_batch_size}) must be a multiple of "
-                                  f"micro_batch_size x world size ({self.micro_batch_size} x {world_size}); {fix}")
+                fits = [
+                    m for m in range(self.micro_batch_size, 0, -1) if self.global_batch_size % (m * world_size) == 0
+                ]
+                fix = (
+                    f"set batch.micro_batch_size={fits[0]}"
+                    if fits
+                    else "no micro-batch splits it: use a GPU count that divides it (ptbr train --dry-run lists them)"
+                )
+                raise ConfigError(
+                    f"batch.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                    f"micro_batch_size x world size ({self.micro_batch_size} x {world_size}); {fix}"
+                )
             accum = self.global_batch_size // per_step
             if self.grad_accum is not None and self.grad_accum != accum:
-                raise ConfigError(f"batch.grad_accum ({self.grad_accum}) contradicts global_batch_size "
-                                  f"({self.global_batch_size} = {accum} x {per_step}); set only one")
+                raise ConfigError(
+                    f"batch.grad_accum ({self.grad_accum}) contradicts global_batch_size "
+                    f"({self.global_batch_size} = {accum} x {per_step}); set only one"
+                )
             return accum, self.global_batch_size
         accum = self.grad_accum or 1
         return accum, accum * per_step
@@ -150,8 +169,10 @@ class WandbConfig(StrictModel):
     """Weights & Biases tracking from rank 0 (``pip install 'ptbr[wandb]'``); off unless ``mode`` says otherwise."""
 
     mode: Literal["online", "offline", "disabled"] = Field(
-        default="disabled", description="online: stream to the server; offline: write RUN_DIR/wandb for "
-                                        "`wandb sync` later; disabled: no W&B at all")
+        default="disabled",
+        description="online: stream to the server; offline: write RUN_DIR/wandb for "
+        "`wandb sync` later; disabled: no W&B at all",
+    )
     project: str | None = Field(default=None, description="W&B project (default: W&B's own)")
     entity: str | None = Field(default=None, description="W&B team or user (default: the API key's)")
     name: str | None = Field(default=None, description="run name (default: the run directory's name)")
@@ -171,23 +192,38 @@ class TrainLoopConfig(StrictModel):
     max_nonfinite_in_row: int = Field(default=5, gt=0)
     wkv_backend: Literal["auto", "reference", "torch", "triton"] = "auto"
     grad_checkpointing: bool = False
-    segment_len: int | None = Field(default=None, gt=0,
-                                    description="long context: run each sample in segments of this many tokens, "
-                                                "the recurrent state carried across (activations of one segment "
-                                                "at a time); None: one pass over data.seq_len")
-    bptt: Literal["full", "truncated"] = Field(default="full", description="with segment_len: the gradient "
-                                               "flows back through the carried state (full) or stops at each "
-                                               "segment boundary (truncated)")
-    init_from: str | None = Field(default=None, description="a fresh run starts from these weights (a directory "
-                                  "written by ptbr export); a run that resumes its own checkpoint ignores it")
+    segment_len: int | None = Field(
+        default=None,
+        gt=0,
+        description="long context: run each sample in segments of this many tokens, "
+        "the recurrent state carried across (activations of one segment "
+        "at a time); None: one pass over data.seq_len",
+    )
+    bptt: Literal["full", "truncated"] = Field(
+        default="full",
+        description="with segment_len: the gradient "
+        "flows back through the carried state (full) or stops at each "
+        "segment boundary (truncated)",
+    )
+    init_from: str | None = Field(
+        default=None,
+        description="a fresh run starts from these weights (a directory "
+        "written by ptbr export); a run that resumes its own checkpoint ignores it",
+    )
     tensorboard: bool = True
     peak_tflops: float | None = Field(default=None, gt=0, description="per device; default: detected")
-    collective_timeout_s: float = Field(default=1800.0, gt=0,
-                                        description="a collective waiting longer for a rank (dead, hung, lost "
-                                                    "node) fails, and the job ends")
+    collective_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a collective waiting longer for a rank (dead, hung, lost node) fails, and the job ends",
+    )
     wandb: WandbConfig = WandbConfig()
-    bench_every: int = Field(default=0, ge=0, description="run lm-eval tasks (train.bench_tasks) on the current "
-                             "weights every N steps, logged like validation loss; 0: never (needs ptbr[bench])")
+    bench_every: int = Field(
+        default=0,
+        ge=0,
+        description="run lm-eval tasks (train.bench_tasks) on the current "
+        "weights every N steps, logged like validation loss; 0: never (needs ptbr[bench])",
+    )
     bench_tasks: str = Field(default="ptbr_core", description="a suite or task names separated by commas")
     bench_limit: int = Field(default=50, gt=0, description="examples per task in each training-time benchmark")
     bench_include: list[str] = Field(default_factory=list, description="directories of lm-eval task YAML files")
@@ -227,17 +263,21 @@ class TrainConfig(StrictModel):
         # block's gradients once per call: with segments, once per segment, and DeepSpeed refuses that
         seg = self.train.segment_len
         if self.train.grad_checkpointing and self.zero.stage == 3 and seg is not None and seg < self.data.seq_len:
-            raise ValueError("train.grad_checkpointing does not work together with train.segment_len at zero.stage 3; "
-                             "drop grad_checkpointing (the segments already bound activation memory) or use "
-                             "zero.stage 2")
+            raise ValueError(
+                "train.grad_checkpointing does not work together with train.segment_len at zero.stage 3; "
+                "drop grad_checkpointing (the segments already bound activation memory) or use "
+                "zero.stage 2"
+            )
         return self
 
     @model_validator(mode="after")
     def _segments_fit(self) -> TrainConfig:
         seg = self.train.segment_len
         if seg is not None and seg > self.data.seq_len:
-            raise ValueError(f"train.segment_len ({seg}) is longer than data.seq_len ({self.data.seq_len}); "
-                             "use a segment_len <= seq_len, or leave it unset for one pass")
+            raise ValueError(
+                f"train.segment_len ({seg}) is longer than data.seq_len ({self.data.seq_len}); "
+                "use a segment_len <= seq_len, or leave it unset for one pass"
+            )
         return self
 
     @classmethod

@@ -47,8 +47,13 @@ def _events(ax: Any, records: list[dict[str, Any]], label: bool = False) -> None
         if r.get("kind") == "preempt":
             ax.axvline(r["step"], **PREEMPT, label="preempted" if label else None)
         elif r.get("kind") == "resume":
-            ax.axvline(r["step"], **RESUME, label=f"resumed ({r.get('mode')}, {r.get('saved_world_size')}→"
-                                                  f"{r.get('world_size')} ranks)" if label else None)
+            ax.axvline(
+                r["step"],
+                **RESUME,
+                label=f"resumed ({r.get('mode')}, {r.get('saved_world_size')}→{r.get('world_size')} ranks)"
+                if label
+                else None,
+            )
 
 
 def _style(ax: Any, title: str, ylabel: str, records: list[dict[str, Any]], legend: bool = False) -> None:
@@ -72,8 +77,15 @@ def write_dashboard(records: list[dict[str, Any]], run_dir: Path, path: Path) ->
     (a_loss, a_lr, a_tps), (a_wait, a_mem, a_pos), (a_bench, a_time, a_text) = axes
 
     a_loss.plot(steps, loss, label="train loss", color="#1f77b4", lw=1)
-    val_keys = sorted({k for r in records if r.get("kind") == "eval" for k in r
-                       if k.startswith("val_loss") and k != "val_loss_by_position" and isinstance(r[k], int | float)})
+    val_keys = sorted(
+        {
+            k
+            for r in records
+            if r.get("kind") == "eval"
+            for k in r
+            if k.startswith("val_loss") and k != "val_loss_by_position" and isinstance(r[k], int | float)
+        }
+    )
     for key in val_keys:
         xs, ys = _latest_by_step(records, "eval", key)
         a_loss.plot(xs, ys, marker="o", ms=4, label=key.replace("val_loss", "validation").replace("_", " ", 1))
@@ -101,7 +113,7 @@ def write_dashboard(records: list[dict[str, Any]], run_dir: Path, path: Path) ->
     _style(a_mem, "memory (peak per window: GPU allocated, or process RSS on CPU)", "GiB", records)
 
     evals = [r for r in records if r.get("kind") == "eval" and r.get("val_loss_by_position")]
-    for r in ([evals[0], evals[-1]] if len(evals) > 1 else evals):
+    for r in [evals[0], evals[-1]] if len(evals) > 1 else evals:
         buckets = r["val_loss_by_position"]
         a_pos.plot(list(buckets), list(buckets.values()), marker="o", label=f"step {r['step']}")
     a_pos.set_title("validation loss by token position", fontsize=11)
@@ -118,8 +130,14 @@ def write_dashboard(records: list[dict[str, Any]], run_dir: Path, path: Path) ->
         xs = sorted(points)
         a_bench.plot(xs, [points[x] for x in xs], marker="o", ms=4, label=name)
     if not curves:
-        a_bench.text(0.5, 0.5, "no benchmarks yet\n(train.bench_every, or ptbr bench on exports)", ha="center",
-                     va="center", transform=a_bench.transAxes)
+        a_bench.text(
+            0.5,
+            0.5,
+            "no benchmarks yet\n(train.bench_every, or ptbr bench on exports)",
+            ha="center",
+            va="center",
+            transform=a_bench.transAxes,
+        )
     _style(a_bench, "benchmarks", "score", records, legend=bool(curves))
 
     t0 = min(r["time"] for r in records if "time" in r)
@@ -136,8 +154,15 @@ def write_dashboard(records: list[dict[str, Any]], run_dir: Path, path: Path) ->
     a_time.grid(alpha=0.3)
 
     a_text.axis("off")
-    a_text.text(0.0, 1.0, _summary(records, steps, loss, curves), va="top", family="monospace", fontsize=10,
-                transform=a_text.transAxes)
+    a_text.text(
+        0.0,
+        1.0,
+        _summary(records, steps, loss, curves),
+        va="top",
+        family="monospace",
+        fontsize=10,
+        transform=a_text.transAxes,
+    )
     fig.suptitle(f"ptbr run {run_dir.resolve()}", fontsize=14)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=80)
@@ -145,19 +170,25 @@ def write_dashboard(records: list[dict[str, Any]], run_dir: Path, path: Path) ->
     return path
 
 
-def _summary(records: list[dict[str, Any]], steps: list[float], loss: list[float],
-             curves: dict[str, dict[int, float]]) -> str:
+def _summary(
+    records: list[dict[str, Any]], steps: list[float], loss: list[float], curves: dict[str, dict[int, float]]
+) -> str:
     last = next(r for r in reversed(records) if r.get("kind") == "train")
     start = next((r for r in records if r.get("kind") == "start"), {})
     evals = [r for r in records if r.get("kind") == "eval"]
     resumes = [r for r in records if r.get("kind") == "resume"]
     preempts = [r for r in records if r.get("kind") == "preempt"]
-    lines = [f"step          {int(steps[-1]):,}", f"tokens        {last.get('tokens', 0):,}",
-             f"train loss    {loss[-1]:.4f}"]
+    lines = [
+        f"step          {int(steps[-1]):,}",
+        f"tokens        {last.get('tokens', 0):,}",
+        f"train loss    {loss[-1]:.4f}",
+    ]
     if evals:
         lines.append(f"val loss      {evals[-1]['val_loss']:.4f} (step {evals[-1]['step']})")
-    lines.append(f"tokens/s      {last.get('tokens_per_s', 0):,.0f}" +
-                 (f"  MFU {last['mfu'] * 100:.1f}%" if "mfu" in last else ""))
+    lines.append(
+        f"tokens/s      {last.get('tokens_per_s', 0):,.0f}"
+        + (f"  MFU {last['mfu'] * 100:.1f}%" if "mfu" in last else "")
+    )
     if "eta_s" in last:
         lines.append(f"ETA           {last['eta_s'] / 3600:.1f} h")
     lines.append(f"parameters    {start.get('parameters', 0):,}")

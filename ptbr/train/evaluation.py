@@ -27,8 +27,15 @@ Agree = Callable[[bool, PtbrError | None], tuple[bool, PtbrError | None]]
 class Evaluator:
     """Holds this rank's validation samples of every source and computes the validation loss with an engine."""
 
-    def __init__(self, env: DistEnv, device: torch.device, micro_batch_size: int, eval_samples: int,
-                 segment_len: int | None, agree: Agree) -> None:
+    def __init__(
+        self,
+        env: DistEnv,
+        device: torch.device,
+        micro_batch_size: int,
+        eval_samples: int,
+        segment_len: int | None,
+        agree: Agree,
+    ) -> None:
         self.env, self.device, self.micro_batch_size = env, device, micro_batch_size
         self.eval_samples, self.segment_len, self.agree = eval_samples, segment_len, agree
         self.sets: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (this rank's rows, samples in all)
@@ -63,12 +70,16 @@ class Evaluator:
         per_position = sum(totals.values())  # [T + 1]: summed NLL at every position, then the sequence count
         nll, count = per_position[:-1], float(per_position[-1])
         loss = float(nll.sum() / (count * len(nll)))
-        result: dict[str, Any] = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-                                  "val_tokens": int(count * len(nll)),
-                                  "val_loss_by_position": bucket_losses(nll, count)}
+        result: dict[str, Any] = {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 50.0)),
+            "val_tokens": int(count * len(nll)),
+            "val_loss_by_position": bucket_losses(nll, count),
+        }
         if len(totals) > 1:
-            result.update({f"val_loss_{name}": float(t[:-1].sum() / (t[-1] * (len(t) - 1)))
-                           for name, t in totals.items()})
+            result.update(
+                {f"val_loss_{name}": float(t[:-1].sum() / (t[-1] * (len(t) - 1))) for name, t in totals.items()}
+            )
         return result
 
     def _nll_sum(self, engine: Any, eval_tokens: torch.Tensor, n: int) -> torch.Tensor:

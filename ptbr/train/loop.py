@@ -78,15 +78,21 @@ def check_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
     """Refuse data that cannot work with this model before anything expensive happens."""
     vocab = int(manifest["vocab_size"])
     if vocab > cfg.model.vocab_size:
-        raise DataError(f"the shards were tokenized with a {vocab}-token vocabulary but model.vocab_size is "
-                        f"{cfg.model.vocab_size}; use a model with vocab_size >= {vocab} or rebuild the shards")
+        raise DataError(
+            f"the shards were tokenized with a {vocab}-token vocabulary but model.vocab_size is "
+            f"{cfg.model.vocab_size}; use a model with vocab_size >= {vocab} or rebuild the shards"
+        )
     if int(manifest["seq_len"]) != cfg.data.seq_len:
-        raise DataError(f"the shards at {cfg.data.source} hold sequences of {manifest['seq_len']} tokens but "
-                        f"data.seq_len is {cfg.data.seq_len}; set data.seq_len={manifest['seq_len']} or rebuild")
+        raise DataError(
+            f"the shards at {cfg.data.source} hold sequences of {manifest['seq_len']} tokens but "
+            f"data.seq_len is {cfg.data.seq_len}; set data.seq_len={manifest['seq_len']} or rebuild"
+        )
     eos = manifest.get("eos_id")
     if cfg.model.reset_state_at_eos and cfg.model.eos_id is not None and eos is not None and cfg.model.eos_id != eos:
-        raise DataError(f"model.eos_id is {cfg.model.eos_id} but the shards at {cfg.data.source} end documents "
-                        f"with token {eos}; remove model.eos_id (it is read from the dataset) or set it to {eos}")
+        raise DataError(
+            f"model.eos_id is {cfg.model.eos_id} but the shards at {cfg.data.source} end documents "
+            f"with token {eos}; remove model.eos_id (it is read from the dataset) or set it to {eos}"
+        )
 
 
 def with_dataset_eos(cfg: TrainConfig, manifest: dict[str, Any]) -> TrainConfig:
@@ -106,13 +112,23 @@ class Trainer:
     rank agreed on (``ptbr.errors.EXIT_CODES``) or raises a one-line :class:`~ptbr.errors.PtbrError`.
     """
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, resume: str = "auto", allow_fresh_start: bool = False,
-                 allow_config_change: bool = False, stop: StopRequest | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        resume: str = "auto",
+        allow_fresh_start: bool = False,
+        allow_config_change: bool = False,
+        stop: StopRequest | None = None,
+    ):
         self.cfg, self.env = cfg, env
         self.stop = stop or StopRequest()
         self.stream: BatchStream | None = None
         self.resume_mode, self.allow_fresh_start, self.allow_config_change = (
-            resume, allow_fresh_start, allow_config_change)
+            resume,
+            allow_fresh_start,
+            allow_config_change,
+        )
         self.run_dir = Path(cfg.train.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.resumed_data_state: dict[str, Any] | None = None
@@ -127,23 +143,33 @@ class Trainer:
         # One rank may retry a download while the others wait at the step boundary: that wait may last
         # the whole retry window, longer than a training collective should ever take.
         self.control = dist.control_group(
-            cfg.train.collective_timeout_s + retry_bound_s(cfg.data.download_retry_s, cfg.data.download_timeout_s))
+            cfg.train.collective_timeout_s + retry_bound_s(cfg.data.download_retry_s, cfg.data.download_timeout_s)
+        )
         self.check_writable()
         self.metrics = MetricsLogger(self.run_dir, env.is_main, cfg.train.tensorboard, self.open_trackers())
         self.bench = TrainingBench(cfg, env.is_main, self.control, self.device) if cfg.train.bench_every else None
         weight_bytes = 4 if cfg.precision == "fp32" else 2
         self.checkpointer = Checkpointer(
-            self.ckpt_root, env, keep=cfg.train.keep_checkpoints, device=self.device, zero_stage=cfg.zero.stage,
-            precision=cfg.precision, model_bytes=count_parameters(cfg.model) * (weight_bytes + 12),
-            pause_before_commit_s=cfg.debug.pause_before_commit_s, pause_at_steps=cfg.debug.pause_at_steps)
+            self.ckpt_root,
+            env,
+            keep=cfg.train.keep_checkpoints,
+            device=self.device,
+            zero_stage=cfg.zero.stage,
+            precision=cfg.precision,
+            model_bytes=count_parameters(cfg.model) * (weight_bytes + 12),
+            pause_before_commit_s=cfg.debug.pause_before_commit_s,
+            pause_at_steps=cfg.debug.pause_at_steps,
+        )
 
     # ------------------------------------------------------------------ set-up
     def check_writable(self) -> None:
         """Collective: the run and cache directories must take files on every rank, before any work."""
         cfg = self.cfg
-        mine = [f"{key}={path} cannot be written ({why}); point it at a writable directory"
-                for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_path()))
-                if (why := writable_problem(path))]
+        mine = [
+            f"{key}={path} cannot be written ({why}); point it at a writable directory"
+            for key, path in (("train.run_dir", cfg.train.run_dir), ("data.cache_dir", cfg.data.cache_path()))
+            if (why := writable_problem(path))
+        ]
         problems = [p for rank_problems in dist.gather(mine, self.control) for p in rank_problems]
         if problems:
             raise ConfigError(problems[0])
@@ -177,15 +203,28 @@ class Trainer:
         check_dataset(cfg, self.manifest)
         self.cfg = cfg = with_dataset_eos(cfg, self.manifest)
         prepare_streaming_env()
-        common = dict(cache_root=cfg.data.cache_path(), batch_size=cfg.batch.micro_batch_size,
-                      num_canonical_nodes=cfg.data.num_canonical_nodes, download_retry_s=cfg.data.download_retry_s,
-                      download_timeout_s=cfg.data.download_timeout_s)
+        common = dict(
+            cache_root=cfg.data.cache_path(),
+            batch_size=cfg.batch.micro_batch_size,
+            num_canonical_nodes=cfg.data.num_canonical_nodes,
+            download_retry_s=cfg.data.download_retry_s,
+            download_timeout_s=cfg.data.download_timeout_s,
+        )
         extra = {"predownload": cfg.data.predownload} if cfg.data.predownload else {}
-        self.train_ds = build_dataset(specs, cfg.data.train_split, manifest=self.manifest, shuffle=cfg.data.shuffle,
-                                      seed=cfg.train.seed, shuffle_algo=cfg.data.shuffle_algo, **common, **extra)
+        self.train_ds = build_dataset(
+            specs,
+            cfg.data.train_split,
+            manifest=self.manifest,
+            shuffle=cfg.data.shuffle,
+            seed=cfg.train.seed,
+            shuffle_algo=cfg.data.shuffle_algo,
+            **common,
+            **extra,
+        )
         # validation per source (a mixture reports each source's loss and the pooled one)
-        self.evaluator = Evaluator(self.env, self.device, cfg.batch.micro_batch_size, cfg.train.eval_samples,
-                                   cfg.train.segment_len, self.agree)
+        self.evaluator = Evaluator(
+            self.env, self.device, cfg.batch.micro_batch_size, cfg.train.eval_samples, cfg.train.segment_len, self.agree
+        )
         for spec in specs:
             val_ds = build_dataset(spec.source, cfg.data.val_split, shuffle=False, seed=cfg.train.seed, **common)
             self.evaluator.add_source(spec.label(), val_ds, spec.source)
@@ -193,9 +232,14 @@ class Trainer:
     def make_loader(self) -> torch.utils.data.DataLoader:
         workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(
-            self.train_ds, batch_size=self.cfg.batch.micro_batch_size, num_workers=workers,
-            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
-            worker_init_fn=loader_worker_init if workers > 0 else None)
+            self.train_ds,
+            batch_size=self.cfg.batch.micro_batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            worker_init_fn=loader_worker_init if workers > 0 else None,
+        )
 
     def setup_model(self, load_universal: bool = False, fresh: bool = False) -> None:
         import deepspeed
@@ -217,8 +261,11 @@ class Trainer:
         if load_universal:  # elastic resume: optimizer state re-partitioned for this world size
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config,
-            lr_scheduler=lambda opt: WarmupCosine(opt, cfg.optim, cfg.train.max_steps))
+            model=model,
+            optimizer=optimizer,
+            config=ds_config,
+            lr_scheduler=lambda opt: WarmupCosine(opt, cfg.optim, cfg.train.max_steps),
+        )
         self.initial_hparams = optim_state.group_hparams(self.engine)  # as the config defines the groups
         seed_everything(cfg.train.seed + 1000 + self.env.rank)
 
@@ -227,17 +274,30 @@ class Trainer:
         ds, resumed = self.train_ds, self.resumed_data_state or {}
         # After a resume the stream keeps the first run's layout (streaming takes it from the loaded
         # state, inside the process that iterates), whatever this run's defaults would be.
-        return {"epoch": self.progress.epoch, "sample_in_epoch": self.progress.epoch_samples,
-                "num_canonical_nodes": resumed.get("num_canonical_nodes") or ds.num_canonical_nodes,
-                "shuffle_seed": resumed.get("shuffle_seed", ds.shuffle_seed),
-                "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes)}
+        return {
+            "epoch": self.progress.epoch,
+            "sample_in_epoch": self.progress.epoch_samples,
+            "num_canonical_nodes": resumed.get("num_canonical_nodes") or ds.num_canonical_nodes,
+            "shuffle_seed": resumed.get("shuffle_seed", ds.shuffle_seed),
+            "initial_physical_nodes": resumed.get("initial_physical_nodes", self.env.num_nodes),
+        }
 
     def run_state(self) -> RunState:
         # the model config and the data identity travel with the checkpoint (ptbr export reads them)
-        extra = {"model": self.cfg.model.model_dump(), "dataset_hash": self.manifest["dataset_hash"],
-                 "tokenizer_sha256": self.manifest.get("tokenizer", {}).get("sha256")}
-        return RunState(self.progress, self.data_state(), self.fingerprint(), self.global_batch,
-                        self.cfg.batch.micro_batch_size, self.accum, extra)
+        extra = {
+            "model": self.cfg.model.model_dump(),
+            "dataset_hash": self.manifest["dataset_hash"],
+            "tokenizer_sha256": self.manifest.get("tokenizer", {}).get("sha256"),
+        }
+        return RunState(
+            self.progress,
+            self.data_state(),
+            self.fingerprint(),
+            self.global_batch,
+            self.cfg.batch.micro_batch_size,
+            self.accum,
+            extra,
+        )
 
     def fingerprint(self) -> dict[str, str]:
         return fingerprint(self.cfg.model.shape(), self.cfg.data.seq_len, self.manifest)
@@ -247,17 +307,23 @@ class Trainer:
 
     def resume(self) -> bool:
         """Collective: pick the checkpoint to continue from, build the engine, load it. False: a fresh run."""
-        plan = self.checkpointer.plan(self.resume_mode, fingerprint=self.fingerprint(),
-                                      global_batch_size=self.global_batch, allow_fresh_start=self.allow_fresh_start,
-                                      allow_config_change=self.allow_config_change)
+        plan = self.checkpointer.plan(
+            self.resume_mode,
+            fingerprint=self.fingerprint(),
+            global_batch_size=self.global_batch,
+            allow_fresh_start=self.allow_fresh_start,
+            allow_config_change=self.allow_config_change,
+        )
         # the stream keeps the canonical node count of the run's start: this node count must work with it
         data = dict(plan.record["data"]) if plan else {}
         if plan and not data.get("num_canonical_nodes"):  # written by a version that left it unresolved
             data["num_canonical_nodes"] = default_num_canonical_nodes(
-                self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"]))
+                self.cfg.data.shuffle_algo, int(data.get("initial_physical_nodes") or plan.record["world_size"])
+            )
         ncn = int(data.get("num_canonical_nodes") or self.train_ds.num_canonical_nodes)
-        NodePlan(ncn, self.cfg.batch.global_batch_size, self.cfg.batch.micro_batch_size,
-                 self.env.local_world_size).check(self.env.num_nodes)
+        NodePlan(
+            ncn, self.cfg.batch.global_batch_size, self.cfg.batch.micro_batch_size, self.env.local_world_size
+        ).check(self.env.num_nodes)
         check_canonical_nodes(ncn, self.env.num_nodes, self.train_ds.num_samples)
         self.setup_model(load_universal=bool(plan and plan.elastic), fresh=plan is None)
         self.checkpointer.engine = self.engine
@@ -268,10 +334,19 @@ class Trainer:
         self.progress = p = state.progress
         self.resumed_data_state = data
         self.train_ds.load_state_dict(data)  # before the first __iter__
-        self.metrics.log({"kind": "resume", "step": p.step, "mode": "elastic" if plan.elastic else "native",
-                          "checkpoint": str(plan.path), "saved_world_size": int(plan.record["world_size"]),
-                          "world_size": self.env.world_size, "epoch": p.epoch, "sample_in_epoch": p.epoch_samples,
-                          "load_s": time.perf_counter() - t0})
+        self.metrics.log(
+            {
+                "kind": "resume",
+                "step": p.step,
+                "mode": "elastic" if plan.elastic else "native",
+                "checkpoint": str(plan.path),
+                "saved_world_size": int(plan.record["world_size"]),
+                "world_size": self.env.world_size,
+                "epoch": p.epoch,
+                "sample_in_epoch": p.epoch_samples,
+                "load_s": time.perf_counter() - t0,
+            }
+        )
         if plan.elastic:
             self.save()  # from now on a native checkpoint at this world size
         return True
@@ -283,8 +358,14 @@ class Trainer:
             d.mkdir(parents=True, exist_ok=True)
             sample_log = open(d / f"rank_{self.env.rank:05d}.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         launch_id = dist.broadcast(time.time_ns())  # tells re-done steps apart after a resume
-        return BatchStream(self.make_loader(), self.progress, self.cfg.batch.micro_batch_size * self.env.world_size,
-                           self.cfg.data.source, sample_log, launch_id)
+        return BatchStream(
+            self.make_loader(),
+            self.progress,
+            self.cfg.batch.micro_batch_size * self.env.world_size,
+            self.cfg.data.source,
+            sample_log,
+            launch_id,
+        )
 
     # ------------------------------------------------------------------ steps
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -389,21 +470,36 @@ class Trainer:
         if not env.is_main:
             return
         write_run_files(self.run_dir, cfg.to_yaml_dict(), self.manifest, cfg.data.source)
-        self.metrics.log({"kind": "start", "step": self.progress.step, "world_size": env.world_size,
-                          "launcher": env.launcher, "num_nodes": env.num_nodes, "zero_stage": cfg.zero.stage,
-                          "precision": cfg.precision, "parameters": count_parameters(cfg.model),
-                          "micro_batch_size": cfg.batch.micro_batch_size, "grad_accum": self.accum,
-                          "global_batch_size": self.global_batch, "seq_len": cfg.data.seq_len})
-        info(f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
-             f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
-             f"ZeRO {cfg.zero.stage}, {cfg.precision}, {count_parameters(cfg.model):,} parameters")
+        self.metrics.log(
+            {
+                "kind": "start",
+                "step": self.progress.step,
+                "world_size": env.world_size,
+                "launcher": env.launcher,
+                "num_nodes": env.num_nodes,
+                "zero_stage": cfg.zero.stage,
+                "precision": cfg.precision,
+                "parameters": count_parameters(cfg.model),
+                "micro_batch_size": cfg.batch.micro_batch_size,
+                "grad_accum": self.accum,
+                "global_batch_size": self.global_batch,
+                "seq_len": cfg.data.seq_len,
+            }
+        )
+        info(
+            f"world {env.world_size} ({env.launcher}), micro-batch {cfg.batch.micro_batch_size}, "
+            f"grad accum {self.accum}, global batch {self.global_batch} x {cfg.data.seq_len} tokens, "
+            f"ZeRO {cfg.zero.stage}, {cfg.precision}, {count_parameters(cfg.model):,} parameters"
+        )
         each = self.checkpointer.estimated_bytes()
         need = disk_still_needed(self.ckpt_root, each, cfg.train.keep_checkpoints)
         free = shutil.disk_usage(self.run_dir).free
         if free < need:  # the same rule as the dry run: keep_checkpoints complete ones plus the one being written
-            info(f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free, below the {need / 2**30:.2f} GiB its "
-                 f"checkpoints will take ({each / 2**30:.2f} GiB each, train.keep_checkpoints="
-                 f"{cfg.train.keep_checkpoints} plus one being written); a save that does not fit ends the run (74)")
+            info(
+                f"warning: {self.run_dir} has {free / 2**30:.2f} GiB free, below the {need / 2**30:.2f} GiB its "
+                f"checkpoints will take ({each / 2**30:.2f} GiB each, train.keep_checkpoints="
+                f"{cfg.train.keep_checkpoints} plus one being written); a save that does not fit ends the run (74)"
+            )
 
     def account(self, loss: float, outcome: StepOutcome, wait: float, window: LogWindow) -> None:
         """Progress counters and the non-finite guard after one optimizer step."""
@@ -418,14 +514,18 @@ class Trainer:
             p.skipped_steps += 1
             p.loss_scale_skips += 1
             if self.env.is_main:
-                info(f"step {p.step}: fp16 gradients overflowed at loss scale {self.step_scale:g}; update skipped "
-                     f"and the scale lowered ({p.loss_scale_skips} such steps in total)")
+                info(
+                    f"step {p.step}: fp16 gradients overflowed at loss scale {self.step_scale:g}; update skipped "
+                    f"and the scale lowered ({p.loss_scale_skips} such steps in total)"
+                )
         else:
             p.skipped_steps += 1
             p.nonfinite_in_row += 1
             if self.env.is_main:
-                info(f"step {p.step}: non-finite loss or gradient, update skipped "
-                     f"({p.nonfinite_in_row} in a row, {p.skipped_steps} in total)")
+                info(
+                    f"step {p.step}: non-finite loss or gradient, update skipped "
+                    f"({p.nonfinite_in_row} in a row, {p.skipped_steps} in total)"
+                )
             if p.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
                 raise NonFiniteError(self.nonfinite_message())
 
@@ -433,8 +533,14 @@ class Trainer:
         if self.checkpointer.last_saved_step != self.progress.step:
             self.save()
         newest = self.checkpointer.newest()
-        self.metrics.log({"kind": "preempt", "step": self.progress.step, "tokens": self.progress.tokens,
-                          "checkpoint": str(newest.path) if newest else None})
+        self.metrics.log(
+            {
+                "kind": "preempt",
+                "step": self.progress.step,
+                "tokens": self.progress.tokens,
+                "checkpoint": str(newest.path) if newest else None,
+            }
+        )
         for mirror in self.metrics.mirrors:
             mirror.preempting()
         if self.env.is_main:
@@ -456,11 +562,16 @@ class Trainer:
     def nonfinite_message(self) -> str:
         streak_start = self.progress.step - self.progress.nonfinite_in_row
         good = self.checkpointer.newest(max_step=streak_start)
-        where = (f"the last good checkpoint is {good.path}; resume from it with --resume {good.path}"
-                 if good else "no checkpoint was written before the first of them")
-        return (f"stopping: {self.progress.nonfinite_in_row} optimizer steps in a row had a non-finite loss or "
-                f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
-                "after lowering optim.lr or checking the data")
+        where = (
+            f"the last good checkpoint is {good.path}; resume from it with --resume {good.path}"
+            if good
+            else "no checkpoint was written before the first of them"
+        )
+        return (
+            f"stopping: {self.progress.nonfinite_in_row} optimizer steps in a row had a non-finite loss or "
+            f"gradient (train.max_nonfinite_in_row={self.cfg.train.max_nonfinite_in_row}); {where}, "
+            "after lowering optim.lr or checking the data"
+        )
 
     def log_window(self, w: LogWindow) -> None:
         cfg, env, p = self.cfg, self.env, self.progress
@@ -472,11 +583,18 @@ class Trainer:
         tps = tokens / elapsed
         step_time = elapsed / w.steps
         record = {
-            "kind": "train", "step": p.step, "tokens": p.tokens, "loss": loss,
-            "lr": float(self.engine.get_lr()[0]), "grad_norm": as_float(self.engine.get_global_grad_norm()),
-            "tokens_per_s": tps, "tokens_per_s_per_device": tps / env.world_size,
-            "step_time_s": step_time, "data_wait_share": float(stats[2]) / env.world_size / elapsed,
-            "memory_gib": memory_gib(), "skipped_steps": p.skipped_steps,
+            "kind": "train",
+            "step": p.step,
+            "tokens": p.tokens,
+            "loss": loss,
+            "lr": float(self.engine.get_lr()[0]),
+            "grad_norm": as_float(self.engine.get_global_grad_norm()),
+            "tokens_per_s": tps,
+            "tokens_per_s_per_device": tps / env.world_size,
+            "step_time_s": step_time,
+            "data_wait_share": float(stats[2]) / env.world_size / elapsed,
+            "memory_gib": memory_gib(),
+            "skipped_steps": p.skipped_steps,
             "eta_s": step_time * (cfg.train.max_steps - p.step),
         }
         if cfg.precision == "fp16":
@@ -490,10 +608,16 @@ class Trainer:
         result = self.evaluator.evaluate(self.engine)
         self.last_eval_step = self.progress.step
         record = {"kind": "eval", "step": self.progress.step, "tokens": self.progress.tokens, **result}
-        per_source = "".join(f", {k[len('val_loss_'):]} {v:.4f}" for k, v in result.items()
-                             if k.startswith("val_loss_") and isinstance(v, float))
-        self.metrics.log(record, f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
-                                 f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})")
+        per_source = "".join(
+            f", {k[len('val_loss_') :]} {v:.4f}"
+            for k, v in result.items()
+            if k.startswith("val_loss_") and isinstance(v, float)
+        )
+        self.metrics.log(
+            record,
+            f"eval step {self.progress.step}: val_loss {result['val_loss']:.4f} "
+            f"ppl {result['val_ppl']:.2f} ({result['val_tokens']:,} tokens{per_source})",
+        )
 
     def log_bench(self) -> None:
         """train.bench_every: the benchmark record, with its cost as a share of the training time since the last."""
@@ -506,5 +630,8 @@ class Trainer:
         record["train_seconds"] = trained_s
         record["overhead"] = record["seconds"] / max(trained_s, 1e-9)
         scores = ", ".join(f"{k} {v:.4f}" for k, v in record["scores"].items())
-        self.metrics.log(record, f"bench step {self.progress.step}: {scores} ({record['seconds']:.1f} s, "
-                                 f"{record['overhead'] * 100:.1f}% of the training time since the last)")
+        self.metrics.log(
+            record,
+            f"bench step {self.progress.step}: {scores} ({record['seconds']:.1f} s, "
+            f"{record['overhead'] * 100:.1f}% of the training time since the last)",
+        )

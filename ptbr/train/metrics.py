@@ -97,10 +97,12 @@ def train_line(record: dict[str, Any], max_steps: int, world_size: int) -> str:
     """The stdout line of a ``train`` record."""
     tps = record["tokens_per_s"]
     mfu = f" mfu {record['mfu'] * 100:.1f}%" if "mfu" in record else ""
-    return (f"step {record['step']}/{max_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-            f"gnorm {record['grad_norm']:.3f} tok/s {tps:,.0f} ({tps / world_size:,.0f}/dev){mfu} "
-            f"data {record['data_wait_share'] * 100:.0f}% mem {record['memory_gib']:.2f}GiB "
-            f"eta {format_eta(record['eta_s'])}")
+    return (
+        f"step {record['step']}/{max_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+        f"gnorm {record['grad_norm']:.3f} tok/s {tps:,.0f} ({tps / world_size:,.0f}/dev){mfu} "
+        f"data {record['data_wait_share'] * 100:.0f}% mem {record['memory_gib']:.2f}GiB "
+        f"eta {format_eta(record['eta_s'])}"
+    )
 
 
 def format_eta(seconds: float) -> str:

@@ -63,13 +63,19 @@ class NodePlan:
     def check(self, nodes: int) -> None:
         """Refuse ``nodes`` with one line saying why and what works instead."""
         if not self.stream_allows(nodes):
-            raise ConfigError(f"{nodes} nodes cannot read a stream of {self.num_canonical_nodes} canonical nodes "
-                              f"(one must divide the other); {self.describe(max(LIMIT, nodes))}")
+            raise ConfigError(
+                f"{nodes} nodes cannot read a stream of {self.num_canonical_nodes} canonical nodes "
+                f"(one must divide the other); {self.describe(max(LIMIT, nodes))}"
+            )
         m = self.micro_batch_for(nodes)
         if m is None:
-            raise ConfigError(f"batch.global_batch_size ({self.global_batch}) does not split over {nodes} nodes x "
-                              f"{self.gpus_per_node} GPU(s) at any micro-batch; {self.describe(max(LIMIT, nodes))}")
+            raise ConfigError(
+                f"batch.global_batch_size ({self.global_batch}) does not split over {nodes} nodes x "
+                f"{self.gpus_per_node} GPU(s) at any micro-batch; {self.describe(max(LIMIT, nodes))}"
+            )
         if m != self.micro_batch:
             where = f"{nodes} nodes x {self.gpus_per_node} GPU(s)"
-            raise ConfigError(f"batch.global_batch_size ({self.global_batch}) does not split into micro-batches of "
-                              f"{self.micro_batch} over {where}: set batch.micro_batch_size={m}; {self.describe()}")
+            raise ConfigError(
+                f"batch.global_batch_size ({self.global_batch}) does not split into micro-batches of "
+                f"{self.micro_batch} over {where}: set batch.micro_batch_size={m}; {self.describe()}"
+            )

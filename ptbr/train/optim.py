@@ -38,8 +38,9 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict[str, Any
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device | str = "cpu",
-                    offload: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, device: torch.device | str = "cpu", offload: bool = False
+) -> torch.optim.Optimizer:
     """torch AdamW (decoupled weight decay, as RWKV-LM's FusedAdam with adam_w_mode), fused into one kernel
     per step when it will step on CUDA tensors.
 
@@ -47,8 +48,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
     moves the model (and its fp32 master partitions) to the GPU, and torch checks the fused kernel's device
     only when it steps. With ``offload`` the master weights stay on the CPU: no fused CUDA kernel."""
     fused = torch.device(device).type == "cuda" and not offload
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **({"fused": True} if fused else {})
+    )
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

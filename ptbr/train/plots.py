@@ -53,8 +53,15 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     out.mkdir(parents=True, exist_ok=True)
     written = []
     # a mixture logs val_loss_<source> next to the pooled val_loss: one line each on the validation chart
-    per_source = sorted({k for r in records if r.get("kind") == "eval" for k, v in r.items()
-                         if k.startswith("val_loss_") and isinstance(v, int | float)})
+    per_source = sorted(
+        {
+            k
+            for r in records
+            if r.get("kind") == "eval"
+            for k, v in r.items()
+            if k.startswith("val_loss_") and isinstance(v, int | float)
+        }
+    )
     charts = [(f, t, s + [("eval", k) for k in per_source] if f == "val_loss.png" else s, y) for f, t, s, y in CHARTS]
     for filename, title, series, ylabel in charts:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -95,7 +102,7 @@ def _plot_loss_by_position(records: list[dict[str, Any]], out: Path, plt: Any) -
     if not evals:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in ([evals[0], evals[-1]] if len(evals) > 1 else evals[-1:]):
+    for r in [evals[0], evals[-1]] if len(evals) > 1 else evals[-1:]:
         buckets = r["val_loss_by_position"]
         ax.plot(list(buckets), list(buckets.values()), marker="o", label=f"step {r['step']}")
     ax.set_title("validation loss by token position")

@@ -68,8 +68,11 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
-            print(f"[ptbr] received {signal.Signals(signum).name}: will checkpoint and exit after this step",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[ptbr] received {signal.Signals(signum).name}: will checkpoint and exit after this step",
+                file=sys.stderr,
+                flush=True,
+            )
         self.signum = signum
 
     @property

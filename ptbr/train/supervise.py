@@ -105,8 +105,11 @@ def exit_code(launcher_code: int, reported: list[int]) -> int:
 
 def supervise(command: list[str]) -> int:
     if not command:
-        print("ptbr supervise: error: give the launcher command after --, e.g. "
-              "ptbr supervise -- torchrun --nproc_per_node 8 -m ptbr.train --config C", file=sys.stderr)
+        print(
+            "ptbr supervise: error: give the launcher command after --, e.g. "
+            "ptbr supervise -- torchrun --nproc_per_node 8 -m ptbr.train --config C",
+            file=sys.stderr,
+        )
         return 2
     status = Path(tempfile.mkdtemp(prefix="ptbr-status-"))
     env = {**os.environ, STATUS_DIR_ENV: str(status)}

@@ -73,16 +73,25 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise ConfigError(f"train.wandb.mode={settings.mode} needs the wandb package: pip install "
-                              "'ptbr[wandb]' (or set train.wandb.mode=disabled)") from None
+            raise ConfigError(
+                f"train.wandb.mode={settings.mode} needs the wandb package: pip install "
+                "'ptbr[wandb]' (or set train.wandb.mode=disabled)"
+            ) from None
         run_dir.mkdir(parents=True, exist_ok=True)
         directory = Path(settings.dir).expanduser() if settings.dir else run_dir
         directory.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=settings.project, entity=settings.entity, name=settings.name or run_dir.name,
-            tags=list(settings.tags), mode=settings.mode, id=run_id(run_dir), resume="allow", dir=str(directory),
+            project=settings.project,
+            entity=settings.entity,
+            name=settings.name or run_dir.name,
+            tags=list(settings.tags),
+            mode=settings.mode,
+            id=run_id(run_dir),
+            resume="allow",
+            dir=str(directory),
             config=redact(config),
-            settings=wandb.Settings(save_code=False, disable_code=True, disable_git=True, console="off"))
+            settings=wandb.Settings(save_code=False, disable_code=True, disable_git=True, console="off"),
+        )
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 

@@ -28,8 +28,14 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m ptbr.cli ARGS`` in a subprocess (environment = ours + ``env``)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ptbr.cli", *args], cwd=REPO, env=full_env, text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
@@ -94,14 +100,15 @@ def write_corpus(root: Path, *, n_docs: int = 240, seed: int = 7) -> list[str]:
 
     (root / "d").mkdir(exist_ok=True)
     with open(root / "d" / "e.jsonl", "w", encoding="utf-8") as f:
-        for d in docs[half + 1:]:
+        for d in docs[half + 1 :]:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
             expected.append(d)
     return expected
 
 
-def direct_tokens(tokenizer_path: Path, docs: list[str], *, val_fraction: float, split_seed: int,
-                  eos_token: str = "<|endoftext|>") -> dict[str, np.ndarray]:
+def direct_tokens(
+    tokenizer_path: Path, docs: list[str], *, val_fraction: float, split_seed: int, eos_token: str = "<|endoftext|>"
+) -> dict[str, np.ndarray]:
     """The token stream of each split by plain ``Tokenizer.encode`` (the documented split rule)."""
     from tokenizers import Tokenizer
 
@@ -137,8 +144,9 @@ def isolated_environ() -> Iterator[None]:
 def gpt2_byte_table() -> dict[int, str]:
     """GPT-2's byte -> printable character table (``bytes_to_unicode``), which byte-level BPE writes tokens in;
     written out here, independently of ``tokenizers``, to recover the bytes a token stands for."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table, extra = {}, 0
     for b in range(256):
         if b in printable:

@@ -30,8 +30,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="session")
 def tokenizer(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    proc = run_cli("tokenizer", "train", "--input", str(corpus[0]), "--output", str(out),
-                   "--vocab-size", str(VOCAB))
+    proc = run_cli("tokenizer", "train", "--input", str(corpus[0]), "--output", str(out), "--vocab-size", str(VOCAB))
     assert_ok(proc)
     assert "invalid UTF-8 sequences replaced: 4" in proc.stdout  # 2 files x b"\\xff\\xfe" = 4 U+FFFD
     assert "bad records skipped: 2" in proc.stdout
@@ -41,9 +40,24 @@ def tokenizer(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dataset(corpus, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ds") / "dataset"
-    proc = run_cli("shards", "build", "--input", str(corpus[0]), "--tokenizer", str(tokenizer), "--output",
-                   str(out), "--seq-len", str(SEQ_LEN), "--val-fraction", str(VAL_FRACTION),
-                   "--shard-size", "8kb", "--workers", "2")
+    proc = run_cli(
+        "shards",
+        "build",
+        "--input",
+        str(corpus[0]),
+        "--tokenizer",
+        str(tokenizer),
+        "--output",
+        str(out),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--val-fraction",
+        str(VAL_FRACTION),
+        "--shard-size",
+        "8kb",
+        "--workers",
+        "2",
+    )
     assert_ok(proc)
     return out
 
@@ -59,8 +73,23 @@ def dataset_b(dataset, corpus, tmp_path_factory: pytest.TempPathFactory) -> Path
     """Another dataset version: a copy of ``dataset`` rebuilt with --overwrite at seq_len 16."""
     out = tmp_path_factory.mktemp("dsb") / "dataset"
     shutil.copytree(dataset, out)
-    args = ["shards", "build", "--input", str(corpus[0]), "--tokenizer", str(out / "tokenizer.json"), "--output",
-            str(out), "--seq-len", "16", "--val-fraction", str(VAL_FRACTION), "--workers", "1", "--quiet"]
+    args = [
+        "shards",
+        "build",
+        "--input",
+        str(corpus[0]),
+        "--tokenizer",
+        str(out / "tokenizer.json"),
+        "--output",
+        str(out),
+        "--seq-len",
+        "16",
+        "--val-fraction",
+        str(VAL_FRACTION),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     refused = run_cli(*args)
     assert_one_line_error(refused, "not empty", "--overwrite")
     assert_ok(run_cli(*args, "--overwrite"))
@@ -74,8 +103,7 @@ def local_samples(dataset: Path, split: str) -> np.ndarray:
     parts = []
     for shard in index["shards"]:
         data = (dataset / split / shard["zip_data"]["basename"]).read_bytes()
-        parts.append(read_samples(decompress(data, shard["compression"]), manifest["sample_len"],
-                                  manifest["dtype"]))
+        parts.append(read_samples(decompress(data, shard["compression"]), manifest["sample_len"], manifest["dtype"]))
     return np.concatenate(parts).astype(np.int64)
 
 
@@ -90,14 +118,54 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     corpus.mkdir()
     docs = portuguese_documents(60, seed=5, max_sentences=6)
     (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    assert_ok(run_cli("tokenizer", "train", "--input", str(corpus), "--output", str(root / "tok.json"),
-                      "--vocab-size", "300", "--quiet"))
-    assert_ok(run_cli("shards", "build", "--input", str(corpus), "--tokenizer", str(root / "tok.json"),
-                      "--output", str(root / "ds"), "--seq-len", "16", "--val-fraction", "0", "--workers", "1",
-                      "--quiet"))
+    assert_ok(
+        run_cli(
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--output",
+            str(root / "tok.json"),
+            "--vocab-size",
+            "300",
+            "--quiet",
+        )
+    )
+    assert_ok(
+        run_cli(
+            "shards",
+            "build",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(root / "tok.json"),
+            "--output",
+            str(root / "ds"),
+            "--seq-len",
+            "16",
+            "--val-fraction",
+            "0",
+            "--workers",
+            "1",
+            "--quiet",
+        )
+    )
     return {"root": root, "corpus": corpus, "tok": root / "tok.json", "ds": root / "ds"}
 
 
 def build(small: dict[str, Path], corpus: Path, out: str, *extra: str):
-    return run_cli("shards", "build", "--input", str(corpus), "--tokenizer", str(small["tok"]), "--output",
-                   str(small["root"] / out), "--seq-len", "16", "--workers", "1", *extra)
+    return run_cli(
+        "shards",
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(small["tok"]),
+        "--output",
+        str(small["root"] / out),
+        "--seq-len",
+        "16",
+        "--workers",
+        "1",
+        *extra,
+    )

@@ -64,8 +64,8 @@ def placement_corpus(root: Path, filler_per_file: int = 6) -> Planted:
     fill = portuguese_documents(3 * filler_per_file, seed=11, min_sentences=6, max_sentences=10)
     files = [
         [PT[0], near[0], exact[0], repeated, a, EN[0], *fill[:filler_per_file]],
-        [PT[5], near[1], repeated, b, SHORT[0], mojibake(PT[6]), *fill[filler_per_file:2 * filler_per_file]],
-        [PT[7], exact[1], repeated, c, ES[0], BOILERPLATE, PT[3], *fill[2 * filler_per_file:]],
+        [PT[5], near[1], repeated, b, SHORT[0], mojibake(PT[6]), *fill[filler_per_file : 2 * filler_per_file]],
+        [PT[7], exact[1], repeated, c, ES[0], BOILERPLATE, PT[3], *fill[2 * filler_per_file :]],
     ]
     paths = []
     for i, docs in enumerate(files):

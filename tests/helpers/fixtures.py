@@ -28,14 +28,24 @@ class PublishedDataset:
 
 
 def ptbr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", *args], env=env, capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 0, f"ptbr {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
     return proc
 
 
-def build_and_publish(tmp: Path, s3_server, bucket: str, *, docs: int, seq_len: int, vocab: int,
-                      val_fraction: float, build_args: tuple[str, ...] = ()) -> PublishedDataset:
+def build_and_publish(
+    tmp: Path,
+    s3_server,
+    bucket: str,
+    *,
+    docs: int,
+    seq_len: int,
+    vocab: int,
+    val_fraction: float,
+    build_args: tuple[str, ...] = (),
+) -> PublishedDataset:
     corpus = tmp / "corpus"
     corpus.mkdir(parents=True)
     with open(corpus / "docs.jsonl", "w", encoding="utf-8") as f:
@@ -45,8 +55,22 @@ def build_and_publish(tmp: Path, s3_server, bucket: str, *, docs: int, seq_len: 
     tok = tmp / "tokenizer.json"
     ptbr("tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", str(vocab), env=env)
     shards = tmp / "shards"
-    ptbr("shards", "build", "--input", str(corpus), "--tokenizer", str(tok), "--output", str(shards),
-         "--seq-len", str(seq_len), "--val-fraction", str(val_fraction), *build_args, env=env)
+    ptbr(
+        "shards",
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tok),
+        "--output",
+        str(shards),
+        "--seq-len",
+        str(seq_len),
+        "--val-fraction",
+        str(val_fraction),
+        *build_args,
+        env=env,
+    )
     s3_server.create_bucket(bucket)
     url = f"s3://{bucket}/tiny"
     ptbr("shards", "publish", str(shards), url, env=env)
@@ -67,5 +91,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_dataset(s3_server, tmp_path_factory: pytest.TempPathFactory) -> PublishedDataset:
     """~600 training sequences of 33 tokens, vocab 512, on s3://train-data/tiny."""
-    return build_and_publish(tmp_path_factory.mktemp("tiny_dataset"), s3_server, "train-data", docs=400,
-                             seq_len=SEQ_LEN, vocab=VOCAB, val_fraction=0.05)
+    return build_and_publish(
+        tmp_path_factory.mktemp("tiny_dataset"),
+        s3_server,
+        "train-data",
+        docs=400,
+        seq_len=SEQ_LEN,
+        vocab=VOCAB,
+        val_fraction=0.05,
+    )

@@ -28,10 +28,15 @@ def engine_for(stage: int, bf16: bool):
     torch.manual_seed(0)
     model = RWKV6(RWKV6Config(n_layer=2, n_embd=64, head_size=16, vocab_size=96, mix_lora=8, decay_lora=8))
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0))
-    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": stage}, "bf16": {"enabled": bf16},
-              "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
-              "steps_per_print": 2**31 - 1}
+    config = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+    }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     gen = torch.Generator().manual_seed(dist.get_rank())
     for _ in range(3):
@@ -47,8 +52,11 @@ def probe(stage: int, bf16: bool) -> dict:
     engine = engine_for(stage, bf16)
     device = torch.device("cpu")
     saved = optim_state.summarize(engine, device)
-    out = {"groups": [g["name"] for g in saved["groups"]], "steps": [g["step"] for g in saved["groups"]],
-           "clean": optim_state.verify(engine, saved, device)}
+    out = {
+        "groups": [g["name"] for g in saved["groups"]],
+        "steps": [g["step"] for g in saved["groups"]],
+        "clean": optim_state.verify(engine, saved, device),
+    }
 
     # one element of one exp_avg, on the last rank only (the others must still hear of it)
     frag = [f for f in optim_state.local_fragments(engine) if "exp_avg" in f.tensors][-1]

@@ -50,18 +50,38 @@ class SlurmCluster:
         host = socket.gethostname()
         b = self.base
         lines = [
-            "ClusterName=ptbrtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctl}",
-            "AuthType=auth/none", "CredType=cred/none", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "SchedulerType=sched/backfill",
-            f"StateSaveLocation={b}/state", f"SlurmdSpoolDir={b}/spool/%n", f"SlurmctldPidFile={b}/slurmctld.pid",
-            f"SlurmdPidFile={b}/slurmd-%n.pid", f"SlurmctldLogFile={b}/log/slurmctld.log",
-            f"SlurmdLogFile={b}/log/slurmd-%n.log", "SlurmUser=root", "SlurmdUser=root", "ReturnToService=2",
-            "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny", "MpiDefault=none", "JobRequeue=1",
-            "KillWait=10", "MinJobAge=3600", "InactiveLimit=0", "SlurmdTimeout=60",
+            "ClusterName=ptbrtest",
+            f"SlurmctldHost={host}(127.0.0.1)",
+            f"SlurmctldPort={ctl}",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "SchedulerType=sched/backfill",
+            f"StateSaveLocation={b}/state",
+            f"SlurmdSpoolDir={b}/spool/%n",
+            f"SlurmctldPidFile={b}/slurmctld.pid",
+            f"SlurmdPidFile={b}/slurmd-%n.pid",
+            f"SlurmctldLogFile={b}/log/slurmctld.log",
+            f"SlurmdLogFile={b}/log/slurmd-%n.log",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "ReturnToService=2",
+            "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny",
+            "MpiDefault=none",
+            "JobRequeue=1",
+            "KillWait=10",
+            "MinJobAge=3600",
+            "InactiveLimit=0",
+            "SlurmdTimeout=60",
         ]
         for node, port in zip(self.nodes, node_ports):
-            lines.append(f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
-                         "RealMemory=4000 State=UNKNOWN")
+            lines.append(
+                f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
+                "RealMemory=4000 State=UNKNOWN"
+            )
         lines.append(f"PartitionName=test Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
         for d in ("state", "log", *(f"spool/{n}" for n in self.nodes)):
             (b / d).mkdir(parents=True, exist_ok=True)
@@ -73,12 +93,17 @@ class SlurmCluster:
     def start(self) -> SlurmCluster:
         self.write_conf()
         log = open(self.base / "log" / "daemons.out", "ab")  # noqa: SIM115 - closed with the processes
-        self.procs["slurmctld"] = subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], stdout=log,
-                                                   stderr=subprocess.STDOUT, env=self.env())
+        self.procs["slurmctld"] = subprocess.Popen(
+            ["slurmctld", "-D", "-i", "-f", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, env=self.env()
+        )
         for node in self.nodes:
             inner = f"mount -t tmpfs -o size=512m tmpfs /dev/shm && exec slurmd -D -f {self.conf} -N {node}"
-            self.procs[node] = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
-                                                stdout=log, stderr=subprocess.STDOUT, env=self.env())
+            self.procs[node] = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = self.run("sinfo", "-h", "-o", "%T %D", check=False).stdout.split()
@@ -128,8 +153,9 @@ class SlurmCluster:
         return proc
 
     def sbatch(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-        proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=self.env(env),
-                              cwd=cwd, timeout=60)
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *args], capture_output=True, text=True, env=self.env(env), cwd=cwd, timeout=60
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch failed: {proc.stderr.strip()}")
         return int(proc.stdout.strip().split(";")[0])
@@ -138,8 +164,13 @@ class SlurmCluster:
         out = self.run("scontrol", "show", "job", str(job_id), "-o", check=False).stdout
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
-    def wait_job(self, job_id: int, states: tuple[str, ...], timeout: float = 300, restarts: int | None = None,
-                 ) -> dict[str, str]:
+    def wait_job(
+        self,
+        job_id: int,
+        states: tuple[str, ...],
+        timeout: float = 300,
+        restarts: int | None = None,
+    ) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         info: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -147,8 +178,9 @@ class SlurmCluster:
             if info.get("JobState") in states and (restarts is None or int(info.get("Restarts", 0)) >= restarts):
                 return info
             time.sleep(0.5)
-        raise TimeoutError(f"job {job_id} not in {states} after {timeout} s: {info.get('JobState')} "
-                           f"{info.get('Reason')}")
+        raise TimeoutError(
+            f"job {job_id} not in {states} after {timeout} s: {info.get('JobState')} {info.get('Reason')}"
+        )
 
     def start_now(self, job_id: int, timeout: float = 60) -> None:
         """A requeued job waits for its BeginTime (about 2 minutes): let it start now. The requeue may set

@@ -25,8 +25,18 @@ TINY_CONFIG = str(REPO / "configs" / "train" / "tiny_cpu.yaml")
 
 def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR",
-                "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "LOCAL_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_STEP_ID",
+    ):
         env.pop(key, None)
     # CPU ranks under gloo, also on a GPU machine (where several ranks would share one GPU)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
@@ -34,22 +44,55 @@ def run_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def train_args(run_dir: Path, source: str, *overrides: str, config: str = TINY_CONFIG,
-               flags: tuple[str, ...] = ()) -> list[str]:
-    return ["--config", config, f"train.run_dir={run_dir}", f"data.source={source}",
-            f"data.cache_dir={run_dir.parent / 'cache'}", *overrides, *flags]
+def train_args(
+    run_dir: Path, source: str, *overrides: str, config: str = TINY_CONFIG, flags: tuple[str, ...] = ()
+) -> list[str]:
+    return [
+        "--config",
+        config,
+        f"train.run_dir={run_dir}",
+        f"data.source={source}",
+        f"data.cache_dir={run_dir.parent / 'cache'}",
+        *overrides,
+        *flags,
+    ]
 
 
 def torchrun(n: int, args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "ptbr.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "ptbr.train",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def deepspeed_launcher(n: int, args: list[str], env: dict[str, str],
-                       timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), "--module", "ptbr.train", *args]
+def deepspeed_launcher(
+    n: int, args: list[str], env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "ptbr.train",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -59,11 +102,26 @@ def start_ranks(n: int, args: list[str], env: dict[str, str], log_dir: Path) -> 
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in range(n):
-        rank_env = {**env, "RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_RANK": str(rank),
-                    "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        rank_env = {
+            **env,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(n),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         log = open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 - closed by the process's exit
-        procs.append(subprocess.Popen([sys.executable, "-m", "ptbr.train", *args], env=rank_env, stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ptbr.train", *args],
+                env=rank_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        )
     return procs
 
 
@@ -108,8 +166,11 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def resumes(run_dir: Path) -> list[tuple[int, str, int, int]]:
     """(step, "native" | "elastic", saved world size, world size) of every resume of the run."""
-    return [(r["step"], r["mode"], r["saved_world_size"], r["world_size"])
-            for r in read_metrics(run_dir) if r["kind"] == "resume"]
+    return [
+        (r["step"], r["mode"], r["saved_world_size"], r["world_size"])
+        for r in read_metrics(run_dir)
+        if r["kind"] == "resume"
+    ]
 
 
 def last_step(run_dir: Path) -> int:

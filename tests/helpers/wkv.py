@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 
 
-def make_inputs(B: int, T: int, H: int, N: int, *, w_lo: float = -12.0, w_hi: float = 5.0,
-                with_state: bool = True, dtype: torch.dtype = torch.float32,
-                device: str = "cpu", seed: int = 0) -> dict[str, torch.Tensor | None]:
+def make_inputs(
+    B: int,
+    T: int,
+    H: int,
+    N: int,
+    *,
+    w_lo: float = -12.0,
+    w_hi: float = 5.0,
+    with_state: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor | None]:
     """Random WKV6 inputs; w_raw is uniform in [w_lo, w_hi] (decay exp(-exp(w)) from ~1 to 0)."""
     g = torch.Generator().manual_seed(seed)
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
@@ -15,8 +25,10 @@ def make_inputs(B: int, T: int, H: int, N: int, *, w_lo: float = -12.0, w_hi: fl
     u = torch.randn(H, N, generator=g)
     s = torch.randn(B, H, N, N, generator=g) if with_state else None
     out = {"r": r, "k": k, "v": v, "w": w, "u": u, "state": s}
-    return {name: None if x is None else x.to(device=device, dtype=torch.float32 if name == "state" else dtype)
-            for name, x in out.items()}
+    return {
+        name: None if x is None else x.to(device=device, dtype=torch.float32 if name == "state" else dtype)
+        for name, x in out.items()
+    }
 
 
 def run_with_grads(fn, inputs: dict, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -26,8 +26,18 @@ pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 # Installed on the node after the offline install: none of what the wheelhouse leaves out may be there.
-LEFT_OUT = ("google-cloud-storage", "paramiko", "oci", "azure-storage-blob", "azure-storage-file-datalake",
-            "azure-identity", "datasketch", "scipy", "ftfy", "py3langid")
+LEFT_OUT = (
+    "google-cloud-storage",
+    "paramiko",
+    "oci",
+    "azure-storage-blob",
+    "azure-storage-file-datalake",
+    "azure-identity",
+    "datasketch",
+    "scipy",
+    "ftfy",
+    "py3langid",
+)
 
 PROOF = r"""
 import importlib, importlib.metadata as md, json, pkgutil, sys
@@ -69,20 +79,46 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pytest.skip("needs root and `unshare -n` (a network namespace) with iproute2's `ip`")
     tmp = tmp_path_factory.mktemp("airgap")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "tools/mimic_node.py", "--clone", str(tmp / "node")], cwd=REPO,
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "tools/mimic_node.py", "--clone", str(tmp / "node")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     env_seconds = time.perf_counter() - t0
     python = tmp / "node" / "bin" / "python"
-    freeze = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
-                            capture_output=True, text=True, check=True).stdout
+    freeze = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (tmp / "freeze.txt").write_text(freeze)
-    version = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "tools/wheelhouse.py", "--python-version", version, "--have",
-                           str(tmp / "freeze.txt"), "--out", str(tmp / "wheelhouse")], cwd=REPO, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "tools/wheelhouse.py",
+            "--python-version",
+            version,
+            "--have",
+            str(tmp / "freeze.txt"),
+            "--out",
+            str(tmp / "wheelhouse"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(proc.stdout)
     print(f"mimic env (cached or built) + clone: {env_seconds:.0f} s; wheelhouse: {time.perf_counter() - t0:.0f} s")
@@ -92,17 +128,30 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def offline(cmd: list[str], node: dict, timeout: float) -> subprocess.CompletedProcess:
     """``cmd`` inside a new network namespace (loopback up, nothing else), with the node's Python first on PATH
     and nothing of this test run's environment (no PYTHONPATH, no venv)."""
-    env = {"PATH": f"{node['python'].parent}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "PYTHON": str(node["python"]), "TMPDIR": str(node["dir"]), "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8",
-           # DeepSpeed's CPU comm op is JIT-built per install path: keep the clone's build out of the shared cache
-           "TORCH_EXTENSIONS_DIR": str(node["dir"] / "torch_extensions")}
-    return subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    env = {
+        "PATH": f"{node['python'].parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "PYTHON": str(node["python"]),
+        "TMPDIR": str(node["dir"]),
+        "OMP_NUM_THREADS": "1",
+        "LANG": "C.UTF-8",
+        # DeepSpeed's CPU comm op is JIT-built per install path: keep the clone's build out of the shared cache
+        "TORCH_EXTENSIONS_DIR": str(node["dir"] / "torch_extensions"),
+    }
+    return subprocess.run(
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_network_namespace_has_no_network(node):
-    proc = offline([str(node["python"]), "-c", "import socket; socket.create_connection(('pypi.org', 443), 5)"],
-                   node, timeout=60)
+    proc = offline(
+        [str(node["python"]), "-c", "import socket; socket.create_connection(('pypi.org', 443), 5)"], node, timeout=60
+    )
     assert proc.returncode != 0 and ("gaierror" in proc.stderr or "unreachable" in proc.stderr), proc.stderr
 
 
@@ -122,8 +171,11 @@ def test_wheelhouse_holds_only_what_the_node_lacks(node):
 def test_install_and_gpu_check_dry_run_without_network(node):
     out = node["dir"] / "gpu_check"
     t0 = time.perf_counter()
-    proc = offline(["bash", "benchmarks/gpu_check.sh", "--wheelhouse", str(node["wheelhouse"]), "--dry", "--out",
-                    str(out)], node, timeout=1500)
+    proc = offline(
+        ["bash", "benchmarks/gpu_check.sh", "--wheelhouse", str(node["wheelhouse"]), "--dry", "--out", str(out)],
+        node,
+        timeout=1500,
+    )
     seconds = time.perf_counter() - t0
     print(proc.stdout[-6000:])
     print(f"gpu_check.sh --wheelhouse --dry under unshare -n: {seconds:.0f} s")
@@ -139,10 +191,16 @@ def test_install_and_gpu_check_dry_run_without_network(node):
     assert versions["deepspeed"] and versions["mosaicml-streaming"] and versions["fla-core"] and versions["rwkv"]
     assert checks["train tiny (toy, cpu)"]["detail"]["tokens_per_s"] > 0
     # torch, triton and the CUDA wheels are exactly as the node had them
-    after = subprocess.run([str(node["python"]), "-m", "pip", "list", "--format=freeze",
-                            "--disable-pip-version-check"], capture_output=True, text=True, check=True).stdout
+    after = subprocess.run(
+        [str(node["python"]), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
     def stack(text: str) -> set[str]:
         return {ln for ln in text.splitlines() if ln.lower().startswith(("torch==", "triton==", "nvidia-"))}
+
     assert stack(after) == stack(node["freeze"]) and stack(after)
 
 
@@ -159,11 +217,30 @@ def test_short_training_from_local_shards_without_network(node):
     if not (shards / "manifest.json").is_file():
         pytest.skip("the dry check did not build its shards")
     run_dir = node["dir"] / "run"
-    proc = offline([str(node["python"]), "-m", "ptbr.cli", "train", "--config", "configs/train/tiny_cpu.yaml",
-                    f"data.source={shards}", f"data.cache_dir={node['dir']}/cache", f"train.run_dir={run_dir}",
-                    "train.max_steps=6", "train.log_every=1", "train.eval_every=3", "train.eval_samples=8",
-                    "train.checkpoint_every=3", "data.seq_len=32", "data.num_canonical_nodes=1", "--resume", "never"],
-                   node, timeout=900)
+    proc = offline(
+        [
+            str(node["python"]),
+            "-m",
+            "ptbr.cli",
+            "train",
+            "--config",
+            "configs/train/tiny_cpu.yaml",
+            f"data.source={shards}",
+            f"data.cache_dir={node['dir']}/cache",
+            f"train.run_dir={run_dir}",
+            "train.max_steps=6",
+            "train.log_every=1",
+            "train.eval_every=3",
+            "train.eval_samples=8",
+            "train.checkpoint_every=3",
+            "data.seq_len=32",
+            "data.num_canonical_nodes=1",
+            "--resume",
+            "never",
+        ],
+        node,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r.get("kind") == "train"]

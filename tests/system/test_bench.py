@@ -35,21 +35,36 @@ needs_unshare = pytest.mark.skipif(not can_unshare(), reason="unshare -n needs r
 
 def offline(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """``cmd`` without any network (loopback only): a download attempt fails it."""
-    return subprocess.run(["unshare", "-n", *cmd], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=timeout)
+    return subprocess.run(["unshare", "-n", *cmd], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def export(tiny_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     run_dir = root / "run"
-    proc = torchrun(1, train_args(run_dir, tiny_dataset.url, "train.max_steps=30", "train.log_every=10",
-                                  "train.eval_every=0", "train.checkpoint_every=0", "precision=fp32"),
-                    tiny_dataset.env)
+    proc = torchrun(
+        1,
+        train_args(
+            run_dir,
+            tiny_dataset.url,
+            "train.max_steps=30",
+            "train.log_every=10",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "precision=fp32",
+        ),
+        tiny_dataset.env,
+    )
     assert proc.returncode == 0, describe(proc)
     out = root / "export"
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--dtype", "fp32",
-                           "--quiet"], capture_output=True, text=True, cwd=REPO, env=run_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "export", str(run_dir), str(out), "--dtype", "fp32", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=run_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, describe(proc)
     return out
 
@@ -77,11 +92,11 @@ def own_logprob(lm, context: str, continuation: str) -> float:
     encode = lm.loaded.tokenizer.encode
     ctx = encode(context, add_special_tokens=False).ids
     whole = encode(context + continuation, add_special_tokens=False).ids
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     seq = torch.tensor([ctx + cont])
     with torch.no_grad():
         nll = lm.loaded.model(seq[:, :-1], targets=seq[:, 1:], reduction="none")[0].double()
-    return -float(nll[len(ctx) - 1:].sum())
+    return -float(nll[len(ctx) - 1 :].sum())
 
 
 def test_every_choice_scores_as_ptbr_does_and_accuracy_follows(harness):
@@ -103,9 +118,25 @@ def test_every_choice_scores_as_ptbr_does_and_accuracy_follows(harness):
 def test_rolling_loglikelihood_equals_ptbr_eval_on_the_same_text(harness, export, tasks_dir):
     _, raw = harness
     samples = sorted(raw["samples"]["ptbr_test_ppl"], key=lambda s: s["doc_id"])
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "eval", str(export), "--text",
-                           str(tasks_dir / "ppl.jsonl"), "--device", "cpu", "--json"], capture_output=True, text=True,
-                          cwd=REPO, env=run_env(), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "eval",
+            str(export),
+            "--text",
+            str(tasks_dir / "ppl.jsonl"),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=run_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, describe(proc)
     ours = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(ours["documents"]) == len(samples) == 4
@@ -125,8 +156,9 @@ def test_generation_stops_at_the_stop_string(harness):
     for s in samples:
         prompt, kwargs = s["arguments"][0]
         out = s["resps"][0][0]
-        free = "".join(generate(lm.loaded, prompt, SamplingSettings(max_tokens=kwargs["max_gen_toks"],
-                                                                    temperature=0.0, seed=0)))
+        free = "".join(
+            generate(lm.loaded, prompt, SamplingSettings(max_tokens=kwargs["max_gen_toks"], temperature=0.0, seed=0))
+        )
         cut = min((i for i in (free.find(u) for u in kwargs["until"]) if i >= 0), default=-1)
         assert out == (free[:cut] if cut >= 0 else free), (prompt, out, free)
         assert all(u not in out for u in kwargs["until"])
@@ -138,8 +170,23 @@ def test_generation_stops_at_the_stop_string(harness):
 def test_ptbr_bench_offline_writes_results_and_a_table(export, tasks_dir, harness):
     _, raw = harness
     env = run_env({"HF_HOME": str(tasks_dir.parent / "hf_home")})
-    proc = offline([sys.executable, "-m", "ptbr.cli", "bench", str(export), str(export), "--tasks",
-                    ",".join(TASKS), "--include-path", str(tasks_dir), "--device", "cpu"], env)
+    proc = offline(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "bench",
+            str(export),
+            str(export),
+            "--tasks",
+            ",".join(TASKS),
+            "--include-path",
+            str(tasks_dir),
+            "--device",
+            "cpu",
+        ],
+        env,
+    )
     assert proc.returncode == 0, describe(proc)
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ["task", "metric"] and len(lines) == 2 + len(TASKS)
@@ -150,7 +197,8 @@ def test_ptbr_bench_offline_writes_results_and_a_table(export, tasks_dir, harnes
     assert record["tasks"]["ptbr_test_mc"]["metrics"]["acc"]["value"] == raw["results"]["ptbr_test_mc"]["acc,none"]
     run_records = (Path(config["checkpoint"]).parents[1] / "bench.jsonl").read_text().splitlines()
     assert json.loads(run_records[-1])["scores"]["ptbr_test_mc/acc_norm"] == pytest.approx(
-        raw["results"]["ptbr_test_mc"]["acc_norm,none"])
+        raw["results"]["ptbr_test_mc"]["acc_norm,none"]
+    )
 
 
 @needs_unshare
@@ -160,19 +208,54 @@ def test_stock_lm_eval_command_knows_model_ptbr(export, tasks_dir, harness, tmp_
     ``--model ptbr`` (the .pth makes no network access, and neither does anything else here)."""
     _, raw = harness
     prefix = tmp_path / "prefix"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--prefix", str(prefix), "-e", str(REPO)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--prefix",
+            str(prefix),
+            "-e",
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, describe(proc)
     [site_dir] = [p.parent for p in prefix.rglob("ptbr-lm-eval.pth")]
     assert (site_dir / "ptbr-lm-eval.pth").read_text() == PTH.read_text()
     out = tmp_path / "out"
-    lm_eval = ("import site, sys; site.addsitedir(sys.argv.pop(1)); from lm_eval.__main__ import cli_evaluate; "
-               "sys.argv[0] = 'lm_eval'; cli_evaluate()")
+    lm_eval = (
+        "import site, sys; site.addsitedir(sys.argv.pop(1)); from lm_eval.__main__ import cli_evaluate; "
+        "sys.argv[0] = 'lm_eval'; cli_evaluate()"
+    )
     env = run_env({"HF_HOME": str(tmp_path / "hf_home")})
-    proc = offline([sys.executable, "-c", lm_eval, str(site_dir), "--model", "ptbr", "--model_args",
-                    f"path={export},device=cpu", "--tasks", "ptbr_test_mc", "--include_path", str(tasks_dir),
-                    "--output_path", str(out)], env)
+    proc = offline(
+        [
+            sys.executable,
+            "-c",
+            lm_eval,
+            str(site_dir),
+            "--model",
+            "ptbr",
+            "--model_args",
+            f"path={export},device=cpu",
+            "--tasks",
+            "ptbr_test_mc",
+            "--include_path",
+            str(tasks_dir),
+            "--output_path",
+            str(out),
+        ],
+        env,
+    )
     assert proc.returncode == 0, describe(proc)
     [results] = list(out.rglob("results_*.json"))
     theirs = json.loads(results.read_text())["results"]["ptbr_test_mc"]
@@ -180,9 +263,25 @@ def test_stock_lm_eval_command_knows_model_ptbr(export, tasks_dir, harness, tmp_
 
 
 def test_wheel_carries_the_pth_at_its_root(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "--no-index", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, describe(proc)
     [wheel] = list(tmp_path.glob("ptbr-*.whl"))
     with zipfile.ZipFile(wheel) as z:
@@ -201,7 +300,8 @@ def test_bad_inputs_are_one_line(export, tasks_dir, tmp_path):
         return line
 
     assert "unknown task 'ptbr_test_mcq' (did you mean ptbr_test_mc" in error_of(
-        str(export), "--tasks", "ptbr_test_mcq", "--include-path", str(tasks_dir))
+        str(export), "--tasks", "ptbr_test_mcq", "--include-path", str(tasks_dir)
+    )
     assert "is not a ptbr export" in error_of(str(tasks_dir), "--tasks", "ptbr_test_mc")
     line = error_of(str(export), "--tasks", "xwinograd_pt")
     assert "task xwinograd_pt needs its data from the Hugging Face Hub" in line and "cannot be reached" in line

@@ -36,9 +36,15 @@ def many_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = train_tokenizer(docs, vocab_size=300)
     tok.save(str(root / "tok.json"))
     out = root / "ds"
-    build_shards([str(root / "corpus")], root / "tok.json", out,
-                 BuildSettings(seq_len=32, val_fraction=0.05, shard_size=1024), workers=1, progress=False,
-                 log=lambda _: None)
+    build_shards(
+        [str(root / "corpus")],
+        root / "tok.json",
+        out,
+        BuildSettings(seq_len=32, val_fraction=0.05, shard_size=1024),
+        workers=1,
+        progress=False,
+        log=lambda _: None,
+    )
     return out
 
 
@@ -49,18 +55,24 @@ def shard_count(dataset: Path) -> int:
 def keys(server: LocalS3Server, bucket: str, prefix: str) -> list[str]:
     out = []
     for page in server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        out.extend(o["Key"][len(prefix) + 1:] for o in page.get("Contents", []))
+        out.extend(o["Key"][len(prefix) + 1 :] for o in page.get("Contents", []))
     return out
 
 
 def start_publish(dataset: Path, url: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ptbr.cli", "shards", "publish", str(dataset), url,
-                             "--jobs", "1", "--quiet"], cwd=REPO, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptbr.cli", "shards", "publish", str(dataset), url, "--jobs", "1", "--quiet"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def wait_for_shards(server: LocalS3Server, bucket: str, prefix: str, proc: subprocess.Popen,
-                    n: int = 3, timeout: float = 60) -> None:
+def wait_for_shards(
+    server: LocalS3Server, bucket: str, prefix: str, proc: subprocess.Popen, n: int = 3, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sum(k.startswith("train/shard.") for k in keys(server, bucket, prefix)) >= n:
@@ -70,8 +82,9 @@ def wait_for_shards(server: LocalS3Server, bucket: str, prefix: str, proc: subpr
     raise AssertionError("no shard appeared in the bucket")
 
 
-def test_publish_killed_midway_then_rerun_sends_only_the_rest(s3_server, many_shards: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_killed_midway_then_rerun_sends_only_the_rest(
+    s3_server, many_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3_server.create_bucket("interrupt")
     env = s3_server.env()
     url = "s3://interrupt/ds"
@@ -99,9 +112,13 @@ def test_publish_killed_midway_then_rerun_sends_only_the_rest(s3_server, many_sh
     assert_one_line_error(run_cli("shards", "verify", url, env=env), "no manifest.json")
 
     # the thin wrapper tools/publish_shards.py is the same command
-    rerun = subprocess.run([sys.executable, str(REPO / "tools" / "publish_shards.py"), str(many_shards), url,
-                            "--json", "--quiet"], env={**os.environ, **env}, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "publish_shards.py"), str(many_shards), url, "--json", "--quiet"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_ok(rerun)
     report = json.loads(rerun.stdout)
     assert report["skipped"] == len(shards_present)
@@ -144,8 +161,7 @@ def test_prefix_with_foreign_objects_is_refused_unless_force(s3_server, many_sha
     refused = run_cli("shards", "publish", str(many_shards), "s3://foreign/ds", "--quiet", env=env)
     assert_one_line_error(refused, "not a ptbr dataset", "--force")
     assert keys(s3_server, "foreign", "ds") == ["notes.txt"]
-    forced = run_cli("shards", "publish", str(many_shards), "s3://foreign/ds", "--force", "--json", "--quiet",
-                     env=env)
+    forced = run_cli("shards", "publish", str(many_shards), "s3://foreign/ds", "--force", "--json", "--quiet", env=env)
     assert_ok(forced)
     assert json.loads(forced.stdout)["deleted"] == 1
     assert "notes.txt" not in keys(s3_server, "foreign", "ds")
@@ -176,5 +192,6 @@ def test_readers_and_verify_refuse_a_prefix_without_its_commit_marker(s3_server,
     assert verify.returncode != 0 and "Traceback" not in verify.stderr
     problem = "problem: _SUCCESS: missing" if marker is None else "problem: _SUCCESS: does not match manifest.json"
     assert problem in verify.stderr and verify.stderr.strip().splitlines()[-1].endswith("1 problem(s) found")
-    assert_one_line_error(run_cli("train", "--dry-run", "--config", "configs/train/tiny_cpu.yaml",
-                                  f"data.source={url}", env=env), needle)
+    assert_one_line_error(
+        run_cli("train", "--dry-run", "--config", "configs/train/tiny_cpu.yaml", f"data.source={url}", env=env), needle
+    )

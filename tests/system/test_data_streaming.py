@@ -21,8 +21,9 @@ from tests.helpers.data import (
 from tests.helpers.data_fixtures import SEQ_LEN, local_samples
 
 
-def test_publish_verify_and_stream_back_every_token(s3_server, dataset: Path, expected, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_verify_and_stream_back_every_token(
+    s3_server, dataset: Path, expected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3_server.create_bucket("e2e")
     env = s3_server.env()
     url = "s3://e2e/ptbr/v1"
@@ -46,8 +47,7 @@ def test_publish_verify_and_stream_back_every_token(s3_server, dataset: Path, ex
         manifest = read_manifest(url)
         assert manifest["dataset_hash"] == json.loads((dataset / "manifest.json").read_text())["dataset_hash"]
         for split in ("train", "val"):
-            ds = build_dataset(url, split, cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False,
-                               seed=0)
+            ds = build_dataset(url, split, cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False, seed=0)
             items = list(ds)
             assert [it["sample_id"] for it in items] == list(range(len(expected[split])))
             first = items[0]
@@ -59,17 +59,16 @@ def test_publish_verify_and_stream_back_every_token(s3_server, dataset: Path, ex
                 np.testing.assert_array_equal(it["input"].numpy()[1:], it["target"].numpy()[:-1])
             del ds, items
             gc.collect()
-        shuffled = build_dataset(url, "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=True,
-                                 seed=3)
+        shuffled = build_dataset(url, "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=True, seed=3)
         ids = [it["sample_id"] for it in shuffled]
         assert sorted(ids) == list(range(len(expected["train"]))) and ids != sorted(ids)
         del shuffled
         gc.collect()
 
 
-def test_changed_remote_gets_a_new_cache_and_never_stale_samples(s3_server, dataset: Path, dataset_b: Path,
-                                                                  tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changed_remote_gets_a_new_cache_and_never_stale_samples(
+    s3_server, dataset: Path, dataset_b: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3_server.create_bucket("versions")
     env = s3_server.env()
     url = "s3://versions/ds"
@@ -132,8 +131,9 @@ def test_verify_catches_truncated_and_corrupted_shards(s3_server, dataset: Path,
     assert vocab.returncode == 1 and ">= vocab size 100" in vocab.stderr
 
 
-def test_stream_with_eviction_and_dataloader_workers(s3_server, dataset: Path, expected, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_with_eviction_and_dataloader_workers(
+    s3_server, dataset: Path, expected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cache smaller than the dataset (shards evicted and fetched again) read by 2 loader workers."""
     import torch
 
@@ -148,8 +148,15 @@ def test_stream_with_eviction_and_dataloader_workers(s3_server, dataset: Path, e
     with isolated_environ():
         from ptbr.data import build_dataset
 
-        ds = build_dataset(url, "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False, seed=2,
-                           cache_limit=4 * biggest)
+        ds = build_dataset(
+            url,
+            "train",
+            cache_root=str(tmp_path / "cache"),
+            batch_size=4,
+            shuffle=False,
+            seed=2,
+            cache_limit=4 * biggest,
+        )
         loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
         ids, rows = [], []
         for batch in loader:

@@ -27,8 +27,15 @@ from tests.helpers.train_harness import describe, resumes, samples_by_step, torc
 pytestmark = pytest.mark.slow
 
 STEPS, RESUME_AT = 60, 20
-COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=20",
-          "train.keep_checkpoints=10", "precision=fp32", "debug.record_samples=true")
+COMMON = (
+    f"train.max_steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=20",
+    "train.keep_checkpoints=10",
+    "precision=fp32",
+    "debug.record_samples=true",
+)
 WORKERS = {1: 0, 2: 2}
 TOLERANCE = 1e-2
 
@@ -42,8 +49,9 @@ def uninterrupted(tiny_dataset, tmp_path_factory):
     def get(stage: int, world: int) -> Path:
         if (stage, world) not in made:
             run_dir = root / f"zero{stage}_world{world}"
-            args = train_args(run_dir, tiny_dataset.url, *COMMON, f"zero.stage={stage}",
-                              f"data.num_workers={WORKERS[world]}")
+            args = train_args(
+                run_dir, tiny_dataset.url, *COMMON, f"zero.stage={stage}", f"data.num_workers={WORKERS[world]}"
+            )
             proc = torchrun(world, args, tiny_dataset.env)
             assert proc.returncode == 0, describe(proc)
             made[stage, world] = run_dir
@@ -75,8 +83,15 @@ def after(steps: dict[int, list[int]] | dict[int, float], first: int) -> dict:
 def test_elastic_resume_follows_the_uninterrupted_run(uninterrupted, tiny_dataset, tmp_path, stage, before, world):
     source, reference = uninterrupted(stage, before), uninterrupted(stage, world)
     run_dir = tmp_path / "run"
-    resume_from(source, layout.tag_for(RESUME_AT), run_dir, world, tiny_dataset, f"zero.stage={stage}",
-                f"data.num_workers={WORKERS[world]}")
+    resume_from(
+        source,
+        layout.tag_for(RESUME_AT),
+        run_dir,
+        world,
+        tiny_dataset,
+        f"zero.stage={stage}",
+        f"data.num_workers={WORKERS[world]}",
+    )
 
     assert resumes(run_dir) == [(RESUME_AT, "elastic", before, world)]
 
@@ -113,8 +128,7 @@ def test_same_size_resume_with_the_presets_loader_workers_is_bit_exact(uninterru
     the resume that crashed in every loader worker before; now bit-exact against the reference."""
     reference = uninterrupted(2, 2)
     run_dir = tmp_path / "run"
-    resume_from(reference, layout.tag_for(RESUME_AT), run_dir, 2, tiny_dataset, "zero.stage=2",
-                "data.num_workers=4")
+    resume_from(reference, layout.tag_for(RESUME_AT), run_dir, 2, tiny_dataset, "zero.stage=2", "data.num_workers=4")
     assert [mode for _, mode, _, _ in resumes(run_dir)] == ["native"]
     assert samples_by_step(run_dir) == after(samples_by_step(reference), RESUME_AT)
     assert train_losses(run_dir) == after(train_losses(reference), RESUME_AT + 1)  # bit-exact floats
@@ -133,5 +147,5 @@ def test_resume_with_workers_for_other_stream_settings(tiny_dataset, tmp_path, o
         proc = torchrun(world, train_args(run_dir, tiny_dataset.url, *settings), tiny_dataset.env)
         assert proc.returncode == 0, describe(proc)
     run_dir = tmp_path / "run"
-    resume_from(source, layout.tag_for(RESUME_AT), run_dir, 1, tiny_dataset, *common[len(COMMON):])
+    resume_from(source, layout.tag_for(RESUME_AT), run_dir, 1, tiny_dataset, *common[len(COMMON) :])
     assert samples_by_step(run_dir) == after(samples_by_step(reference), RESUME_AT)

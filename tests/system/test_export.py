@@ -21,13 +21,25 @@ from tests.helpers.train_harness import REPO, describe, read_metrics, torchrun, 
 
 pytestmark = pytest.mark.slow
 
-COMMON = ("train.max_steps=6", "train.log_every=3", "train.eval_every=0", "train.checkpoint_every=0",
-          "precision=fp32", "train.eval_samples=16")
+COMMON = (
+    "train.max_steps=6",
+    "train.log_every=3",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "precision=fp32",
+    "train.eval_samples=16",
+)
 
 
 def ptbr(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptbr.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +48,19 @@ def runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
     DeepSpeed's separate BF16_Optimizer), ZeRO-2 at 1 rank, tied embeddings at ZeRO 1, 2 and 3, and ZeRO 2 and 3
     with the optimizer (and at ZeRO-3 the parameters) offloaded to the CPU."""
     root = tmp_path_factory.mktemp("export_runs")
-    cases = {"zero1": (2, ("zero.stage=1",)), "zero2": (2, ("zero.stage=2",)), "zero3": (2, ("zero.stage=3",)),
-             "zero1_bf16": (2, ("zero.stage=1", "precision=bf16")),
-             "zero3_bf16": (2, ("zero.stage=3", "precision=bf16")),
-             "zero2_1rank": (1, ("zero.stage=2",)), "tied": (2, ("zero.stage=3", "model.tie_embeddings=true")),
-             "tied_zero2": (2, ("zero.stage=2", "model.tie_embeddings=true")),
-             "tied_zero1": (2, ("zero.stage=1", "model.tie_embeddings=true")),
-             "zero2_offload": (2, ("zero.stage=2", "zero.offload_optimizer=true")),
-             "zero3_offload": (2, ("zero.stage=3", "zero.offload_optimizer=true", "zero.offload_params=true"))}
+    cases = {
+        "zero1": (2, ("zero.stage=1",)),
+        "zero2": (2, ("zero.stage=2",)),
+        "zero3": (2, ("zero.stage=3",)),
+        "zero1_bf16": (2, ("zero.stage=1", "precision=bf16")),
+        "zero3_bf16": (2, ("zero.stage=3", "precision=bf16")),
+        "zero2_1rank": (1, ("zero.stage=2",)),
+        "tied": (2, ("zero.stage=3", "model.tie_embeddings=true")),
+        "tied_zero2": (2, ("zero.stage=2", "model.tie_embeddings=true")),
+        "tied_zero1": (2, ("zero.stage=1", "model.tie_embeddings=true")),
+        "zero2_offload": (2, ("zero.stage=2", "zero.offload_optimizer=true")),
+        "zero3_offload": (2, ("zero.stage=3", "zero.offload_optimizer=true", "zero.offload_params=true")),
+    }
     out = {}
     for name, (world, extra) in cases.items():
         run_dir = root / name
@@ -133,8 +150,9 @@ def test_parallel_prompt_equals_one_token_at_a_time(runs, tmp_path):
     from ptbr.infer.rnn import RNN
 
     lm = load_model(export(runs["zero2"], tmp_path / "m", "--dtype", "fp32"), "cpu")
-    tokens = lm.tokenizer.encode("O governo do estado anunciou hoje um novo programa de saúde pública " * 3,
-                                 add_special_tokens=False).ids
+    tokens = lm.tokenizer.encode(
+        "O governo do estado anunciou hoje um novo programa de saúde pública " * 3, add_special_tokens=False
+    ).ids
     logits, state = prefill(lm, tokens, chunk=16)  # several chunks: the state carried across them
     rnn = RNN(lm.model)
     step_state = lm.model.zero_state(1)
@@ -159,9 +177,25 @@ def test_generation_is_reproducible_streamed_and_flat_in_memory(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == again.stdout and proc.stdout.startswith("A educação no Brasil")
     assert len(proc.stdout) > len("A educação no Brasil")
-    streaming = subprocess.Popen([sys.executable, "-m", "ptbr.cli", "generate", str(model_dir), "--prompt", "Era uma",
-                                  "--max-tokens", "3000", "--seed", "3", "--ignore-eos"], cwd=REPO,
-                                 stdout=subprocess.PIPE, text=True)
+    streaming = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "generate",
+            str(model_dir),
+            "--prompt",
+            "Era uma",
+            "--max-tokens",
+            "3000",
+            "--seed",
+            "3",
+            "--ignore-eos",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     first = streaming.stdout.read(len("Era uma") + 1)  # returns as soon as the prompt and one character are out
     running = streaming.poll() is None
     streaming.kill()
@@ -199,8 +233,18 @@ def read_losses(run_dir: Path) -> dict[int, float]:
 
 def test_eval_of_the_export_equals_the_runs_validation_loss(runs, tiny_dataset, tmp_path):
     model_dir = export(runs["zero2"], tmp_path / "m", "--dtype", "fp32")
-    proc = ptbr("eval", str(model_dir), "--data", tiny_dataset.url, "--max-samples", "16", "--batch-size", "4",
-                "--json", env=tiny_dataset.env)
+    proc = ptbr(
+        "eval",
+        str(model_dir),
+        "--data",
+        tiny_dataset.url,
+        "--max-samples",
+        "16",
+        "--batch-size",
+        "4",
+        "--json",
+        env=tiny_dataset.env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     final = [r for r in read_metrics(runs["zero2"]) if r["kind"] == "eval"][-1]
@@ -222,8 +266,11 @@ def test_eval_of_the_export_equals_the_runs_validation_loss(runs, tiny_dataset, 
     byte_of = {c: b for b, c in gpt2_byte_table().items()}
     specials = {t.content for t in tok.get_added_tokens_decoder().values()}
     targets = local_samples(tiny_dataset.local, "val")[:16, 1:]
-    nbytes = sum(len(bytes(byte_of[c] for c in tok.id_to_token(int(i)))) for i in targets.flatten()
-                 if tok.id_to_token(int(i)) not in specials)
+    nbytes = sum(
+        len(bytes(byte_of[c] for c in tok.id_to_token(int(i))))
+        for i in targets.flatten()
+        if tok.id_to_token(int(i)) not in specials
+    )
     assert result["bytes"] == nbytes
     nats = result["loss"] * result["tokens"]
     assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / nbytes, rel=1e-9)
@@ -250,8 +297,9 @@ def test_bad_inputs_are_one_line(runs, tmp_path):
     assert "is not a ptbr export" in error_of("generate", str(tmp_path), "--prompt", "oi")
     assert "--prompt is empty" in error_of("generate", str(exists), "--prompt", "")
     assert "--top-p must be in (0, 1]" in error_of("generate", str(exists), "--prompt", "oi", "--top-p", "0")
-    assert "more than the 3 accepted" in error_of("generate", str(exists), "--prompt", "uma frase bem longa aqui",
-                                                  "--max-prompt-tokens", "3")
+    assert "more than the 3 accepted" in error_of(
+        "generate", str(exists), "--prompt", "uma frase bem longa aqui", "--max-prompt-tokens", "3"
+    )
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
 
 
@@ -282,4 +330,4 @@ def test_streamed_pieces_are_the_decoded_tokens_and_stop_strings_cut(runs, tmp_p
     assert len(tokens) == 300 and len(pieces) > 100 and text == lm.tokenizer.decode(tokens)
     stop = text[150:153]
     cut = "".join(generate(lm, "A educação", SamplingSettings(**{**settings.__dict__, "stop": (stop,)})))
-    assert cut == text[:text.index(stop)]
+    assert cut == text[: text.index(stop)]

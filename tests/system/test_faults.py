@@ -40,9 +40,17 @@ from tests.helpers.train_harness import (
 pytestmark = pytest.mark.slow
 
 STEPS = 80
-COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
-          "precision=fp32", "debug.record_samples=true", "data.shuffle=false", "data.predownload=8",
-          "data.num_workers=2")
+COMMON = (
+    f"train.max_steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "precision=fp32",
+    "debug.record_samples=true",
+    "data.shuffle=false",
+    "data.predownload=8",
+    "data.num_workers=2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +65,16 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(s3, tmp_path_factory):
     """~4,300 training samples of 33 tokens in ~22 shards of 16 kB."""
-    return build_and_publish(tmp_path_factory.mktemp("faults_data"), s3, "faults", docs=400, seq_len=SEQ_LEN,
-                             vocab=VOCAB, val_fraction=0.05, build_args=("--shard-size", "16kb"))
+    return build_and_publish(
+        tmp_path_factory.mktemp("faults_data"),
+        s3,
+        "faults",
+        docs=400,
+        seq_len=SEQ_LEN,
+        vocab=VOCAB,
+        val_fraction=0.05,
+        build_args=("--shard-size", "16kb"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,15 +168,17 @@ def test_corrupt_cached_shards_are_removed_and_downloaded_again(dataset, referen
             f.truncate(truncated.stat().st_size - 10)
 
     run_dir = tmp_path / "run"
-    proc = torchrun(2, train_args(run_dir, dataset.url, *COMMON, "train.max_steps=40", f"data.cache_dir={cache}"),
-                    dataset.env)
+    proc = torchrun(
+        2, train_args(run_dir, dataset.url, *COMMON, "train.max_steps=40", f"data.cache_dir={cache}"), dataset.env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"removed corrupt cached shard {flipped} (xxh64 mismatch)" in proc.stderr
     ref = {s: ids for s, ids in samples_by_step(reference).items() if s < 40}
     assert samples_by_step(run_dir) == ref
     index = json.loads((flipped.parent / "index.json").read_text())
-    want = next(sh["raw_data"]["hashes"]["xxh64"] for sh in index["shards"]
-                if sh["raw_data"]["basename"] == flipped.name)
+    want = next(
+        sh["raw_data"]["hashes"]["xxh64"] for sh in index["shards"] if sh["raw_data"]["basename"] == flipped.name
+    )
     assert xxh64_file(flipped) == want  # downloaded again, intact
 
 
@@ -170,7 +188,7 @@ def test_corrupt_shard_at_the_source_stops_with_one_line(s3, dataset, tmp_path) 
     src = dataset.url.removeprefix("s3://").split("/", 1)
     prefix = "corrupt"
     for obj in client.list_objects_v2(Bucket=src[0], Prefix=src[1] + "/")["Contents"]:
-        key = prefix + obj["Key"][len(src[1]):]
+        key = prefix + obj["Key"][len(src[1]) :]
         client.copy_object(Bucket=src[0], Key=key, CopySource={"Bucket": src[0], "Key": obj["Key"]})
     bad_key = f"{prefix}/train/shard.00001.mds.zstd"
     body = bytearray(client.get_object(Bucket=src[0], Key=bad_key)["Body"].read())
@@ -199,8 +217,14 @@ def test_full_disk_during_a_save_is_one_line_and_resumable(dataset, tmp_path) ->
     _mount_tmpfs(disk, "12m")
     try:
         run_dir, log_dir = disk / "run", tmp_path / "logs"
-        args = train_args(run_dir, dataset.url, *COMMON, "train.max_steps=30", "train.checkpoint_every=10",
-                          f"data.cache_dir={tmp_path / 'cache'}")
+        args = train_args(
+            run_dir,
+            dataset.url,
+            *COMMON,
+            "train.max_steps=30",
+            "train.checkpoint_every=10",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        )
         filler = disk / "filler"
         # one checkpoint of the tiny model takes ~3 MiB: leave room for one, not two
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
@@ -227,8 +251,14 @@ def test_full_disk_during_a_save_is_one_line_and_resumable(dataset, tmp_path) ->
 @pytest.mark.parametrize("key", ["train.run_dir", "data.cache_dir"])
 def test_unwritable_run_or_cache_dir_is_one_line_before_any_work(dataset, tmp_path, key) -> None:
     args = [a for a in train_args(tmp_path / "unused", dataset.url, *COMMON) if not a.startswith(f"{key}=")]
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args, f"{key}=/proc/ptbr-dir"],
-                          env=dataset.env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "train", *args, f"{key}=/proc/ptbr-dir"],
+        env=dataset.env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 2
     [line] = error_lines(proc.stderr)
     assert line.startswith(f"ptbr: error: {key}=/proc/ptbr-dir cannot be written")
@@ -243,15 +273,36 @@ PREEMPT = ("train.max_steps=400", "debug.pause_before_commit_s=1")
 def _supervised(launcher: list[str], args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ptbr.cli", "supervise", "--", *launcher, *args]
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
 
 
 LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                 "127.0.0.1", "--master_port", "{port}", "-m", "ptbr.train"],
-    "deepspeed": [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", "{port}", "--module", "ptbr.train"],
+    "torchrun": [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "{port}",
+        "-m",
+        "ptbr.train",
+    ],
+    "deepspeed": [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "{port}",
+        "--module",
+        "ptbr.train",
+    ],
 }
 
 

@@ -37,26 +37,64 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("gguf_runs")
     corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                              for t in portuguese_documents(400, seed=7)))
+    corpus.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in portuguese_documents(400, seed=7))
+    )
     env = run_env()
-    for args in (("tokenizer", "train", "--input", str(corpus), "--output", str(root / "tokenizer.json"),
-                  "--vocab-size", str(MODEL["vocab_size"])),
-                 ("shards", "build", "--input", str(corpus), "--tokenizer", str(root / "tokenizer.json"),
-                  "--output", str(root / "shards"), "--seq-len", "32", "--val-fraction", "0.05")):
+    for args in (
+        (
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--output",
+            str(root / "tokenizer.json"),
+            "--vocab-size",
+            str(MODEL["vocab_size"]),
+        ),
+        (
+            "shards",
+            "build",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(root / "tokenizer.json"),
+            "--output",
+            str(root / "shards"),
+            "--seq-len",
+            "32",
+            "--val-fraction",
+            "0.05",
+        ),
+    ):
         proc = ptbr(*args, env=env)
         assert proc.returncode == 0, describe(proc)
     runs = {}
-    for name, extra in (("plain", ()), ("tied", ("model.tie_embeddings=true",)),
-                        ("reset", ("model.reset_state_at_eos=true",))):
+    for name, extra in (
+        ("plain", ()),
+        ("tied", ("model.tie_embeddings=true",)),
+        ("reset", ("model.reset_state_at_eos=true",)),
+    ):
         run_dir = root / name
-        proc = ptbr("train", "--config", "configs/train/tiny_cpu.yaml", *MODEL_OVERRIDES, *extra,
-                    f"data.source={root / 'shards'}", f"data.cache_dir={root / 'cache' / name}",
-                    f"train.run_dir={run_dir}", "train.max_steps=150", "train.eval_every=0",
-                    "train.checkpoint_every=0", "train.log_every=50", env=env)
+        proc = ptbr(
+            "train",
+            "--config",
+            "configs/train/tiny_cpu.yaml",
+            *MODEL_OVERRIDES,
+            *extra,
+            f"data.source={root / 'shards'}",
+            f"data.cache_dir={root / 'cache' / name}",
+            f"train.run_dir={run_dir}",
+            "train.max_steps=150",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "train.log_every=50",
+            env=env,
+        )
         assert proc.returncode == 0, describe(proc)
         runs[name] = run_dir
     return runs
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["plain", "tied"])
@@ -72,6 +110,7 @@ def test_f32_logits_match_ptbrs_forward(trained, tmp_path, name):
         worst = max(worst, rel_rms(llm.logits(tokens), ptbr_logits(lm, tokens)))
     print(f"{name}: f32 relative RMS of the logits, worst prompt {worst:.2e}")
     assert worst < 1e-3
+
 
 @pytest.mark.slow
 def test_f16_and_q8_0_agree_with_the_fp32_model(trained, tmp_path):
@@ -89,9 +128,12 @@ def test_f16_and_q8_0_agree_with_the_fp32_model(trained, tmp_path):
         llm = LlamaCpp(gguf_of(model_dir, tmp_path / dtype, dtype), logits_all=True)
         got = np.concatenate([llm.logits(t) for t in tokens_per_prompt])
         top1, kl, kl_max = top1_and_kl(got, ref)
-        print(f"{dtype}: top-1 agreement {top1:.4f}, KL mean {kl:.2e} max {kl_max:.2e}, "
-              f"rel. RMS {rel_rms(got, ref):.2e} over {len(ref)} positions")
+        print(
+            f"{dtype}: top-1 agreement {top1:.4f}, KL mean {kl:.2e} max {kl_max:.2e}, "
+            f"rel. RMS {rel_rms(got, ref):.2e} over {len(ref)} positions"
+        )
         assert top1 >= min_top1 and kl <= max_kl, dtype
+
 
 @pytest.mark.slow
 def test_greedy_generation_is_ptbr_generates(trained, tmp_path):
@@ -112,6 +154,7 @@ def test_greedy_generation_is_ptbr_generates(trained, tmp_path):
     theirs = llm.greedy(lm.tokenizer.encode(PROMPTS[0], add_special_tokens=False).ids, 64, stop=lm.eos_id)
     assert proc.stdout == PROMPTS[0] + llm.detokenize(theirs) + "\n"
 
+
 @pytest.mark.slow
 def test_reset_state_at_eos_is_a_new_sequence_in_llama_cpp(trained, tmp_path):
     """llama.cpp's graph carries the state across an end-of-document token inside one batch (it has no
@@ -128,13 +171,16 @@ def test_reset_state_at_eos_is_a_new_sequence_in_llama_cpp(trained, tmp_path):
     split = np.concatenate([llm.logits(first), llm.logits(second)])  # llm.logits starts from a cleared state
     whole = llm.logits(first + second)
     after = len(first)  # the first token of the second document: where the reset matters most
-    print(f"reset_state_at_eos: split at EOS {rel_rms(split, ref):.2e}; one call, first token after EOS "
-          f"{rel_rms(whole[after], ref[after]):.2e}")
+    print(
+        f"reset_state_at_eos: split at EOS {rel_rms(split, ref):.2e}; one call, first token after EOS "
+        f"{rel_rms(whole[after], ref[after]):.2e}"
+    )
     assert rel_rms(split, ref) < 1e-3
     assert rel_rms(whole[:after], ref[:after]) < 1e-3
     assert rel_rms(whole[after], ref[after]) > 3e-2  # no reset inside one call
     lm.model.config = lm.model.config.model_copy(update={"reset_state_at_eos": False})
     assert rel_rms(whole, ptbr_logits(lm, first + second)) < 1e-3  # it is the model without the reset
+
 
 @pytest.mark.slow
 def test_a_run_directory_exports_the_same_file_as_its_export_directory(trained, tmp_path):
@@ -150,4 +196,5 @@ def test_a_run_directory_exports_the_same_file_as_its_export_directory(trained, 
     assert np.array_equal(tensors["output.weight"].data, tensors["token_embd.weight"].data)  # tied: twice
     assert reader.fields["ptbr.tie_embeddings"].contents() is True and reader.fields["ptbr.step"].contents() == 150
     assert os.path.getsize(tmp_path / "direct-q8_0" / "model.gguf") < 0.4 * os.path.getsize(
-        tmp_path / "direct-f32" / "model.gguf")
+        tmp_path / "direct-f32" / "model.gguf"
+    )

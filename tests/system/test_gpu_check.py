@@ -15,14 +15,27 @@ from tests.helpers.train_harness import REPO
 
 @pytest.mark.slow
 def test_gpu_check_dry_runs_every_step(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {c["check"]: c for c in report["checks"]}
-    assert report["dry"] and set(checks) == {"install", "versions", "pytest -m gpu", "wkv6 (toy, cpu)", "shards (toy)",
-                                             "train tiny (toy, cpu)", "generate (RNN, batch 1) (toy, cpu)",
-                                             "long context (toy, cpu)", "cpu inference vs rwkv runtime (toy)"}
+    assert report["dry"] and set(checks) == {
+        "install",
+        "versions",
+        "pytest -m gpu",
+        "wkv6 (toy, cpu)",
+        "shards (toy)",
+        "train tiny (toy, cpu)",
+        "generate (RNN, batch 1) (toy, cpu)",
+        "long context (toy, cpu)",
+        "cpu inference vs rwkv runtime (toy)",
+    }
     assert report["complete"] and all(c["ok"] for c in checks.values())
     assert all(c["limit_s"] > 0 and c["seconds"] <= c["limit_s"] + 5 and c["built"] for c in checks.values())
     assert report["versions"]["torch"] and report["versions"]["deepspeed"] and report["device"] == "cpu"
@@ -32,10 +45,15 @@ def test_gpu_check_dry_runs_every_step(tmp_path):
     assert checks["generate (RNN, batch 1) (toy, cpu)"]["detail"]["tokens_per_s"] > 0
     assert checks["wkv6 (toy, cpu)"]["detail"]  # the backends' rows
     assert {(r["mode"], r["L"]) for r in checks["long context (toy, cpu)"]["detail"]} == {
-        ("segments", 16), ("one pass", 16), ("segments", 64), ("one pass", 64)}
+        ("segments", 16),
+        ("one pass", 16),
+        ("segments", 64),
+        ("one pass", 64),
+    }
     inference = checks["cpu inference vs rwkv runtime (toy)"]["detail"]
     assert {(r["case"].split(":")[1].strip(), r["threads"]) for r in inference["rows"]} == {
-        (who, n) for who in ("ptbr", "rwkv runtime") for n in (1, 2)}
+        (who, n) for who in ("ptbr", "rwkv runtime") for n in (1, 2)
+    }
     assert all(r["tokens_per_s"] > 0 for r in inference["rows"])
     assert {r["who"] for r in inference["prefill_scaling"]} >= {"ptbr", "runtime"}
     assert "GPU check on cpu" in proc.stdout and "train tiny" in proc.stdout
@@ -46,8 +64,13 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_dry(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -69,9 +92,11 @@ def test_a_failed_or_timed_out_step_is_recorded_and_the_next_one_runs(tmp_path, 
     import benchmarks.gpu_check as gc
 
     pid_file = tmp_path / "grandchild.pid"
-    hang = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
-            f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
-            "time.sleep(120)")
+    hang = (
+        "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+        f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); "
+        "time.sleep(120)"
+    )
 
     def slow(ctx, args):
         ctx.run([sys.executable, "-c", hang])
@@ -84,14 +109,21 @@ def test_a_failed_or_timed_out_step_is_recorded_and_the_next_one_runs(tmp_path, 
     def fine(ctx, args):
         return {"result": "fine", "detail": {"x": 1}}
 
-    plan = [gc.Step("slow", "slow", slow), gc.Step("broken", "broken", broken), gc.Step("fine", "fine", fine),
-            gc.Step("after", "after broken", fine, needs="broken")]
+    plan = [
+        gc.Step("slow", "slow", slow),
+        gc.Step("broken", "broken", broken),
+        gc.Step("fine", "fine", fine),
+        gc.Step("after", "after broken", fine, needs="broken"),
+    ]
     monkeypatch.setattr(gc, "steps", lambda dry: plan)
     monkeypatch.setattr(gc, "DRY_LIMITS", {"slow": 3, "broken": 30, "fine": 30, "after": 30})
     snapshots = []
     write = gc.write_reports
-    monkeypatch.setattr(gc, "write_reports", lambda work, report: (write(work, report), snapshots.append(
-        json.loads((work / "gpu_check.json").read_text()))))
+    monkeypatch.setattr(
+        gc,
+        "write_reports",
+        lambda work, report: (write(work, report), snapshots.append(json.loads((work / "gpu_check.json").read_text()))),
+    )
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry", "--out", str(tmp_path)])
     t0 = time.perf_counter()
     assert gc.main() == 1
@@ -130,4 +162,8 @@ def test_the_step_limits_fit_the_budget():
     assert set(keys) == set(gc.LIMITS) and {s.key for s in gc.steps(dry=True)} == set(gc.DRY_LIMITS)
     assert sum(gc.LIMITS.values()) <= gc.BUDGET - 20 and gc.BUDGET <= 8 * 60
     assert gc.pytest_counts("== 3 failed, 20 passed, 2 skipped, 300 deselected in 9.1s ==") == {
-        "failed": 3, "passed": 20, "skipped": 2, "deselected": 300}
+        "failed": 3,
+        "passed": 20,
+        "skipped": 2,
+        "deselected": 300,
+    }

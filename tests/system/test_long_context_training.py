@@ -21,9 +21,20 @@ def zero_findings(tmp_path_factory) -> dict:
     from tests.helpers.train_harness import REPO, free_port, run_env
 
     out = tmp_path_factory.mktemp("segments") / "findings.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(REPO / "tests" / "helpers" / "segments_probe.py"), str(out),
-           ",".join(ZERO_CASES)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / "helpers" / "segments_probe.py"),
+        str(out),
+        ",".join(ZERO_CASES),
+    ]
     proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
@@ -45,9 +56,16 @@ def test_segments_under_zero_on_two_ranks(zero_findings, case: str) -> None:
 
 
 # ------------------------------------------------------------------------- 3c. ptbr train with segments
-LONG_COMMON = ("train.max_steps=12", "train.log_every=1", "train.eval_every=6", "train.checkpoint_every=6",
-               "train.keep_checkpoints=10", "precision=fp32", "debug.record_samples=true",
-               "model.reset_state_at_eos=true")
+LONG_COMMON = (
+    "train.max_steps=12",
+    "train.log_every=1",
+    "train.eval_every=6",
+    "train.checkpoint_every=6",
+    "train.keep_checkpoints=10",
+    "precision=fp32",
+    "debug.record_samples=true",
+    "model.reset_state_at_eos=true",
+)
 
 
 @pytest.mark.slow
@@ -91,8 +109,14 @@ def test_training_in_segments_follows_the_one_pass_run_and_resumes_elastically(t
     from ptbr.infer.model_io import load_model
 
     exported = tmp_path / "exported"
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "export", str(seg), str(exported), "--dtype", "fp32",
-                           "--quiet"], env=tiny_dataset.env, capture_output=True, text=True, timeout=300, cwd=h.REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "export", str(seg), str(exported), "--dtype", "fp32", "--quiet"],
+        env=tiny_dataset.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=h.REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert load_model(exported).model.config.eos_id is not None  # the dataset's EOS travelled with the weights
     stage2 = tmp_path / "stage2"

@@ -18,29 +18,61 @@ from tests.helpers.train_harness import REPO, describe, read_metrics, run_env, s
 
 pytestmark = pytest.mark.slow
 
-COMMON = ("train.log_every=1", "train.eval_every=0", "precision=fp32", "debug.record_samples=true",
-          "data.num_workers=0")
+COMMON = (
+    "train.log_every=1",
+    "train.eval_every=0",
+    "precision=fp32",
+    "debug.record_samples=true",
+    "data.num_workers=0",
+)
 WEIGHTS = (3, 1)  # a: 75 %, b: 25 %
 
 
 def publish(tmp: Path, s3_server, name: str, docs: int, seed: int, tokenizer: Path | None = None) -> dict:
     corpus = tmp / name / "corpus"
     corpus.mkdir(parents=True)
-    (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                               for t in portuguese_documents(docs, seed=seed)))
+    (corpus / "docs.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in portuguese_documents(docs, seed=seed))
+    )
     env = run_env(s3_server.env())
     if tokenizer is None:
         tokenizer = tmp / name / "tokenizer.json"
-        ptbr("tokenizer", "train", "--input", str(corpus), "--output", str(tokenizer), "--vocab-size", str(VOCAB),
-             env=env)
+        ptbr(
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--output",
+            str(tokenizer),
+            "--vocab-size",
+            str(VOCAB),
+            env=env,
+        )
     shards = tmp / name / "shards"
-    ptbr("shards", "build", "--input", str(corpus), "--tokenizer", str(tokenizer), "--output", str(shards),
-         "--seq-len", str(SEQ_LEN), "--val-fraction", "0.05", env=env)
+    ptbr(
+        "shards",
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer),
+        "--output",
+        str(shards),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--val-fraction",
+        "0.05",
+        env=env,
+    )
     s3_server.create_bucket("mix")
     url = f"s3://mix/{name}"
     ptbr("shards", "publish", str(shards), url, env=env)
-    return {"url": url, "env": env, "tokenizer": tokenizer,
-            "manifest": json.loads((shards / "manifest.json").read_text())}
+    return {
+        "url": url,
+        "env": env,
+        "tokenizer": tokenizer,
+        "manifest": json.loads((shards / "manifest.json").read_text()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +121,7 @@ def test_proportions_follow_the_weights_and_eval_reports_each_source(sources, tm
 
 def test_elastic_resume_with_a_mixture_reads_the_uninterrupted_samples(sources, tmp_path):
     a = sources["a"]
-    common = (*COMMON, mixture("a", "b"), "train.max_steps=30", "train.checkpoint_every=15",
-              "train.keep_checkpoints=5")
+    common = (*COMMON, mixture("a", "b"), "train.max_steps=30", "train.checkpoint_every=15", "train.keep_checkpoints=5")
     reference = tmp_path / "reference"
     proc = torchrun(2, train_args(reference, a["url"], *common), a["env"])
     assert proc.returncode == 0, describe(proc)
@@ -109,9 +140,20 @@ def test_elastic_resume_with_a_mixture_reads_the_uninterrupted_samples(sources, 
 
 def test_a_source_with_another_tokenizer_is_refused_in_one_line(sources, tmp_path):
     a = sources["a"]
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train",
-                           *train_args(tmp_path / "run", a["url"], *COMMON, mixture("a", "odd"), "train.max_steps=2")],
-                          env=a["env"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "train",
+            *train_args(tmp_path / "run", a["url"], *COMMON, mixture("a", "odd"), "train.max_steps=2"),
+        ],
+        env=a["env"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 2, describe(proc)
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("ptbr: error:")]
     assert errors and "s3://mix/odd was tokenized with another tokenizer" in errors[0]

@@ -18,8 +18,20 @@ import pytest
 
 from tests.helpers.train_harness import REPO, wait_for
 
-REDUCED = ("--config", "configs/train/tiny_cpu.yaml", "--vocab-size", "512", "--seq-len", "32", "--max-tokens", "24",
-           "train.max_steps=12", "train.checkpoint_every=6", "train.eval_every=6", "train.log_every=3")
+REDUCED = (
+    "--config",
+    "configs/train/tiny_cpu.yaml",
+    "--vocab-size",
+    "512",
+    "--seq-len",
+    "32",
+    "--max-tokens",
+    "24",
+    "train.max_steps=12",
+    "train.checkpoint_every=6",
+    "train.eval_every=6",
+    "train.log_every=3",
+)
 
 
 def sample_corpus(root: Path) -> Path:
@@ -32,8 +44,18 @@ def sample_corpus(root: Path) -> Path:
 
 
 def quickstart(work: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ptbr.cli", "quickstart", "--work", str(work), "--corpus", str(corpus), *REDUCED,
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ptbr.cli",
+        "quickstart",
+        "--work",
+        str(work),
+        "--corpus",
+        str(corpus),
+        *REDUCED,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
@@ -59,8 +81,17 @@ def test_quickstart_runs_every_stage_and_a_second_run_reuses_them(tmp_path):
     first = quickstart(work, corpus)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     out = first.stdout
-    for command in ("$ ptbr tokenizer train", "$ ptbr shards build", "$ ptbr shards publish", "$ ptbr shards verify",
-                    "$ ptbr supervise -- torchrun", "$ ptbr export", "$ ptbr generate", "$ ptbr eval", "$ ptbr plot"):
+    for command in (
+        "$ ptbr tokenizer train",
+        "$ ptbr shards build",
+        "$ ptbr shards publish",
+        "$ ptbr shards verify",
+        "$ ptbr supervise -- torchrun",
+        "$ ptbr export",
+        "$ ptbr generate",
+        "$ ptbr eval",
+        "$ ptbr plot",
+    ):
         assert command in out, command
     # the artifacts it promises
     s3_dir = work / "s3"
@@ -115,9 +146,24 @@ def test_ctrl_c_stops_the_s3_server(tmp_path):
     work, corpus = tmp_path / "qs", sample_corpus(tmp_path / "corpus")
     log = tmp_path / "log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ptbr.cli", "quickstart", "--work", str(work), "--corpus",
-                                 str(corpus), *REDUCED, "train.max_steps=100000"], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ptbr.cli",
+                "quickstart",
+                "--work",
+                str(work),
+                "--corpus",
+                str(corpus),
+                *REDUCED,
+                "train.max_steps=100000",
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: "ptbr supervise -- torchrun" in log.read_text(), timeout=300, what="training to start")
         assert weed_processes(work / "s3")
@@ -129,24 +175,34 @@ def test_ctrl_c_stops_the_s3_server(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert "S3: server stopped" in log.read_text()
     wait_for(lambda: not weed_processes(work / "s3"), timeout=10, what="the S3 server to exit")
-    assert not [p for p in psutil.process_iter(["cmdline"])  # no rank left behind (they may ignore SIGINT)
-                if str(work) in " ".join(p.info["cmdline"] or []) and "ptbr.train" in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])  # no rank left behind (they may ignore SIGINT)
+        if str(work) in " ".join(p.info["cmdline"] or []) and "ptbr.train" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 # ------------------------------------------------------------------------------- the Debian corpus
 def test_corpus_extraction_of_each_format():
     from ptbr.quickstart.corpus import fortunes, html_documents, roff_document, text_sections
 
-    page = ("<html><head><title>x</title><style>p{}</style></head><body><nav>Início | Próximo</nav>"
-            "<h2>1. Introdução</h2><p>O sistema &eacute; livre\ne gratuito.</p><script>var a;</script>"
-            "<h2>2. Instalação</h2><ul><li>Baixe a imagem.</li><li>Grave no pen-drive.</li></ul></body></html>")
+    page = (
+        "<html><head><title>x</title><style>p{}</style></head><body><nav>Início | Próximo</nav>"
+        "<h2>1. Introdução</h2><p>O sistema &eacute; livre\ne gratuito.</p><script>var a;</script>"
+        "<h2>2. Instalação</h2><ul><li>Baixe a imagem.</li><li>Grave no pen-drive.</li></ul></body></html>"
+    )
     docs = [d for d in html_documents(page.encode()) if d]
-    assert docs == ["1. Introdução\n\nO sistema é livre e gratuito.",
-                    "2. Instalação\n\nBaixe a imagem.\n\nGrave no pen-drive."]
-    man = ('.\\" comment\n.TH ls 1\n.SH NOME\nls \\- lista o conteúdo\n.SH DESCRIÇÃO\nO \\fBls\\fP mostra '
-           "arquivos.\n.PP\nSegundo\nparágrafo.\n").encode()
-    assert roff_document(man) == ("NOME\n\nls - lista o conteúdo\n\nDESCRIÇÃO\n\nO ls mostra arquivos.\n\n"
-                                  "Segundo parágrafo.")
+    assert docs == [
+        "1. Introdução\n\nO sistema é livre e gratuito.",
+        "2. Instalação\n\nBaixe a imagem.\n\nGrave no pen-drive.",
+    ]
+    man = (
+        '.\\" comment\n.TH ls 1\n.SH NOME\nls \\- lista o conteúdo\n.SH DESCRIÇÃO\nO \\fBls\\fP mostra '
+        "arquivos.\n.PP\nSegundo\nparágrafo.\n"
+    ).encode()
+    assert roff_document(man) == (
+        "NOME\n\nls - lista o conteúdo\n\nDESCRIÇÃO\n\nO ls mostra arquivos.\n\nSegundo parágrafo."
+    )
     latin1 = "Título\n------\n\n     Uma seção em\n     ISO-8859-1.\n\nOutra\n-----\n\n     Texto.\n".encode("latin-1")
     assert list(text_sections(latin1)) == ["Título\n\nUma seção em ISO-8859-1.", "Outra\n\nTexto."]
     assert list(fortunes(b"Primeira.\n%\nSegunda\nlinha.\n%\n")) == ["Primeira.", "Segunda\nlinha."]
@@ -162,8 +218,11 @@ def test_debian_packages_become_a_portuguese_corpus(tmp_path):
     try:
         sources = fetch_debian_corpus(tmp_path / "corpus", print, packages=("fortunes-br", "manpages-pt-br"))
     except PtbrError as exc:  # only an unreachable archive (apt's own network errors) skips; under CI it fails
-        if re.search(r"apt-get \w+ .* failed \((Could not resolve|Failed to fetch|Temporary failure|Unable to "
-                     r"connect|Connection (timed out|refused))", str(exc)):
+        if re.search(
+            r"apt-get \w+ .* failed \((Could not resolve|Failed to fetch|Temporary failure|Unable to "
+            r"connect|Connection (timed out|refused))",
+            str(exc),
+        ):
             pytest.skip(f"the Debian archive is not reachable here: {exc}")
         raise
     assert set(sources["packages"]) == {"fortunes-br", "manpages-pt-br"}

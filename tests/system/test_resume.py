@@ -31,8 +31,14 @@ from tests.helpers.train_harness import (
 pytestmark = pytest.mark.slow  # real multi-process runs / servers
 
 STEPS = 40
-COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=10",
-          "precision=fp32", "debug.record_samples=true")
+COMMON = (
+    f"train.max_steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=10",
+    "precision=fp32",
+    "debug.record_samples=true",
+)
 
 
 def committed(run_dir: Path, step: int) -> bool:
@@ -83,12 +89,16 @@ def test_kill9_of_a_rank_then_autoresume_is_bit_exact(reference, tiny_dataset, t
 
 def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    args = train_args(run_dir, tiny_dataset.url, *COMMON, "debug.pause_before_commit_s=120",
-                      "debug.pause_at_steps=[20]")
+    args = train_args(
+        run_dir, tiny_dataset.url, *COMMON, "debug.pause_before_commit_s=120", "debug.pause_at_steps=[20]"
+    )
     procs = start_ranks(2, args, tiny_dataset.env, tmp_path / "logs")
     log0 = tmp_path / "logs" / "rank0.log"
-    wait_for(lambda: log0.exists() and "pausing 120.0 s before committing step_00000020" in log0.read_text(),
-             timeout=180, what="the save of step 20")
+    wait_for(
+        lambda: log0.exists() and "pausing 120.0 s before committing step_00000020" in log0.read_text(),
+        timeout=180,
+        what="the save of step 20",
+    )
     kill_all(procs)
     ck20 = run_dir / "checkpoints" / "step_00000020"
     assert ck20.is_dir() and not (ck20 / layout.MARKER).exists()  # written, never committed
@@ -103,8 +113,14 @@ def test_kill_during_a_save_resumes_from_the_previous_checkpoint(tiny_dataset, t
 
 def test_sigterm_saves_and_exits_with_the_requeue_code(tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "run"
-    args = train_args(run_dir, tiny_dataset.url, *COMMON, "train.checkpoint_every=0", "train.max_steps=400",
-                      "debug.pause_before_commit_s=2")
+    args = train_args(
+        run_dir,
+        tiny_dataset.url,
+        *COMMON,
+        "train.checkpoint_every=0",
+        "train.max_steps=400",
+        "debug.pause_before_commit_s=2",
+    )
     procs = start_ranks(2, args, tiny_dataset.env, tmp_path / "logs")
     wait_for(lambda: last_step(run_dir) >= 5, what="step 5")
     for p in procs:  # as Slurm does: every task gets the signal
@@ -118,8 +134,9 @@ def test_sigterm_saves_and_exits_with_the_requeue_code(tiny_dataset, tmp_path) -
     assert latest is not None and latest.step >= 5
     assert "received SIGTERM: will checkpoint and exit after this step" in log0.read_text()
 
-    resume = train_args(run_dir, tiny_dataset.url, *COMMON, "train.checkpoint_every=0",
-                        f"train.max_steps={latest.step + 3}")
+    resume = train_args(
+        run_dir, tiny_dataset.url, *COMMON, "train.checkpoint_every=0", f"train.max_steps={latest.step + 3}"
+    )
     proc = torchrun(2, resume, tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
     assert resumes(run_dir) == [(latest.step, "native", 2, 2)]
@@ -147,8 +164,7 @@ def test_truncated_newest_checkpoint_falls_back(reference, tiny_dataset, tmp_pat
     shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
-    proc = torchrun(2, train_args(run_dir, tiny_dataset.url, *COMMON, f"train.max_steps={STEPS + 2}"),
-                    tiny_dataset.env)
+    proc = torchrun(2, train_args(run_dir, tiny_dataset.url, *COMMON, f"train.max_steps={STEPS + 2}"), tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
     assert f"skipping checkpoint {newest.name}: {newest.name}/{shard.name} has" in proc.stderr
     assert resumes(run_dir)[-1] == (30, "native", 2, 2)
@@ -160,8 +176,14 @@ def test_refuses_to_silently_start_over(reference, tiny_dataset, tmp_path) -> No
     args = train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=2")
 
     def ptbr_train(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args, *extra], env=tiny_dataset.env,
-                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "ptbr.cli", "train", *args, *extra],
+            env=tiny_dataset.env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
 
     proc = ptbr_train()
     assert proc.returncode != 0 and "holds 1 checkpoint(s) but none is complete" in proc.stderr
@@ -172,8 +194,14 @@ def test_refuses_to_silently_start_over(reference, tiny_dataset, tmp_path) -> No
 
     changed = train_args(tmp_path / "copy", tiny_dataset.url, *COMMON, "model.n_layer=3")
     subprocess.run(["cp", "-r", str(reference), str(tmp_path / "copy")], check=True)
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *changed], env=tiny_dataset.env,
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "train", *changed],
+        env=tiny_dataset.env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "was written for a different model" in proc.stderr
 
 
@@ -188,11 +216,14 @@ def test_an_optimizer_that_does_not_match_its_record_stops_the_resume(tiny_datas
     text = state.read_text()
     assert '"weight_decay": 0.01' in text  # the decay group (tiny_cpu.yaml)
     state.write_text(text.replace('"weight_decay": 0.01', '"weight_decay": 0.02', 1))  # same size: still complete
-    procs = start_ranks(2, train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=12"), tiny_dataset.env,
-                        tmp_path / "logs")
+    procs = start_ranks(
+        2, train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=12"), tiny_dataset.env, tmp_path / "logs"
+    )
     assert wait_all(procs) == [2, 2]
     log = (tmp_path / "logs" / "rank0.log").read_text()
     errors = [line for line in log.splitlines() if line.startswith("ptbr: error:")]
-    assert len(errors) == 1 and "does not match the checkpoint: decay: weight_decay is 0.01, the checkpoint has 0.02" \
-        in errors[0], log[-3000:]
+    assert (
+        len(errors) == 1
+        and "does not match the checkpoint: decay: weight_decay is 0.01, the checkpoint has 0.02" in errors[0]
+    ), log[-3000:]
     assert "Traceback" not in log and last_step(run_dir) == 10

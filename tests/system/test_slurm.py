@@ -22,8 +22,7 @@ import pytest
 from tests.helpers.slurm_cluster import SlurmCluster, unavailable_reason
 from tests.helpers.train_harness import REPO, last_step, read_metrics, resumes, samples_by_step, wait_for
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")]
 
 SCRIPT = str(REPO / "slurm" / "train_1b5.sh")
 TINY = str(REPO / "configs" / "train" / "tiny_cpu.yaml")
@@ -44,22 +43,48 @@ def cluster():
 
 
 def overrides(run_dir: Path, dataset, *extra: str) -> list[str]:
-    return ["--config", TINY, f"data.source={dataset.url}", f"train.run_dir={run_dir}", f"train.max_steps={STEPS}",
-            "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=10", "precision=fp32",
-            "debug.record_samples=true", "data.num_canonical_nodes=2", "data.num_workers=2",
-            "train.collective_timeout_s=60", *extra]
+    return [
+        "--config",
+        TINY,
+        f"data.source={dataset.url}",
+        f"train.run_dir={run_dir}",
+        f"train.max_steps={STEPS}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.checkpoint_every=10",
+        "precision=fp32",
+        "debug.record_samples=true",
+        "data.num_canonical_nodes=2",
+        "data.num_workers=2",
+        "train.collective_timeout_s=60",
+        *extra,
+    ]
 
 
-def submit(cluster: SlurmCluster, run_dir: Path, dataset, *sbatch: str, args: list[str] | None = None,
-           env: dict[str, str] | None = None, nodes: int = 2, per_node: int = 1) -> int:
+def submit(
+    cluster: SlurmCluster,
+    run_dir: Path,
+    dataset,
+    *sbatch: str,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    nodes: int = 2,
+    per_node: int = 1,
+) -> int:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     # the shard cache inside this test's directory: the script's default (/tmp/ptbr-cache-$USER) outlives the
     # test session, and a later session would start from whatever an earlier one left there
     cache = {"PTBR_CACHE_DIR": str(cluster.base / "cache")}
-    return cluster.sbatch(f"--nodes={nodes}", f"--ntasks-per-node={per_node}", *SMALL_JOB,
-                          f"--output={run_dir.parent}/job-%j.out", *sbatch, SCRIPT,
-                          *(args if args is not None else overrides(run_dir, dataset)),
-                          env={**dataset.env, "PYTHONPATH": str(REPO), **cache, **(env or {})})
+    return cluster.sbatch(
+        f"--nodes={nodes}",
+        f"--ntasks-per-node={per_node}",
+        *SMALL_JOB,
+        f"--output={run_dir.parent}/job-%j.out",
+        *sbatch,
+        SCRIPT,
+        *(args if args is not None else overrides(run_dir, dataset)),
+        env={**dataset.env, "PYTHONPATH": str(REPO), **cache, **(env or {})},
+    )
 
 
 def rank_logs_tail(run_dir: Path, lines: int = 30) -> str:
@@ -102,8 +127,10 @@ def test_preemption_requeues_and_the_whole_job_reads_the_uninterrupted_stream(cl
     try:
         wait_for(resumed, timeout=400, what="the resume", interval=1.0)
     except TimeoutError as exc:  # say what the job was doing (the cluster directory is removed afterwards)
-        raise AssertionError(f"{exc}; job {cluster.job(job)}\n--- job log ---\n{job_log(run_dir, job)[-6000:]}\n"
-                             f"--- rank logs ---\n{rank_logs_tail(run_dir)}") from exc
+        raise AssertionError(
+            f"{exc}; job {cluster.job(job)}\n--- job log ---\n{job_log(run_dir, job)[-6000:]}\n"
+            f"--- rank logs ---\n{rank_logs_tail(run_dir)}"
+        ) from exc
     requeue_s = time.monotonic() - t0
     info = cluster.wait_job(job, ("COMPLETED", "FAILED"), timeout=300)
     log = job_log(run_dir, job)
@@ -170,13 +197,19 @@ def test_a_dead_rank_ends_the_job_and_a_resubmission_resumes(cluster, tiny_datas
     print(f"a killed rank ended the job in {ended_s:.1f} s")
 
 
-@pytest.mark.parametrize(("case", "needle"), [
-    ("missing config", "config file not found"),
-    ("unknown preset", "model.preset: unknown preset '7b'"),
-    ("unpublished data", "no manifest.json"),
-    ("node count", "2 nodes cannot read a stream of 3 canonical nodes (one must divide the other); node counts "
-                   "that work at micro-batch 4, 1 GPU(s) per node: 1"),
-])
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing config", "config file not found"),
+        ("unknown preset", "model.preset: unknown preset '7b'"),
+        ("unpublished data", "no manifest.json"),
+        (
+            "node count",
+            "2 nodes cannot read a stream of 3 canonical nodes (one must divide the other); node counts "
+            "that work at micro-batch 4, 1 GPU(s) per node: 1",
+        ),
+    ],
+)
 def test_bad_input_fails_before_srun_with_one_line(cluster, tiny_dataset, tmp_path, case, needle):
     run_dir = cluster.base / "bad" / case.replace(" ", "-") / "run"
     args, env = overrides(run_dir, tiny_dataset), {}
@@ -217,8 +250,12 @@ def test_an_unreachable_data_source_at_the_preflight_requeues_up_to_the_bound(cl
 
 def test_scancel_stops_the_job_with_a_checkpoint_and_no_requeue(cluster, tiny_dataset):
     run_dir = cluster.base / "scancel" / "run"
-    job = submit(cluster, run_dir, tiny_dataset,
-                 args=overrides(run_dir, tiny_dataset, "train.max_steps=100000", "train.checkpoint_every=0"))
+    job = submit(
+        cluster,
+        run_dir,
+        tiny_dataset,
+        args=overrides(run_dir, tiny_dataset, "train.max_steps=100000", "train.checkpoint_every=0"),
+    )
     wait_for(lambda: last_step(run_dir) >= 5, timeout=180, what="step 5")
     cluster.run("scancel", str(job))
     info = cluster.wait_job(job, ("CANCELLED",), timeout=60)
@@ -259,21 +296,41 @@ def test_training_flags_reach_ptbr_train_and_paths_are_the_submitters(cluster, t
 
     base = cluster.base / "flags"
     run_dir = base / "run"
-    first = submit(cluster, run_dir, tiny_dataset,
-                   args=overrides(run_dir, tiny_dataset, "train.max_steps=10", "train.checkpoint_every=5"), nodes=1)
+    first = submit(
+        cluster,
+        run_dir,
+        tiny_dataset,
+        args=overrides(run_dir, tiny_dataset, "train.max_steps=10", "train.checkpoint_every=5"),
+        nodes=1,
+    )
     assert cluster.wait_job(first, ("COMPLETED", "FAILED"))["JobState"] == "COMPLETED", job_log(run_dir, first)
-    other = build_and_publish(tmp_path / "other", s3_server, "other-data", docs=300, seq_len=SEQ_LEN, vocab=VOCAB,
-                              val_fraction=0.05)  # another dataset: resuming on it is a config change
+    other = build_and_publish(
+        tmp_path / "other", s3_server, "other-data", docs=300, seq_len=SEQ_LEN, vocab=VOCAB, val_fraction=0.05
+    )  # another dataset: resuming on it is a config change
     # a config of the submitter's, beside the run: relative --config, relative --resume
     (base / "cfg" / "train").mkdir(parents=True)
     (base / "cfg" / "model").mkdir()
     shutil.copy(REPO / "configs" / "model" / "tiny.yaml", base / "cfg" / "model" / "tiny.yaml")
     shutil.copy(TINY, base / "cfg" / "train" / "mine.yaml")
-    args = ["--config", "cfg/train/mine.yaml", "--resume", f"run/checkpoints/{layout.tag_for(5)}",
-            "--allow-config-change", *overrides(run_dir, other, "train.max_steps=12")[2:],
-            f"data.cache_dir={base}/usercache"]
-    second = cluster.sbatch("--nodes=1", "--ntasks-per-node=1", *SMALL_JOB, f"--output={base}/job-%j.out", SCRIPT,
-                            *args, env={**tiny_dataset.env, "PYTHONPATH": str(REPO)}, cwd=base)
+    args = [
+        "--config",
+        "cfg/train/mine.yaml",
+        "--resume",
+        f"run/checkpoints/{layout.tag_for(5)}",
+        "--allow-config-change",
+        *overrides(run_dir, other, "train.max_steps=12")[2:],
+        f"data.cache_dir={base}/usercache",
+    ]
+    second = cluster.sbatch(
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        *SMALL_JOB,
+        f"--output={base}/job-%j.out",
+        SCRIPT,
+        *args,
+        env={**tiny_dataset.env, "PYTHONPATH": str(REPO)},
+        cwd=base,
+    )
     info = cluster.wait_job(second, ("COMPLETED", "FAILED"), timeout=300)
     log = (base / f"job-{second}.out").read_text()
     assert info["JobState"] == "COMPLETED", log
@@ -286,8 +343,13 @@ def test_training_flags_reach_ptbr_train_and_paths_are_the_submitters(cluster, t
     refused = submit(cluster, fresh, tiny_dataset, args=overrides(fresh, tiny_dataset, "train.max_steps=4"), nodes=1)
     assert cluster.wait_job(refused, ("COMPLETED", "FAILED"))["JobState"] == "FAILED"
     assert "none is complete" in job_log(fresh, refused)
-    started = submit(cluster, fresh, tiny_dataset, args=[*overrides(fresh, tiny_dataset, "train.max_steps=4"),
-                                                          "--allow-fresh-start"], nodes=1)
+    started = submit(
+        cluster,
+        fresh,
+        tiny_dataset,
+        args=[*overrides(fresh, tiny_dataset, "train.max_steps=4"), "--allow-fresh-start"],
+        nodes=1,
+    )
     assert cluster.wait_job(started, ("COMPLETED", "FAILED"))["JobState"] == "COMPLETED", job_log(fresh, started)
     assert last_step(fresh) == 4 and resumes(fresh) == []
 
@@ -299,7 +361,7 @@ def test_a_failed_job_shows_the_tail_of_the_failing_ranks(cluster, tiny_dataset)
     info = cluster.wait_job(job, ("COMPLETED", "FAILED"), timeout=300)
     log = job_log(run_dir, job)
     assert info["JobState"] == "FAILED" and "ranks exited with 3" in log and "not requeueing" in log, log
-    tail = log[log.index("Last lines of the ranks that reported an error:"):]
+    tail = log[log.index("Last lines of the ranks that reported an error:") :]
     assert "rank-0.log" in tail and "ptbr: error: stopping: 3 optimizer steps in a row" in tail, tail
 
 
@@ -310,15 +372,23 @@ def test_deepspeed_launcher_with_a_hostfile_trains_and_resumes(cluster, tiny_dat
     run_dir.mkdir(parents=True)
     py = sys.executable
     train = " ".join(overrides(run_dir, tiny_dataset, f"data.cache_dir={cluster.base}/cache/$SLURMD_NODENAME"))
-    body = (f"set -e; cd {REPO}; {py} launch/hostfile_from_slurm.py --out {run_dir.parent}/hostfile --slots 1; "
-            f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{py} -m ptbr.cli supervise -- {py} -m "
-            f"deepspeed.launcher.runner --hostfile {run_dir.parent}/hostfile --no_ssh --node_rank $SLURM_NODEID "
-            f"--master_addr 127.0.0.1 --master_port $((20000 + SLURM_JOB_ID % 20000)) --module ptbr.train {train} "
-            "\"$@\"' _ ")
+    body = (
+        f"set -e; cd {REPO}; {py} launch/hostfile_from_slurm.py --out {run_dir.parent}/hostfile --slots 1; "
+        f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{py} -m ptbr.cli supervise -- {py} -m "
+        f"deepspeed.launcher.runner --hostfile {run_dir.parent}/hostfile --no_ssh --node_rank $SLURM_NODEID "
+        f"--master_addr 127.0.0.1 --master_port $((20000 + SLURM_JOB_ID % 20000)) --module ptbr.train {train} "
+        '"$@"\' _ '
+    )
     for max_steps in (20, STEPS):  # train, then resume and finish
-        job = cluster.sbatch("--nodes=2", "--ntasks-per-node=1", *SMALL_JOB, f"--output={run_dir.parent}/job-%j.out",
-                             "--wrap", body + f"train.max_steps={max_steps}",
-                             env={**tiny_dataset.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        job = cluster.sbatch(
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            *SMALL_JOB,
+            f"--output={run_dir.parent}/job-%j.out",
+            "--wrap",
+            body + f"train.max_steps={max_steps}",
+            env={**tiny_dataset.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        )
         info = cluster.wait_job(job, ("COMPLETED", "FAILED"), timeout=300)
         assert info["JobState"] == "COMPLETED", job_log(run_dir, job)
     starts = [r for r in read_metrics(run_dir) if r["kind"] == "start"]
@@ -328,13 +398,20 @@ def test_deepspeed_launcher_with_a_hostfile_trains_and_resumes(cluster, tiny_dat
 
 
 @pytest.mark.parametrize(("before", "after"), [((2, 1), (1, 2)), ((1, 2), (2, 1))])
-def test_resume_on_another_node_count_with_the_same_ranks_reads_the_same_stream(cluster, tiny_dataset, reference,
-                                                                               before, after):
+def test_resume_on_another_node_count_with_the_same_ranks_reads_the_same_stream(
+    cluster, tiny_dataset, reference, before, after
+):
     """(nodes, tasks per node): 2 nodes -> 1 node and back, the same 2 ranks (so a native resume: the elastic,
     other-world-size resume is tests/system/test_elastic_resume.py), the exact sample stream."""
     run_dir = cluster.base / f"elastic-{before[0]}to{after[0]}" / "run"
-    first = submit(cluster, run_dir, tiny_dataset, args=overrides(run_dir, tiny_dataset, "train.max_steps=20"),
-                   nodes=before[0], per_node=before[1])
+    first = submit(
+        cluster,
+        run_dir,
+        tiny_dataset,
+        args=overrides(run_dir, tiny_dataset, "train.max_steps=20"),
+        nodes=before[0],
+        per_node=before[1],
+    )
     assert cluster.wait_job(first, ("COMPLETED", "FAILED"))["JobState"] == "COMPLETED", job_log(run_dir, first)
     second = submit(cluster, run_dir, tiny_dataset, nodes=after[0], per_node=after[1])
     info = cluster.wait_job(second, ("COMPLETED", "FAILED"), timeout=300)

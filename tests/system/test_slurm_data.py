@@ -30,8 +30,7 @@ from tests.helpers.dedup_corpus import placement_corpus
 from tests.helpers.slurm_cluster import SlurmCluster, unavailable_reason
 from tests.helpers.train_harness import REPO, wait_for
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")]
 
 CLEAN = str(REPO / "slurm" / "clean_corpus.sh")
 SHARDS = str(REPO / "slurm" / "build_shards.sh")
@@ -65,8 +64,13 @@ def corpus(cluster) -> dict:
     with open(planted.files[1], "a", encoding="utf-8") as f:
         for doc in portuguese_documents(1500, seed=99, min_sentences=6, max_sentences=10):
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-    clean([str(root / "in")], str(root / "one"), CleanConfig.load(REPO / "configs" / "clean" / "pt-br.yaml"),
-          workers=1, log=lambda _m: None)
+    clean(
+        [str(root / "in")],
+        str(root / "one"),
+        CleanConfig.load(REPO / "configs" / "clean" / "pt-br.yaml"),
+        workers=1,
+        log=lambda _m: None,
+    )
     return {"root": root, "planted": planted}
 
 
@@ -74,10 +78,16 @@ def submit(cluster: SlurmCluster, script: str, name: str, *args: str) -> tuple[i
     """`bash script --parts 3 ARGS` as a user runs it: (array job, merge job)."""
     logs = cluster.base / "logs"
     logs.mkdir(exist_ok=True)
-    env = cluster.env({**JOB_ENV, "PTBR_SBATCH_ARGS": f"--cpus-per-task=1 --output={logs}/{name}-%A_%a.out",
-                       "PTBR_MERGE_SBATCH_ARGS": f"--output={logs}/{name}-merge-%j.out"})
-    proc = subprocess.run(["bash", script, "--parts", "3", *args], capture_output=True, text=True, env=env,
-                          cwd=cluster.base, timeout=60)
+    env = cluster.env(
+        {
+            **JOB_ENV,
+            "PTBR_SBATCH_ARGS": f"--cpus-per-task=1 --output={logs}/{name}-%A_%a.out",
+            "PTBR_MERGE_SBATCH_ARGS": f"--output={logs}/{name}-merge-%j.out",
+        }
+    )
+    proc = subprocess.run(
+        ["bash", script, "--parts", "3", *args], capture_output=True, text=True, env=env, cwd=cluster.base, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = re.search(r"array job (\d+), merge job (\d+)", proc.stdout)
     assert found, proc.stdout
@@ -85,8 +95,9 @@ def submit(cluster: SlurmCluster, script: str, name: str, *args: str) -> tuple[i
 
 
 def log_of(cluster: SlurmCluster, name: str) -> str:
-    return "\n".join(f"=== {p.name}\n{p.read_text(errors='replace')}" for p in sorted((cluster.base / "logs").glob(
-        f"{name}*.out")))
+    return "\n".join(
+        f"=== {p.name}\n{p.read_text(errors='replace')}" for p in sorted((cluster.base / "logs").glob(f"{name}*.out"))
+    )
 
 
 def task(job: int, i: int) -> str:
@@ -101,6 +112,7 @@ def wait_ended(cluster: SlurmCluster, job: int | str, timeout: float = 240) -> s
 def wait_writing(cluster: SlurmCluster, job: str, work: Path, name: str, since: float) -> None:
     """Until the running part has written to docs.jsonl (after ``since``) and not DONE.json yet; fails at once
     if the task ended."""
+
     def writing() -> bool:
         state = cluster.job(job).get("JobState")  # type: ignore[arg-type]
         if state in ENDED:
@@ -162,8 +174,11 @@ def test_clean_in_three_parts_survives_a_kill_and_a_requeue_and_equals_one_machi
     assert files_of(root / "three") == files_of(root / "one")
     assert report_of(root / "three") == report_of(root / "one")
     planted = corpus["planted"]
-    texts = [json.loads(line)["text"] for f in sorted((root / "three").glob("*.jsonl")) for line in
-             f.read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"]
+        for f in sorted((root / "three").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     assert all(texts.count(t) == 1 for t in planted.clean)
     assert not {planted.exact[1], planted.near[1], *planted.chain[1:]} & set(texts)
     assert "Traceback" not in log_of(cluster, "clean")
@@ -177,12 +192,26 @@ def shards(cluster, corpus) -> dict:
     root = corpus["root"]
     cleaned = root / "one"
     tok = root / "tok.json"
-    assert_ok(run_cli("tokenizer", "train", "--input", str(cleaned), "--output", str(tok), "--vocab-size", "300",
-                      "--quiet"))
+    assert_ok(
+        run_cli("tokenizer", "train", "--input", str(cleaned), "--output", str(tok), "--vocab-size", "300", "--quiet")
+    )
     settings = BuildSettings(seq_len=SEQ, val_fraction=VAL, shard_size=4096)
     build_shards([str(cleaned)], tok, root / "ds-one", settings, workers=1, progress=False, log=lambda _m: None)
-    args = ("--input", str(cleaned), "--tokenizer", str(tok), "--output", str(root / "ds-three"), "--seq-len",
-            str(SEQ), "--val-fraction", str(VAL), "--shard-size", "4kb", "--quiet")
+    args = (
+        "--input",
+        str(cleaned),
+        "--tokenizer",
+        str(tok),
+        "--output",
+        str(root / "ds-three"),
+        "--seq-len",
+        str(SEQ),
+        "--val-fraction",
+        str(VAL),
+        "--shard-size",
+        "4kb",
+        "--quiet",
+    )
     parts, merge = submit(cluster, SHARDS, "shards", *args)
     assert wait_ended(cluster, merge, timeout=300) == "COMPLETED", log_of(cluster, "shards")
     return {"root": root, "tok": tok, "cleaned": cleaned, "args": args}
@@ -243,8 +272,16 @@ def test_the_merged_dataset_publishes_verifies_and_streams_from_s3(shards, s3_se
 def merge_only(cluster: SlurmCluster, script: str, name: str, *args: str) -> str:
     """The merge job alone (as `sbatch script --parts 3 ARGS`); its log once it has ended."""
     logs = cluster.base / "logs"
-    job = cluster.sbatch("--cpus-per-task=1", f"--output={logs}/{name}-%j.out", script, "--parts", "3", *args,
-                         env=JOB_ENV, cwd=cluster.base)
+    job = cluster.sbatch(
+        "--cpus-per-task=1",
+        f"--output={logs}/{name}-%j.out",
+        script,
+        "--parts",
+        "3",
+        *args,
+        env=JOB_ENV,
+        cwd=cluster.base,
+    )
     assert wait_ended(cluster, job, timeout=120) == "FAILED", log_of(cluster, name)
     return (logs / f"{name}-{job}.out").read_text()
 
@@ -263,11 +300,30 @@ def test_bad_input_is_one_line_in_the_job_log(cluster, shards, case):
         work = root / "mixed.parts"
         shutil.copytree(root / "ds-three.parts", work)
         other = root / "tok-other.json"
-        assert_ok(run_cli("tokenizer", "train", "--input", str(shards["cleaned"]), "--output", str(other),
-                          "--vocab-size", "290", "--quiet"))
+        assert_ok(
+            run_cli(
+                "tokenizer",
+                "train",
+                "--input",
+                str(shards["cleaned"]),
+                "--output",
+                str(other),
+                "--vocab-size",
+                "290",
+                "--quiet",
+            )
+        )
         shutil.rmtree(work / "part-00001-of-00003")
-        build_part([str(shards["cleaned"])], other, work, BuildSettings(seq_len=SEQ, val_fraction=VAL,
-                   shard_size=4096), PartSpec(1, 3), workers=1, progress=False, log=lambda _m: None)
+        build_part(
+            [str(shards["cleaned"])],
+            other,
+            work,
+            BuildSettings(seq_len=SEQ, val_fraction=VAL, shard_size=4096),
+            PartSpec(1, 3),
+            workers=1,
+            progress=False,
+            log=lambda _m: None,
+        )
         args = [a if a != str(root / "ds-three") else str(root / "mixed") for a in shards["args"]]
         log = merge_only(cluster, SHARDS, "bad-tok", *args, "--work", str(work))
         needle = "part 1/3 in"
@@ -278,8 +334,9 @@ def test_bad_input_is_one_line_in_the_job_log(cluster, shards, case):
 
         (root / "pq").mkdir(exist_ok=True)
         pq.write_table(pa.table({"content": ["texto"] * 3}), root / "pq" / "web.parquet")
-        parts, merge = submit(cluster, CLEAN, "bad-parquet", "--input", str(root / "pq"), "--output",
-                              str(root / "pq-out"))
+        parts, merge = submit(
+            cluster, CLEAN, "bad-parquet", "--input", str(root / "pq"), "--output", str(root / "pq-out")
+        )
         assert wait_ended(cluster, merge) == "CANCELLED"
         assert {wait_ended(cluster, task(parts, i)) for i in range(3)} == {"FAILED"}
         log = log_of(cluster, f"bad-parquet-{parts}_0")

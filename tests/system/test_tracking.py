@@ -42,12 +42,24 @@ def run(tiny_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tracking")
     tasks = write_tasks(root / "tasks")
     run_dir = root / "run"
-    args = train_args(run_dir, tiny_dataset.url, f"train.max_steps={STEPS}", "train.log_every=1",
-                      "train.eval_every=10", "train.checkpoint_every=10", "train.keep_checkpoints=10", "precision=fp32",
-                      "zero.stage=3",
-                      "train.bench_every=10", "train.bench_tasks=ptbr_test_mc,ptbr_test_gen",
-                      f"train.bench_include=[{tasks}]", "train.bench_limit=8", "train.wandb.mode=offline",
-                      "train.wandb.project=ptbr-test", "train.wandb.tags=[tiny,ci]")
+    args = train_args(
+        run_dir,
+        tiny_dataset.url,
+        f"train.max_steps={STEPS}",
+        "train.log_every=1",
+        "train.eval_every=10",
+        "train.checkpoint_every=10",
+        "train.keep_checkpoints=10",
+        "precision=fp32",
+        "zero.stage=3",
+        "train.bench_every=10",
+        "train.bench_tasks=ptbr_test_mc,ptbr_test_gen",
+        f"train.bench_include=[{tasks}]",
+        "train.bench_limit=8",
+        "train.wandb.mode=offline",
+        "train.wandb.project=ptbr-test",
+        "train.wandb.tags=[tiny,ci]",
+    )
     env = {**tiny_dataset.env, "WANDB_SILENT": "true"}
     procs = start_ranks(2, args, env, root / "logs")
     wait_for(lambda: last_step(run_dir) >= 12, timeout=240, what="step 12")
@@ -73,8 +85,16 @@ def test_one_wandb_run_holds_every_step_once(run):
     assert {row["step"] for row in rows if "eval/val_loss" in row} == {10, 20, 30}
     assert {row["step"] for row in rows if "bench/scores/ptbr_test_mc/acc_norm" in row} == {10, 20, 30}
     metrics = {k for row in rows for k in row}
-    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/data_wait_share", "train/memory_gib",
-                "eval/val_loss_by_position/0-8", "eval/val_loss_by_position/8-32", "bench/overhead"):
+    for key in (
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "train/data_wait_share",
+        "train/memory_gib",
+        "eval/val_loss_by_position/0-8",
+        "eval/val_loss_by_position/8-32",
+        "bench/overhead",
+    ):
         assert key in metrics, key
 
 
@@ -101,9 +121,26 @@ def test_benchmarks_during_training_score_the_gathered_weights(run, tmp_path):
     assert sorted(benches) == [10, 20, 30]
     assert all(r["seconds"] > 0 and r["overhead"] > 0 for r in benches.values())
     out = tmp_path / "export10"
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "export", "10", str(out), "--run-dir", str(run),
-                           "--dtype", "fp32", "--quiet"], capture_output=True, text=True, cwd=REPO, env=run_env(),
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.cli",
+            "export",
+            "10",
+            str(out),
+            "--run-dir",
+            str(run),
+            "--dtype",
+            "fp32",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=run_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, describe(proc)
     assert json.loads((run / "checkpoints" / layout.tag_for(10) / layout.STATE).read_text())["world_size"] == 2
     tm, tasks = prepare(["ptbr_test_mc", "ptbr_test_gen"], [str(run.parent / "tasks")])
@@ -113,8 +150,13 @@ def test_benchmarks_during_training_score_the_gathered_weights(run, tmp_path):
 
 
 def test_dashboard_shows_the_run(run, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "plot", str(run), "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "plot", str(run), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, describe(proc)
     png = tmp_path / "dashboard.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000

@@ -14,8 +14,14 @@ from tests.helpers import train_harness as h
 pytestmark = pytest.mark.slow  # real multi-process runs
 
 STEPS = 30
-COMMON = (f"train.max_steps={STEPS}", "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0",
-          "precision=fp32", "debug.record_samples=true")
+COMMON = (
+    f"train.max_steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "precision=fp32",
+    "debug.record_samples=true",
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,14 @@ def test_ranks_read_disjoint_samples_whose_union_is_the_one_rank_stream(stage_ru
     # one process, `ptbr train` itself (no launcher): the same global batch of 8 as 1 x 4 x accum 2
     run_dir = tmp_path / "one_rank"
     args = h.train_args(run_dir, tiny_dataset.url, *COMMON, "train.max_steps=10", "zero.stage=2")
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args], env=tiny_dataset.env,
-                          capture_output=True, text=True, cwd=h.REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "train", *args],
+        env=tiny_dataset.env,
+        capture_output=True,
+        text=True,
+        cwd=h.REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, h.describe(proc)
     one = h.samples_by_step(run_dir)
     two = h.samples_by_step(stage_runs[2])
@@ -74,21 +86,38 @@ def test_metrics_files_and_plot(stage_runs, tmp_path) -> None:
     records = h.read_metrics(stage_runs[2])
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_device", "data_wait_share",
-                "memory_gib", "eta_s", "step_time_s", "tokens"):
+    for key in (
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "data_wait_share",
+        "memory_gib",
+        "eta_s",
+        "step_time_s",
+        "tokens",
+    ):
         assert all(key in r for r in train), key
     assert train[-1]["tokens"] == STEPS * 8 * 32
     assert 0 <= train[-1]["data_wait_share"] <= 1 and train[-1]["memory_gib"] > 0
     assert all("mfu" not in r for r in train)  # no known peak on CPU
     assert train[-1]["tokens_per_s"] == pytest.approx(2 * train[-1]["tokens_per_s_per_device"])
-    assert len(evals) == 1 and evals[0]["step"] == STEPS and evals[0]["val_ppl"] == pytest.approx(
-        math.exp(evals[0]["val_loss"]))
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "plot", str(stage_runs[2]), "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=h.REPO, timeout=120)
+    assert (
+        len(evals) == 1
+        and evals[0]["step"] == STEPS
+        and evals[0]["val_ppl"] == pytest.approx(math.exp(evals[0]["val_loss"]))
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "plot", str(stage_runs[2]), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=h.REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, h.describe(proc)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["dashboard.png", "loss.png", "lr.png", "throughput.png", "val_loss.png",
-                    "val_loss_by_position.png"]
+    assert pngs == ["dashboard.png", "loss.png", "lr.png", "throughput.png", "val_loss.png", "val_loss_by_position.png"]
     assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
@@ -100,8 +129,15 @@ def trained(launcher, run_dir: Path, dataset, *overrides: str) -> None:
 
 def test_deepspeed_launcher_with_bf16(tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "ds"
-    trained(h.deepspeed_launcher, run_dir, tiny_dataset, "train.max_steps=6", "train.log_every=3", "precision=bf16",
-            "zero.stage=1")
+    trained(
+        h.deepspeed_launcher,
+        run_dir,
+        tiny_dataset,
+        "train.max_steps=6",
+        "train.log_every=3",
+        "precision=bf16",
+        "zero.stage=1",
+    )
     losses = h.train_losses(run_dir)
     assert sorted(losses) == [3, 6] and all(math.isfinite(v) for v in losses.values())
     [start] = [r for r in h.read_metrics(run_dir) if r["kind"] == "start"]
@@ -109,14 +145,25 @@ def test_deepspeed_launcher_with_bf16(tiny_dataset, tmp_path) -> None:
     assert start["precision"] == "bf16"
 
 
-@pytest.mark.parametrize(("stage", "precision"), [(3, "fp32"), (2, "bf16"), (1, "bf16")],
-                         ids=["zero3-fp32", "zero2-bf16 (the presets)", "zero1-bf16 (BF16_Optimizer)"])
+@pytest.mark.parametrize(
+    ("stage", "precision"),
+    [(3, "fp32"), (2, "bf16"), (1, "bf16")],
+    ids=["zero3-fp32", "zero2-bf16 (the presets)", "zero1-bf16 (BF16_Optimizer)"],
+)
 def test_nonfinite_loss_skips_the_update(tiny_dataset, tmp_path, stage, precision) -> None:
     """Where the presets run too: bf16 at ZeRO-2, and ZeRO-1 in bf16, whose DeepSpeed optimizer is another class
     (BF16_Optimizer): a NaN loss on one rank skips the update on both and is counted."""
     run_dir = tmp_path / "nan"
-    trained(h.torchrun, run_dir, tiny_dataset, "train.max_steps=6", "train.log_every=1", f"zero.stage={stage}",
-            f"precision={precision}", "debug.nonfinite_loss_at_steps=[2]")
+    trained(
+        h.torchrun,
+        run_dir,
+        tiny_dataset,
+        "train.max_steps=6",
+        "train.log_every=1",
+        f"zero.stage={stage}",
+        f"precision={precision}",
+        "debug.nonfinite_loss_at_steps=[2]",
+    )
     records = [r for r in h.read_metrics(run_dir) if r["kind"] == "train"]
     assert records[-1]["skipped_steps"] == 1
     assert math.isnan(records[2]["loss"]) and all(math.isfinite(r["loss"]) for r in records[3:])
@@ -128,8 +175,17 @@ def test_fp16_loss_scale_search_is_not_a_run_of_nonfinite_steps(tiny_dataset, tm
     dozen overflowing steps while it halves the scale. That is the scaler at work and must not trip the
     non-finite guard (5 in a row); the run then trains."""
     run_dir = tmp_path / "fp16"
-    trained(h.torchrun, run_dir, tiny_dataset, "train.max_steps=60", "train.log_every=10", "precision=fp16",
-            "zero.stage=2", "deepspeed.fp16.initial_scale_power=32", "train.checkpoint_every=0")
+    trained(
+        h.torchrun,
+        run_dir,
+        tiny_dataset,
+        "train.max_steps=60",
+        "train.log_every=10",
+        "precision=fp16",
+        "zero.stage=2",
+        "deepspeed.fp16.initial_scale_power=32",
+        "train.checkpoint_every=0",
+    )
     train = [r for r in h.read_metrics(run_dir) if r["kind"] == "train"]
     assert train[-1]["loss_scale_skips"] >= 10 and train[-1]["skipped_steps"] == train[-1]["loss_scale_skips"]
     assert train[-1]["loss_scale"] < 2.0**32 / 2**9
@@ -139,8 +195,15 @@ def test_fp16_loss_scale_search_is_not_a_run_of_nonfinite_steps(tiny_dataset, tm
 
 def test_nonfinite_guard_holds_under_fp16(tiny_dataset, tmp_path) -> None:
     """A non-finite loss is still a non-finite step under fp16, however high the loss scale."""
-    args = h.train_args(tmp_path / "fp16nan", tiny_dataset.url, "train.max_steps=8", "precision=fp16",
-                        "debug.nonfinite_loss_at_steps=[2,3,4]", "train.max_nonfinite_in_row=3", "train.eval_every=0")
+    args = h.train_args(
+        tmp_path / "fp16nan",
+        tiny_dataset.url,
+        "train.max_steps=8",
+        "precision=fp16",
+        "debug.nonfinite_loss_at_steps=[2,3,4]",
+        "train.max_nonfinite_in_row=3",
+        "train.eval_every=0",
+    )
     procs = h.start_ranks(2, args, tiny_dataset.env, tmp_path / "logs")
     assert h.wait_all(procs) == [3, 3]
     assert "stopping: 3 optimizer steps in a row" in (tmp_path / "logs" / "rank0.log").read_text()
@@ -148,8 +211,15 @@ def test_nonfinite_guard_holds_under_fp16(tiny_dataset, tmp_path) -> None:
 
 def test_too_many_nonfinite_steps_stop_the_run(tiny_dataset, tmp_path) -> None:
     run_dir = tmp_path / "nan3"
-    args = h.train_args(run_dir, tiny_dataset.url, "train.max_steps=8", "train.checkpoint_every=1",
-                      "debug.nonfinite_loss_at_steps=[2,3,4]", "train.max_nonfinite_in_row=3", "train.eval_every=0")
+    args = h.train_args(
+        run_dir,
+        tiny_dataset.url,
+        "train.max_steps=8",
+        "train.checkpoint_every=1",
+        "debug.nonfinite_loss_at_steps=[2,3,4]",
+        "train.max_nonfinite_in_row=3",
+        "train.eval_every=0",
+    )
     procs = h.start_ranks(2, args, tiny_dataset.env, tmp_path / "logs")
     assert h.wait_all(procs) == [3, 3]  # both ranks agree and stop at the same step
     logs = [(tmp_path / "logs" / f"rank{r}.log").read_text() for r in (0, 1)]
@@ -171,8 +241,14 @@ def test_too_many_nonfinite_steps_stop_the_run(tiny_dataset, tmp_path) -> None:
 )
 def test_user_errors_are_one_line(tiny_dataset, tmp_path, overrides: list[str], needle: str) -> None:
     args = h.train_args(tmp_path / "bad", tiny_dataset.url, *overrides)
-    proc = subprocess.run([sys.executable, "-m", "ptbr.cli", "train", *args], env=tiny_dataset.env,
-                          capture_output=True, text=True, cwd=h.REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", "train", *args],
+        env=tiny_dataset.env,
+        capture_output=True,
+        text=True,
+        cwd=h.REPO,
+        timeout=300,
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ptbr: error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]

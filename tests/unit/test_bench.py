@@ -48,16 +48,18 @@ def test_the_suite_yaml_lists_the_suite():
 
 def test_batched_chunked_scores_equal_one_sequence_at_a_time(scorer):
     torch.manual_seed(1)
-    pairs = [([0, *torch.randint(1, 128, (n,)).tolist()], torch.randint(1, 128, (m,)).tolist())
-             for n, m in ((3, 4), (17, 2), (1, 9), (8, 8), (30, 1))]
+    pairs = [
+        ([0, *torch.randint(1, 128, (n,)).tolist()], torch.randint(1, 128, (m,)).tolist())
+        for n, m in ((3, 4), (17, 2), (1, 9), (8, 8), (30, 1))
+    ]
     got = continuation_logprobs(scorer, pairs, batch_size=2, chunk=4)
     for (ctx, cont), (lp, greedy) in zip(pairs, got):
         seq = torch.tensor([ctx + cont])
         with torch.no_grad():
             logp = torch.log_softmax(scorer.model(seq[:, :-1]).double(), -1)[0]
-        want = logp[len(ctx) - 1:].gather(-1, seq[0, len(ctx):, None]).sum()
+        want = logp[len(ctx) - 1 :].gather(-1, seq[0, len(ctx) :, None]).sum()
         assert lp == pytest.approx(float(want), abs=1e-5)
-        assert greedy == bool((logp[len(ctx) - 1:].argmax(-1) == seq[0, len(ctx):]).all())
+        assert greedy == bool((logp[len(ctx) - 1 :].argmax(-1) == seq[0, len(ctx) :]).all())
 
 
 def test_greedy_generation_stops_before_the_stop_string(scorer):
@@ -65,15 +67,24 @@ def test_greedy_generation_stops_before_the_stop_string(scorer):
     assert len(free) == 20
     stop = free[7:9]
     cut = generate(scorer, [5, 6, 7], until=[stop], max_tokens=20)
-    assert cut == free[:free.find(stop)] and stop not in cut
+    assert cut == free[: free.find(stop)] and stop not in cut
 
 
 def test_records_tables_and_markdown():
-    raw = {"results": {"t_mc": {"alias": "t_mc", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.75,
-                                "acc_norm_stderr,none": 0.1, "sample_len,none": 8},
-                       "t_ppl": {"bits_per_byte,none": 3.5, "bits_per_byte_stderr,none": "N/A",
-                                 "word_perplexity,none": 900.0}},
-           "n-samples": {"t_mc": {"original": 8, "effective": 4}, "t_ppl": {"original": 2, "effective": 2}}}
+    raw = {
+        "results": {
+            "t_mc": {
+                "alias": "t_mc",
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "acc_norm,none": 0.75,
+                "acc_norm_stderr,none": 0.1,
+                "sample_len,none": 8,
+            },
+            "t_ppl": {"bits_per_byte,none": 3.5, "bits_per_byte_stderr,none": "N/A", "word_perplexity,none": 900.0},
+        },
+        "n-samples": {"t_mc": {"original": 8, "effective": 4}, "t_ppl": {"original": 2, "effective": 2}},
+    }
     record = res.summarize(raw, {"export": "/e", "step": 10, "tokens": 320}, limit=4)
     assert record["tasks"]["t_mc"]["primary"] == "acc_norm" and record["tasks"]["t_ppl"]["primary"] == "bits_per_byte"
     assert "sample_len" not in record["tasks"]["t_mc"]["metrics"] and record["tasks"]["t_mc"]["samples"] == 4
@@ -87,9 +98,12 @@ def test_records_tables_and_markdown():
 
 
 def test_the_hook_registers_ptbr_after_lm_evals_own_models():
-    code = ("import ptbr.bench.lm_eval_hook as h; h.install(); "
-            "from lm_eval.api.registry import model_registry as r; print('ptbr' in r, 'hf' in r, r._objs['ptbr'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=run_env(),
-                          timeout=120)
+    code = (
+        "import ptbr.bench.lm_eval_hook as h; h.install(); "
+        "from lm_eval.api.registry import model_registry as r; print('ptbr' in r, 'hf' in r, r._objs['ptbr'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=run_env(), timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "ptbr.infer.harness:PtbrLM"]

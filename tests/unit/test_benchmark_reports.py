@@ -23,11 +23,38 @@ def test_partial_reports_are_marked_and_replaced(tmp_path):
 
 def test_wkv_benchmark_writes_every_row(tmp_path):
     report = tmp_path / "wkv.json"
-    proc = subprocess.run([sys.executable, "benchmarks/wkv.py", "--device", "cpu", "--backends", "reference,torch",
-                           "--lengths", "16,32", "--batch", "1", "--heads", "1", "--head-size", "16", "--repeats", "1",
-                           "--json", str(report)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/wkv.py",
+            "--device",
+            "cpu",
+            "--backends",
+            "reference,torch",
+            "--lengths",
+            "16,32",
+            "--batch",
+            "1",
+            "--heads",
+            "1",
+            "--head-size",
+            "16",
+            "--repeats",
+            "1",
+            "--json",
+            str(report),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["complete"] is True
-    assert [(r["backend"], r["T"]) for r in data["rows"]] == [("reference", 16), ("torch", 16), ("reference", 32),
-                                                              ("torch", 32)]
+    assert [(r["backend"], r["T"]) for r in data["rows"]] == [
+        ("reference", 16),
+        ("torch", 16),
+        ("reference", 32),
+        ("torch", 32),
+    ]

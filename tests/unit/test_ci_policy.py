@@ -8,7 +8,7 @@ import sys
 
 from tests.helpers.train_harness import REPO
 
-PROBE = '''
+PROBE = """
 import pytest
 
 def test_skipped_for_want_of_root():
@@ -16,15 +16,30 @@ def test_skipped_for_want_of_root():
 
 def test_skipped_for_want_of_a_gpu():
     pytest.skip("needs a CUDA GPU")
-'''
+"""
 
 
 def run_probe(tmp_path, ci: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                           str(tmp_path / "test_probe.py")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_under_ci_a_skip_other_than_no_gpu_fails(tmp_path):

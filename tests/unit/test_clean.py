@@ -21,16 +21,27 @@ def defect_corpus(root: Path) -> Path:
     symbol-heavy page, 2 very short documents, 1 clean with HTML entities."""
     root.mkdir(parents=True)
     a = PT[:6] + [mojibake(PT[6]), EN[0], ES[0]]
-    b = [PT[0].upper(), "  " + PT[2].replace(" ", "   ") + "  ", PT[1].replace("ontem", "domingo"), PT[7], EN[1],
-         ES[1], BOILERPLATE, SYMBOLS, *SHORT, ENTITIES]
+    b = [
+        PT[0].upper(),
+        "  " + PT[2].replace(" ", "   ") + "  ",
+        PT[1].replace("ontem", "domingo"),
+        PT[7],
+        EN[1],
+        ES[1],
+        BOILERPLATE,
+        SYMBOLS,
+        *SHORT,
+        ENTITIES,
+    ]
     for name, docs in (("a.jsonl", a), ("b.jsonl", b)):
         (root / name).write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs))
     return root
 
 
 def ptbr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptbr.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
 
 
 def kept_texts(out: Path) -> list[str]:
@@ -49,9 +60,15 @@ def test_each_defect_is_dropped_by_its_rule_and_clean_text_is_kept(cleaned):
     _, out, proc = cleaned
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["dropped_by_rule"] == {"language:en": 2, "language:es": 2, "quality:too_few_words": 2,
-                                         "quality:duplicate_lines": 1, "quality:symbol_ratio": 1,
-                                         "exact_duplicate": 2, "near_duplicate": 1}
+    assert report["dropped_by_rule"] == {
+        "language:en": 2,
+        "language:es": 2,
+        "quality:too_few_words": 2,
+        "quality:duplicate_lines": 1,
+        "quality:symbol_ratio": 1,
+        "exact_duplicate": 2,
+        "near_duplicate": 1,
+    }
     kept = kept_texts(out)
     assert len(kept) == 9 == report["steps_kept"]["near_dedup"]["documents"]
     assert report["steps_kept"]["read"]["documents"] == 20
@@ -75,8 +92,17 @@ def test_output_is_deterministic_and_dry_run_writes_nothing(cleaned, tmp_path):
     for r in (r1, r2):
         r.pop("seconds"), r.pop("timing")
     assert r1 == r2
-    dry = ptbr("corpus", "clean", "--input", str(corpus), "--output", str(tmp_path / "dry"), "--dry-run",
-               "--report", str(tmp_path / "dry_report.json"))
+    dry = ptbr(
+        "corpus",
+        "clean",
+        "--input",
+        str(corpus),
+        "--output",
+        str(tmp_path / "dry"),
+        "--dry-run",
+        "--report",
+        str(tmp_path / "dry_report.json"),
+    )
     assert dry.returncode == 0 and not (tmp_path / "dry").exists()
     assert json.loads((tmp_path / "dry_report.json").read_text())["dropped_by_rule"] == r1["dropped_by_rule"]
 
@@ -99,8 +125,9 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     english = tmp_path / "en"
     english.mkdir()
     (english / "e.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in EN))
-    assert "every one of the 2 documents was dropped" in error_of("--input", str(english), "--output",
-                                                                  str(tmp_path / "o"))
+    assert "every one of the 2 documents was dropped" in error_of(
+        "--input", str(english), "--output", str(tmp_path / "o")
+    )
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -115,16 +142,43 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     assert "already exists; pass --overwrite" in error_of("--input", str(english), "--output", str(exists))
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("quality:\n  min_wrods: 3\n")
-    assert "quality.min_wrods" in error_of("--input", str(english), "--output", str(tmp_path / "o"), "--config",
-                                           str(bad_cfg))
+    assert "quality.min_wrods" in error_of(
+        "--input", str(english), "--output", str(tmp_path / "o"), "--config", str(bad_cfg)
+    )
 
 
 def test_shards_build_clean_builds_from_the_cleaned_corpus_and_reuses_it(cleaned, tmp_path):
     corpus, _, _ = cleaned
-    assert ptbr("tokenizer", "train", "--input", str(corpus), "--output", str(tmp_path / "tok.json"), "--vocab-size",
-                "300", "--quiet").returncode == 0
-    build = ("shards", "build", "--input", str(corpus), "--tokenizer", str(tmp_path / "tok.json"), "--output",
-             str(tmp_path / "shards"), "--seq-len", "16", "--val-fraction", "0", "--clean", "--quiet")
+    assert (
+        ptbr(
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--output",
+            str(tmp_path / "tok.json"),
+            "--vocab-size",
+            "300",
+            "--quiet",
+        ).returncode
+        == 0
+    )
+    build = (
+        "shards",
+        "build",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok.json"),
+        "--output",
+        str(tmp_path / "shards"),
+        "--seq-len",
+        "16",
+        "--val-fraction",
+        "0",
+        "--clean",
+        "--quiet",
+    )
     first = ptbr(*build)
     assert first.returncode == 0, first.stderr[-2000:]
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
@@ -151,18 +205,22 @@ def test_cleaning_leaves_the_calling_process_signals_alone(cleaned):
     """shards build --clean cleans, then starts its own worker pool in the same process: that pool must still be
     able to stop its workers with SIGTERM (an ignored SIGTERM is inherited; a first version hung here)."""
     corpus, _, _ = cleaned
-    code = ("import signal; from ptbr.clean.config import CleanConfig; from ptbr.clean.pipeline import clean; "
-            "before = signal.getsignal(signal.SIGINT); "
-            f"clean([{str(corpus)!r}], None, CleanConfig(), workers=2, dry_run=True, log=lambda m: None); "
-            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == before)")
+    code = (
+        "import signal; from ptbr.clean.config import CleanConfig; from ptbr.clean.pipeline import clean; "
+        "before = signal.getsignal(signal.SIGINT); "
+        f"clean([{str(corpus)!r}], None, CleanConfig(), workers=2, dry_run=True, log=lambda m: None); "
+        "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == before)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["True", "True"], proc.stdout + proc.stderr[-2000:]
 
 
-TYPOGRAPHY = ("Machado de Assis escreveu: “Não tive filhos, não transmiti a nenhuma criatura o legado da nossa "
-              "miséria.” O narrador — um defunto autor — comenta a própria vida com ironia… E o leitor pergunta: "
-              "«que livro é este?» A resposta, dizia o crítico, está no ‘método’ do capítulo, e a obra continua a ser "
-              "lida nas escolas de todo o país, com edições novas a cada ano – de 1881 a hoje.")
+TYPOGRAPHY = (
+    "Machado de Assis escreveu: “Não tive filhos, não transmiti a nenhuma criatura o legado da nossa "
+    "miséria.” O narrador — um defunto autor — comenta a própria vida com ironia… E o leitor pergunta: "
+    "«que livro é este?» A resposta, dizia o crítico, está no ‘método’ do capítulo, e a obra continua a ser "
+    "lida nas escolas de todo o país, com edições novas a cada ano – de 1881 a hoje."
+)
 
 
 def test_repair_fixes_what_is_broken_and_keeps_typography_byte_for_byte(tmp_path):

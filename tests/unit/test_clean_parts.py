@@ -55,8 +55,11 @@ def placed(tmp_path_factory):
 def test_three_parts_give_the_one_machine_files_and_report(placed):
     root, planted = placed
     plan = make_plan([str(root / "in")], CleanConfig())
-    assert [[u.file.rel for u in plan.units_for(PartSpec(i, 3))] for i in range(3)] == [["p0.jsonl"], ["p1.jsonl"],
-                                                                                       ["p2.jsonl"]]
+    assert [[u.file.rel for u in plan.units_for(PartSpec(i, 3))] for i in range(3)] == [
+        ["p0.jsonl"],
+        ["p1.jsonl"],
+        ["p2.jsonl"],
+    ]
     assert files_of(root / "three") == files_of(root / "one") and files_of(root / "one")
     assert report_of(root / "three") == report_of(root / "one")
     texts = kept(root / "one")
@@ -68,7 +71,8 @@ def test_three_parts_give_the_one_machine_files_and_report(placed):
     assert report["dropped_by_rule"]["exact_duplicate"] == 3  # the case/spacing copy, the repeat twice
     assert report["dropped_by_rule"]["near_duplicate"] == 3  # the near copy and B, C of the chain
     assert report["read"]["files"] == 3 and report["read"]["documents"] == sum(
-        len(f.read_text().splitlines()) for f in planted.files)
+        len(f.read_text().splitlines()) for f in planted.files
+    )
 
 
 def test_the_memory_budget_changes_nothing_but_memory(placed, tmp_path):
@@ -129,8 +133,15 @@ def test_the_merge_refuses_missing_damaged_and_foreign_parts_with_one_line(place
     shutil.copytree(root / "three.parts" / "part-00000-of-00003", work / "part-00000-of-00003", dirs_exist_ok=True)
     other = tmp_path / "other.yaml"
     other.write_text("quality:\n  min_words: 20\n")
-    clean_part([str(root / "in")], str(tmp_path / "x"), CleanConfig.load(other), PartSpec(1, 3), workers=1,
-               work=str(tmp_path / "x.parts"), **QUIET)
+    clean_part(
+        [str(root / "in")],
+        str(tmp_path / "x"),
+        CleanConfig.load(other),
+        PartSpec(1, 3),
+        workers=1,
+        work=str(tmp_path / "x.parts"),
+        **QUIET,
+    )
     shutil.rmtree(work / "part-00001-of-00003")
     shutil.copytree(tmp_path / "x.parts" / "part-00001-of-00003", work / "part-00001-of-00003")
     assert_one_line_error(run_cli(*base, "--merge", "3"), "part 1/3", "other inputs, settings or part count")

@@ -10,10 +10,12 @@ from ptbr.clean.config import CleanConfig
 from ptbr.clean.pipeline import judge
 
 CFG = CleanConfig()
-GOOD = ("O governo do estado anunciou hoje um novo programa de saúde pública para as cidades do interior. "
-        "Segundo a secretaria, os hospitais regionais vão receber equipamentos modernos e mais profissionais "
-        "ao longo do próximo ano. A medida foi recebida com entusiasmo pelos prefeitos, que pediam apoio "
-        "há muito tempo para atender a população que vive longe das capitais e não tem acesso a exames.")
+GOOD = (
+    "O governo do estado anunciou hoje um novo programa de saúde pública para as cidades do interior. "
+    "Segundo a secretaria, os hospitais regionais vão receber equipamentos modernos e mais profissionais "
+    "ao longo do próximo ano. A medida foi recebida com entusiasmo pelos prefeitos, que pediam apoio "
+    "há muito tempo para atender a população que vive longe das capitais e não tem acesso a exames."
+)
 SENTENCES = [s.strip() + "." for s in GOOD.split(".") if s.strip()]
 WORDS = GOOD.split()
 
@@ -71,5 +73,10 @@ def test_portuguese_below_the_language_score_is_dropped_as_such():
     assert lang == "pt" and 0 < score < CFG.language.min_score, (lang, score)
     verdict = judge(text, CFG)
     assert (verdict.rule, verdict.step) == ("language_score", "language")
-    assert judge(" ".join(pt + es), CFG.model_copy(update={"language": CFG.language.model_copy(
-        update={"min_score": score / 2})})).rule != "language_score"
+    assert (
+        judge(
+            " ".join(pt + es),
+            CFG.model_copy(update={"language": CFG.language.model_copy(update={"min_score": score / 2})}),
+        ).rule
+        != "language_score"
+    )

@@ -13,8 +13,9 @@ from tests.helpers.train_harness import REPO
 
 
 def ptbr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptbr.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ptbr.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
 
 
 @pytest.mark.parametrize("names", [names for names, _, _ in COMMANDS], ids=" ".join)

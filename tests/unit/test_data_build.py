@@ -34,14 +34,12 @@ def test_tokenizer_records_special_tokens_and_normalises_nfc(tokenizer: Path) ->
     assert tok.decode(tok.encode(text).ids) == text
 
 
-def test_build_manifest_and_tokens_match_direct_tokenization(dataset: Path, tokenizer: Path, corpus,
-                                                            expected) -> None:
+def test_build_manifest_and_tokens_match_direct_tokenization(dataset: Path, tokenizer: Path, corpus, expected) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["vocab_size"] == VOCAB and manifest["seq_len"] == SEQ_LEN and manifest["eos_id"] == 0
     assert manifest["dtype"] == "uint16" and manifest["sample_len"] == SEQ_LEN + 1
     assert len(manifest["tokenizer"]["sha256"]) == 64 and len(manifest["dataset_hash"]) == 64
-    assert [i["path"].rsplit("/", 1)[-1] for i in manifest["inputs"]] == ["a.txt", "b.jsonl.gz", "c.txt.zst",
-                                                                          "e.jsonl"]
+    assert [i["path"].rsplit("/", 1)[-1] for i in manifest["inputs"]] == ["a.txt", "b.jsonl.gz", "c.txt.zst", "e.jsonl"]
     assert all(i["bytes"] > 0 for i in manifest["inputs"])
     assert manifest["stats"]["invalid_utf8_replaced"] == 4 and manifest["stats"]["bad_records_skipped"] == 2
     assert manifest["stats"]["empty_documents"] == 1
@@ -57,9 +55,24 @@ def test_build_manifest_and_tokens_match_direct_tokenization(dataset: Path, toke
 
 def test_rebuild_is_a_noop(dataset: Path, corpus, tokenizer: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
-    proc = run_cli("shards", "build", "--input", str(corpus[0]), "--tokenizer", str(tokenizer), "--output",
-                   str(dataset), "--seq-len", str(SEQ_LEN), "--val-fraction", str(VAL_FRACTION),
-                   "--shard-size", "8kb", "--workers", "1")
+    proc = run_cli(
+        "shards",
+        "build",
+        "--input",
+        str(corpus[0]),
+        "--tokenizer",
+        str(tokenizer),
+        "--output",
+        str(dataset),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--val-fraction",
+        str(VAL_FRACTION),
+        "--shard-size",
+        "8kb",
+        "--workers",
+        "1",
+    )
     assert_ok(proc)
     assert "up to date" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
@@ -82,8 +95,15 @@ def test_resume_continues_exactly_and_refuses_iterated_dataset(dataset: Path, tm
         prepare_streaming_env()
 
         def fresh():
-            return build_dataset(str(dataset), "train", cache_root=str(tmp_path / "cache"), batch_size=4,
-                                 shuffle=True, seed=11, num_canonical_nodes=2)
+            return build_dataset(
+                str(dataset),
+                "train",
+                cache_root=str(tmp_path / "cache"),
+                batch_size=4,
+                shuffle=True,
+                seed=11,
+                num_canonical_nodes=2,
+            )
 
         ds = fresh()
         assert Path(ds._filelock_root).name.startswith("ptbr-")  # streaming's locks in the per-job dir
@@ -115,8 +135,15 @@ def test_a_failed_download_is_an_error_not_the_end_of_the_epoch(dataset: Path, t
         from ptbr.data import build_dataset, prepare_streaming_env
 
         prepare_streaming_env()
-        ds = build_dataset(str(source), "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False,
-                           seed=0, download_retry_s=0)
+        ds = build_dataset(
+            str(source),
+            "train",
+            cache_root=str(tmp_path / "cache"),
+            batch_size=4,
+            shuffle=False,
+            seed=0,
+            download_retry_s=0,
+        )
         read = []
         with pytest.raises(CorruptDataError) as info:
             read.extend(it["sample_id"] for it in ds)

@@ -18,8 +18,12 @@ def test_empty_corpus(small, tmp_path: Path) -> None:
     with gzip.open(empty / "b.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "  "}) + "\n")
     assert_one_line_error(build(small, empty, "out-empty"), "empty corpus")
-    assert_one_line_error(run_cli("tokenizer", "train", "--input", str(empty), "--output",
-                                  str(tmp_path / "t.json"), "--vocab-size", "300"), "no documents")
+    assert_one_line_error(
+        run_cli(
+            "tokenizer", "train", "--input", str(empty), "--output", str(tmp_path / "t.json"), "--vocab-size", "300"
+        ),
+        "no documents",
+    )
     nothing = tmp_path / "nothing"
     nothing.mkdir()
     assert_one_line_error(build(small, nothing, "out-nothing"), "no corpus files")
@@ -29,28 +33,61 @@ def test_corpus_smaller_than_one_sample(small, tmp_path: Path) -> None:
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     (tiny / "a.txt").write_text("Olá, mundo.")
-    assert_one_line_error(build(small, tiny, "out-tiny", "--val-fraction", "0"), "corpus too small",
-                          "--seq-len")
+    assert_one_line_error(build(small, tiny, "out-tiny", "--val-fraction", "0"), "corpus too small", "--seq-len")
     assert not (small["root"] / "out-tiny" / "manifest.json").exists()
 
 
 def test_empty_validation_split(small) -> None:
-    assert_one_line_error(build(small, small["corpus"], "out-val", "--val-fraction", "0.0001"),
-                          "validation split is empty", "--val-fraction")
+    assert_one_line_error(
+        build(small, small["corpus"], "out-val", "--val-fraction", "0.0001"),
+        "validation split is empty",
+        "--val-fraction",
+    )
 
 
 def test_missing_or_invalid_tokenizer_and_inputs(small, tmp_path: Path) -> None:
-    proc = run_cli("shards", "build", "--input", str(small["corpus"]), "--tokenizer", str(tmp_path / "no.json"),
-                   "--output", str(tmp_path / "o"), "--seq-len", "16")
+    proc = run_cli(
+        "shards",
+        "build",
+        "--input",
+        str(small["corpus"]),
+        "--tokenizer",
+        str(tmp_path / "no.json"),
+        "--output",
+        str(tmp_path / "o"),
+        "--seq-len",
+        "16",
+    )
     assert_one_line_error(proc, "tokenizer not found")
     bad = tmp_path / "bad.json"
-    bad.write_text("{\"model\": 1}")
-    proc = run_cli("shards", "build", "--input", str(small["corpus"]), "--tokenizer", str(bad),
-                   "--output", str(tmp_path / "o"), "--seq-len", "16")
+    bad.write_text('{"model": 1}')
+    proc = run_cli(
+        "shards",
+        "build",
+        "--input",
+        str(small["corpus"]),
+        "--tokenizer",
+        str(bad),
+        "--output",
+        str(tmp_path / "o"),
+        "--seq-len",
+        "16",
+    )
     assert_one_line_error(proc, "not a valid tokenizer.json")
     assert_one_line_error(build(small, tmp_path / "missing-dir", "o2"), "input not found")
-    assert_one_line_error(run_cli("tokenizer", "train", "--input", str(small["corpus"]), "--output",
-                                  str(tmp_path / "t.json"), "--vocab-size", "100"), "too small")
+    assert_one_line_error(
+        run_cli(
+            "tokenizer",
+            "train",
+            "--input",
+            str(small["corpus"]),
+            "--output",
+            str(tmp_path / "t.json"),
+            "--vocab-size",
+            "100",
+        ),
+        "too small",
+    )
 
 
 def test_vocabulary_larger_than_dtype(small, tmp_path: Path) -> None:
@@ -66,10 +103,24 @@ def test_vocabulary_larger_than_dtype(small, tmp_path: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     big = tmp_path / "big.json"
     tok.save(str(big))
-    args = ["shards", "build", "--input", str(small["corpus"]), "--tokenizer", str(big), "--seq-len", "16",
-            "--val-fraction", "0", "--workers", "1", "--quiet"]
-    assert_one_line_error(run_cli(*args, "--output", str(tmp_path / "o16"), "--dtype", "uint16"),
-                          "does not fit uint16", "70000")
+    args = [
+        "shards",
+        "build",
+        "--input",
+        str(small["corpus"]),
+        "--tokenizer",
+        str(big),
+        "--seq-len",
+        "16",
+        "--val-fraction",
+        "0",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    assert_one_line_error(
+        run_cli(*args, "--output", str(tmp_path / "o16"), "--dtype", "uint16"), "does not fit uint16", "70000"
+    )
     assert_ok(run_cli(*args, "--output", str(tmp_path / "o32")))
     assert json.loads((tmp_path / "o32" / "manifest.json").read_text())["dtype"] == "uint32"
     assert_ok(run_cli("shards", "verify", str(tmp_path / "o32"), "--quiet"))

@@ -48,7 +48,8 @@ def test_reader_modes_invalid_bytes_and_bad_records(tmp_path: Path) -> None:
     (tmp_path / ".hidden.txt").write_text("never read")
     (tmp_path / "notes.md").write_text("not a corpus file")
     frames = zstandard.ZstdCompressor().compress(b'{"t": "a"}\n') + zstandard.ZstdCompressor().compress(
-        b'{"t": "b\\ud800c"}\n{"x": 1}\n[1]\n{"t": 5}\n')
+        b'{"t": "b\\ud800c"}\n{"x": 1}\n[1]\n{"t": 5}\n'
+    )
     (tmp_path / "q.jsonl.zst").write_bytes(frames)
     files = discover_inputs([tmp_path])
     assert [f.rel for f in files] == ["p.txt", "q.jsonl.zst"]
@@ -79,17 +80,27 @@ def test_split_rule_is_by_content_and_close_to_the_fraction() -> None:
     assert not any(is_val_document(d, val_threshold(0.0), 0) for d in docs)
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, (1, "WORLD_SIZE<=1")),
-    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, (2, "LOCAL_WORLD_SIZE")),        # torchrun
-    ({"WORLD_SIZE": "4", "LOCAL_SIZE": "2"}, (2, "LOCAL_SIZE")),                    # deepspeed launcher
-    ({"WORLD_SIZE": "6", "SLURM_NTASKS_PER_NODE": "3"}, (3, "SLURM_NTASKS_PER_NODE")),  # srun
-    ({"WORLD_SIZE": "8", "SLURM_GPUS_ON_NODE": "4"}, (4, "SLURM_GPUS_ON_NODE")),
-    ({"WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, (4, "OMPI_COMM_WORLD_LOCAL_SIZE")),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (1, "WORLD_SIZE<=1")),
+        ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, (2, "LOCAL_WORLD_SIZE")),  # torchrun
+        ({"WORLD_SIZE": "4", "LOCAL_SIZE": "2"}, (2, "LOCAL_SIZE")),  # deepspeed launcher
+        ({"WORLD_SIZE": "6", "SLURM_NTASKS_PER_NODE": "3"}, (3, "SLURM_NTASKS_PER_NODE")),  # srun
+        ({"WORLD_SIZE": "8", "SLURM_GPUS_ON_NODE": "4"}, (4, "SLURM_GPUS_ON_NODE")),
+        ({"WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, (4, "OMPI_COMM_WORLD_LOCAL_SIZE")),
+    ],
+)
 def test_local_world_size_under_each_launcher(monkeypatch: pytest.MonkeyPatch, env, expected) -> None:
-    for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_GPUS_ON_NODE",
-              "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+    for k in (
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "LOCAL_SIZE",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_GPUS_ON_NODE",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+    ):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -97,8 +108,14 @@ def test_local_world_size_under_each_launcher(monkeypatch: pytest.MonkeyPatch, e
 
 
 def test_local_world_size_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_GPUS_ON_NODE",
-              "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+    for k in (
+        "LOCAL_WORLD_SIZE",
+        "LOCAL_SIZE",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_GPUS_ON_NODE",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(PtbrError, match="LOCAL_WORLD_SIZE"):
@@ -108,10 +125,20 @@ def test_local_world_size_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         local_world_size()
 
 
-def test_job_tmpdir_is_shared_by_a_job_and_distinct_between_jobs(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
-    for k in ("PTBR_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_PORT", "WORLD_SIZE",
-              "PTBR_STREAMING_ENV", "PTBR_TMPDIR_BASE", "SLURM_STEP_ID", "SLURM_RESTART_COUNT"):
+def test_job_tmpdir_is_shared_by_a_job_and_distinct_between_jobs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for k in (
+        "PTBR_JOB_ID",
+        "SLURM_JOB_ID",
+        "TORCHELASTIC_RUN_ID",
+        "MASTER_PORT",
+        "WORLD_SIZE",
+        "PTBR_STREAMING_ENV",
+        "PTBR_TMPDIR_BASE",
+        "SLURM_STEP_ID",
+        "SLURM_RESTART_COUNT",
+    ):
         monkeypatch.delenv(k, raising=False)
     assert job_key() == f"pid{os.getpid()}"
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -151,8 +178,12 @@ time.sleep(60)
 
 def test_shm_cleanup_removes_stale_segments_and_never_live_ones() -> None:
     base = 990000 + os.getpid() % 9000
-    live_here, live_child, stale_a, stale_b = (f"{base:06d}_barrier", f"{base:06d}_next_epoch",
-                                               f"{base + 1:06d}_locals", f"{base + 1:06d}_shard_states")
+    live_here, live_child, stale_a, stale_b = (
+        f"{base:06d}_barrier",
+        f"{base:06d}_next_epoch",
+        f"{base + 1:06d}_locals",
+        f"{base + 1:06d}_shard_states",
+    )
     mine = shared_memory.SharedMemory(live_here, create=True, size=64)
     child = subprocess.Popen([sys.executable, "-c", HOLDER, live_child], stdout=subprocess.PIPE, text=True)
     try:
@@ -214,8 +245,13 @@ def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) ->
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     old, recent, mine, other, gone, alive = (
-        tmp_path / f"ptbr-{uid}-old", tmp_path / f"ptbr-{uid}-recent", tmp_path / f"ptbr-{uid}-mine",
-        tmp_path / "unrelated", tmp_path / f"ptbr-{uid}-pid{dead.pid}", tmp_path / f"ptbr-{uid}-pid{os.getpid()}")
+        tmp_path / f"ptbr-{uid}-old",
+        tmp_path / f"ptbr-{uid}-recent",
+        tmp_path / f"ptbr-{uid}-mine",
+        tmp_path / "unrelated",
+        tmp_path / f"ptbr-{uid}-pid{dead.pid}",
+        tmp_path / f"ptbr-{uid}-pid{os.getpid()}",
+    )
     for d in (old, recent, mine, other, gone, alive):
         d.mkdir()
         (d / "000000_barrier_filelock").write_text("")

@@ -28,8 +28,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "corpus").mkdir()
     (root / "corpus" / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     train_tokenizer(docs, vocab_size=512).save(str(root / "tok.json"))
-    build_shards([str(root / "corpus")], root / "tok.json", root / "ds", BuildSettings(seq_len=32, val_fraction=0.05),
-                 workers=1, progress=False, log=lambda _: None)
+    build_shards(
+        [str(root / "corpus")],
+        root / "tok.json",
+        root / "ds",
+        BuildSettings(seq_len=32, val_fraction=0.05),
+        workers=1,
+        progress=False,
+        log=lambda _: None,
+    )
     return root / "ds"
 
 
@@ -42,13 +49,21 @@ def samples(dataset: Path) -> int:
 
 
 def test_the_table_resolves_batch_data_stream_and_resume(dataset: Path, tmp_path: Path) -> None:
-    rows = dict(dry_run.plan(config(dataset, tmp_path, "train.max_steps=100", "batch.global_batch_size=16"),
-                             world_size=4, nodes=2, tokens_per_s=512))
+    rows = dict(
+        dry_run.plan(
+            config(dataset, tmp_path, "train.max_steps=100", "batch.global_batch_size=16"),
+            world_size=4,
+            nodes=2,
+            tokens_per_s=512,
+        )
+    )
     assert rows["world"] == "4 ranks on 2 node(s) (2 per node)"
     assert rows["batch"] == "micro 4 x accum 1 x 4 = 16 sequences of 32 = 512 tokens per step"
     assert f"{samples(dataset):,} training samples" in rows["data"]
-    assert rows["nodes"] == ("2 canonical nodes; node counts that work at micro-batch 4, 2 GPU(s) per node: 1, 2; "
-                             "with a smaller batch.micro_batch_size also 4 (micro 2), 8 (micro 1)")
+    assert rows["nodes"] == (
+        "2 canonical nodes; node counts that work at micro-batch 4, 2 GPU(s) per node: 1, 2; "
+        "with a smaller batch.micro_batch_size also 4 (micro 2), 8 (micro 1)"
+    )
     assert rows["resume"] == "fresh start"
     assert rows["time"] == "100 steps to go = 01:40 at 512 tok/s"
     assert "WARNING" not in rows
@@ -57,8 +72,14 @@ def test_the_table_resolves_batch_data_stream_and_resume(dataset: Path, tmp_path
 def test_the_table_says_how_a_sample_is_run(dataset: Path, tmp_path: Path) -> None:
     rows = dict(dry_run.plan(config(dataset, tmp_path), world_size=1, nodes=1, tokens_per_s=512))
     assert rows["context"] == "one pass over 32 tokens; documents share the state (RWKV-LM)"
-    rows = dict(dry_run.plan(config(dataset, tmp_path, "train.segment_len=12", "model.reset_state_at_eos=true"),
-                             world_size=1, nodes=1, tokens_per_s=512))
+    rows = dict(
+        dry_run.plan(
+            config(dataset, tmp_path, "train.segment_len=12", "model.reset_state_at_eos=true"),
+            world_size=1,
+            nodes=1,
+            tokens_per_s=512,
+        )
+    )
     assert rows["context"].startswith("3 segments of 12 tokens carrying the state, full BPTT")
     assert rows["context"].endswith("every document from a zero state (reset_state_at_eos)")
     with pytest.raises(ConfigError, match="train.segment_len \\(64\\) is longer than data.seq_len \\(32\\)"):
@@ -70,12 +91,16 @@ def test_the_table_says_how_a_sample_is_run(dataset: Path, tmp_path: Path) -> No
 
 
 def test_problems_are_one_line(dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"batch.global_batch_size \(8\) does not split over 1 nodes x 3 GPU\(s\) at "
-                                          r"any micro-batch; node counts that work at micro-batch 4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"batch.global_batch_size \(8\) does not split over 1 nodes x 3 GPU\(s\) at "
+        r"any micro-batch; node counts that work at micro-batch 4",
+    ):
         dry_run.plan(config(dataset, tmp_path), world_size=3, nodes=1)
     with pytest.raises(ConfigError, match="3 nodes cannot read a stream of 4 canonical nodes"):
-        dry_run.plan(config(dataset, tmp_path, "data.num_canonical_nodes=4", "batch.global_batch_size=24"),
-                     world_size=3, nodes=3)
+        dry_run.plan(
+            config(dataset, tmp_path, "data.num_canonical_nodes=4", "batch.global_batch_size=24"), world_size=3, nodes=3
+        )
     with pytest.raises(DataError, match="hold sequences of 32 tokens but data.seq_len is 64"):
         dry_run.plan(config(dataset, tmp_path, "data.seq_len=64"), world_size=1, nodes=1)
     with pytest.raises(DataError, match="no manifest.json"):
@@ -136,14 +161,29 @@ def test_memory_estimates_follow_deepspeed(gpus: int) -> None:
 
 def test_cli_dry_run_exit_codes(dataset: Path, tmp_path: Path) -> None:
     def ptbr_train(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ptbr.cli", "train", "--dry-run", "--config", TINY_CONFIG,
-                               f"train.run_dir={tmp_path / 'run'}", *args], capture_output=True, text=True,
-                              cwd=REPO, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ptbr.cli",
+                "train",
+                "--dry-run",
+                "--config",
+                TINY_CONFIG,
+                f"train.run_dir={tmp_path / 'run'}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
 
     ok = ptbr_train(f"data.source={dataset}", "--world-size", "2", "--nodes", "1")
     assert ok.returncode == 0 and "resume  fresh start" in ok.stdout, ok.stderr[-2000:]
     bad = ptbr_train(f"data.source={dataset}", "optim.lrr=1")
     assert bad.returncode == 2
     assert [ln for ln in bad.stderr.splitlines() if ln.startswith("ptbr: error:")] == [
-        f"ptbr: error: {TINY_CONFIG}: optim.lrr: unknown key (check the spelling; see configs/ for the valid keys)"]
+        f"ptbr: error: {TINY_CONFIG}: optim.lrr: unknown key (check the spelling; see configs/ for the valid keys)"
+    ]
     assert not (tmp_path / "run").exists()  # a dry run writes nothing

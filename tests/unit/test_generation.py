@@ -34,8 +34,9 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p: float):
     need = int(torch.searchsorted(torch.cumsum(ordered.values, 0), torch.tensor(p))) + 1  # by hand
     probs = distribution(LOGITS, settings(top_p=p))
     assert support(probs) == set(ordered.indices[:need].tolist())
-    torch.testing.assert_close(probs[ordered.indices[:need]], full[ordered.indices[:need]] / full[ordered.indices[
-        :need]].sum())
+    torch.testing.assert_close(
+        probs[ordered.indices[:need]], full[ordered.indices[:need]] / full[ordered.indices[:need]].sum()
+    )
 
 
 def test_penalties_change_the_logits_as_documented():

@@ -32,6 +32,7 @@ from ptbr.devtools.llamacpp import LlamaCpp, quantize  # noqa: E402
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by tools/setup_env.sh")
 
+
 # ------------------------------------------------------------------------------- fast tier: random weights
 @pytest.fixture(scope="module")
 def tokenizer_json(tmp_path_factory) -> Path:
@@ -41,6 +42,7 @@ def tokenizer_json(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     path.write_text(train_tokenizer(portuguese_documents(300, seed=11), vocab_size=MODEL["vocab_size"]).to_str())
     return path
+
 
 def random_export(root: Path, tokenizer: Path, *, tied: bool = False) -> Path:
     """An export directory as ``ptbr export --dtype fp32`` writes it, with random weights of a realistic scale
@@ -59,23 +61,42 @@ def random_export(root: Path, tokenizer: Path, *, tied: bool = False) -> Path:
     root.mkdir(parents=True)
     save_file(state, str(root / "model.safetensors"))
     (root / "tokenizer.json").write_bytes(tokenizer.read_bytes())
-    config = {"model": cfg.model_dump(), "vocab_size": cfg.vocab_size, "dtype": "fp32", "format": "safetensors",
-              "weights": "model.safetensors", "step": 7, "tokens": 12345, "samples": 100, "tokenizer_sha256": "t" * 8,
-              "dataset_hash": "d" * 16, "ptbr_version": "0.1.0", "tied": {"head.weight": "emb.weight"} if tied else {}}
+    config = {
+        "model": cfg.model_dump(),
+        "vocab_size": cfg.vocab_size,
+        "dtype": "fp32",
+        "format": "safetensors",
+        "weights": "model.safetensors",
+        "step": 7,
+        "tokens": 12345,
+        "samples": 100,
+        "tokenizer_sha256": "t" * 8,
+        "dataset_hash": "d" * 16,
+        "ptbr_version": "0.1.0",
+        "tied": {"head.weight": "emb.weight"} if tied else {},
+    }
     (root / "config.json").write_text(json.dumps(config))
     return root
+
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory, tokenizer_json) -> Path:
     return random_export(tmp_path_factory.mktemp("random") / "export", tokenizer_json)
+
 
 def test_the_file_holds_what_the_rwkv6_loader_reads(random_model, tmp_path):
     import gguf
 
     expected = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.RWKV6]}
     expected -= {gguf.TENSOR_NAMES[getattr(gguf.MODEL_TENSOR, f"TIME_MIX_LERP_{s}")] for s in "WKVRG"}  # fused
-    kept_f32 = {"time_mix_first", "time_mix_w1", "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2",
-                "time_mix_lerp_fused"}
+    kept_f32 = {
+        "time_mix_first",
+        "time_mix_w1",
+        "time_mix_w2",
+        "time_mix_decay_w1",
+        "time_mix_decay_w2",
+        "time_mix_lerp_fused",
+    }
     for dtype, qtype in (("f32", "F32"), ("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0")):
         reader = gguf.GGUFReader(gguf_of(random_model, tmp_path / dtype, dtype))
         names = {t.name for t in reader.tensors}
@@ -100,15 +121,19 @@ def test_the_file_holds_what_the_rwkv6_loader_reads(random_model, tmp_path):
         llm = LlamaCpp(tmp_path / dtype / "model.gguf")
         assert llm.n_vocab == 512 and llm.llm.metadata["ptbr.step"] == "7"
 
+
 def test_random_weights_give_ptbr_logits_in_llama_cpp(random_model, tmp_path):
     from ptbr.infer.model_io import load_model
 
     lm = load_model(random_model, "cpu")
     llm = LlamaCpp(gguf_of(random_model, tmp_path / "g", "f32"), logits_all=True)
-    worst = max(rel_rms(llm.logits(t), ptbr_logits(lm, t))
-                for t in (lm.tokenizer.encode(p, add_special_tokens=False).ids for p in PROMPTS))
+    worst = max(
+        rel_rms(llm.logits(t), ptbr_logits(lm, t))
+        for t in (lm.tokenizer.encode(p, add_special_tokens=False).ids for p in PROMPTS)
+    )
     print(f"random weights: f32 relative RMS of the logits, worst prompt {worst:.2e}")
     assert worst < 1e-3
+
 
 def test_q8_0_is_llama_cpps_own_quantization_and_llama_quantize_works_on_the_export(random_model, tmp_path):
     import gguf
@@ -123,6 +148,7 @@ def test_q8_0_is_llama_cpps_own_quantization_and_llama_quantize_works_on_the_exp
     quantize(f32, tmp_path / "q4.gguf", "Q4_K_M")  # a type the export leaves to llama-quantize
     llm = LlamaCpp(tmp_path / "q4.gguf", logits_all=True)
     assert np.isfinite(llm.logits(llm.tokenize(PROMPTS[0]))).all()
+
 
 # The battery: where ptbr's NFC normaliser changes the text, llama.cpp (which normalises nothing) sees other
 # code points; every other string must give the same tokens.
@@ -139,13 +165,16 @@ BATTERY = [
     "ＡＢＣ　全角, ﬁm, ㎏, 中文 и кириллица, العربية",
     "fim do documento" + EOS + "início do próximo",
     EOS,
-    " ", "\n", "a",
+    " ",
+    "\n",
+    "a",
 ]
 
 NFC_CHANGES = [
     unicodedata.normalize("NFD", "ação, coração, São Paulo, pôr, avó"),  # decomposed accents
     "\u2126 e \u212b e \u212a",  # OHM, ANGSTROM and KELVIN SIGN: singletons NFC replaces (Ω, Å, K)
 ]
+
 
 def test_tokenization_is_ptbrs_on_a_battery(random_model, tmp_path):
     from tokenizers import Tokenizer
@@ -168,6 +197,7 @@ def test_tokenization_is_ptbrs_on_a_battery(random_model, tmp_path):
     ids = ours.encode("Olá , mundo . Tudo bem ?", add_special_tokens=False).ids
     assert llm.detokenize(ids) == "Olá , mundo . Tudo bem ?" and llm.detokenize_whole(ids) == "Olá, mundo. Tudo bem?"
 
+
 def test_bad_inputs_are_one_line(random_model, tmp_path):
     def error_of(*args: str) -> str:
         proc = ptbr(*args)
@@ -177,7 +207,8 @@ def test_bad_inputs_are_one_line(random_model, tmp_path):
 
     out = tmp_path / "o"
     assert "--dtype must be one of f32, f16, bf16, q8_0 for --format gguf, got 'q4_0'" in error_of(
-        "export", str(random_model), str(out), "--format", "gguf", "--dtype", "q4_0")
+        "export", str(random_model), str(out), "--format", "gguf", "--dtype", "q4_0"
+    )
     exists = export(random_model, tmp_path / "exists", "--format", "gguf")
     assert "already exists; pass --overwrite" in error_of("export", str(random_model), str(exists), "--format", "gguf")
     broken = tmp_path / "run" / "checkpoints" / "step_00000006"
@@ -187,8 +218,9 @@ def test_bad_inputs_are_one_line(random_model, tmp_path):
     (random_model.parent / "bad").mkdir()
     for f in ("config.json", "tokenizer.json"):
         (random_model.parent / "bad" / f).write_bytes((random_model / f).read_bytes())
-    assert "model.safetensors is missing" in error_of("export", str(random_model.parent / "bad"), str(out),
-                                                      "--format", "gguf")
+    assert "model.safetensors is missing" in error_of(
+        "export", str(random_model.parent / "bad"), str(out), "--format", "gguf"
+    )
     assert not out.exists() and not list(tmp_path.glob(".o.tmp-*"))
     import gguf
 

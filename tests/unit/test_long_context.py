@@ -27,8 +27,9 @@ def packed_documents(lengths: list[int], B: int = 1, seed: int = 0) -> torch.Ten
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(B):
-        docs = [torch.cat([torch.randint(1, TINY.vocab_size, (n - 1,), generator=g), torch.tensor([EOS])])
-                for n in lengths]
+        docs = [
+            torch.cat([torch.randint(1, TINY.vocab_size, (n - 1,), generator=g), torch.tensor([EOS])]) for n in lengths
+        ]
         rows.append(torch.cat(docs))
     return torch.stack(rows)
 
@@ -98,8 +99,9 @@ def test_reset_matches_the_reference_and_separate_documents(backend: str) -> Non
     reset = torch.rand(2, 70, generator=torch.Generator().manual_seed(1)) < 0.08
     reset[0, 69] = reset[1, 0] = True  # a reset at the last step (final state 0) and at the first
     reset[0, 30:32] = True  # an empty document between two ends
-    ref = run_with_grads(lambda **kw: wkv6(**kw, backend="reference", reset=reset),
-                         {n: x.double() for n, x in inputs.items()})
+    ref = run_with_grads(
+        lambda **kw: wkv6(**kw, backend="reference", reset=reset), {n: x.double() for n, x in inputs.items()}
+    )
     got = run_with_grads(lambda **kw: wkv6(**kw, backend=backend, reset=reset), inputs)
     assert got[1][0].abs().max() == 0  # the state after a reset step is exactly zero
     assert rel_rms(got[0], ref[0]) < 1e-6
@@ -136,7 +138,7 @@ def test_model_packed_sample_equals_its_documents_run_separately() -> None:
     model.zero_grad()
     start, outs = 0, []
     for n in lengths:
-        outs.append(model(idx[:, start:start + n]))
+        outs.append(model(idx[:, start : start + n]))
         start += n
     separate = torch.cat(outs, 1)
     (separate * weight).sum().backward()
@@ -211,8 +213,13 @@ def test_per_token_nll_in_segments_equals_one_pass() -> None:
 
 def test_sequence_loss_rejects_an_unknown_bptt() -> None:
     with pytest.raises(ValueError, match="bptt"):
-        sequence_loss(lambda i, s: (None, None), torch.zeros(1, 4, dtype=torch.long),
-                      torch.zeros(1, 4, dtype=torch.long), segment_len=2, bptt="partial")
+        sequence_loss(
+            lambda i, s: (None, None),
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.zeros(1, 4, dtype=torch.long),
+            segment_len=2,
+            bptt="partial",
+        )
 
 
 def live_tensor_bytes() -> int:

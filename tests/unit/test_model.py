@@ -13,19 +13,29 @@ from tests.helpers.model import randomize_
 TINY = RWKV6Config(n_layer=3, n_embd=64, head_size=16, vocab_size=97, mix_lora=8, decay_lora=8)
 
 
-
-
 def test_forward_shapes_and_names() -> None:
     model = RWKV6(TINY)
     idx = torch.randint(0, TINY.vocab_size, (2, 11))
     assert model(idx).shape == (2, 11, TINY.vocab_size)
     names = set(dict(model.named_parameters()))
     for expected in [
-        "emb.weight", "blocks.0.ln0.weight", "blocks.1.ln1.bias", "blocks.2.ln2.weight",
-        "blocks.0.att.time_maa_x", "blocks.0.att.time_maa_w1", "blocks.0.att.time_maa_w2",
-        "blocks.0.att.time_decay", "blocks.0.att.time_decay_w1", "blocks.0.att.time_faaaa",
-        "blocks.0.att.receptance.weight", "blocks.0.att.gate.weight", "blocks.0.att.ln_x.weight",
-        "blocks.0.ffn.time_maa_k", "blocks.0.ffn.key.weight", "ln_out.weight", "head.weight",
+        "emb.weight",
+        "blocks.0.ln0.weight",
+        "blocks.1.ln1.bias",
+        "blocks.2.ln2.weight",
+        "blocks.0.att.time_maa_x",
+        "blocks.0.att.time_maa_w1",
+        "blocks.0.att.time_maa_w2",
+        "blocks.0.att.time_decay",
+        "blocks.0.att.time_decay_w1",
+        "blocks.0.att.time_faaaa",
+        "blocks.0.att.receptance.weight",
+        "blocks.0.att.gate.weight",
+        "blocks.0.att.ln_x.weight",
+        "blocks.0.ffn.time_maa_k",
+        "blocks.0.ffn.key.weight",
+        "ln_out.weight",
+        "head.weight",
     ]:
         assert expected in names
     assert "blocks.1.ln0.weight" not in names
@@ -74,7 +84,7 @@ def test_piecewise_with_state_equals_full_sequence(pieces: list[int]) -> None:
         full = model(idx)
         state, outs, start = None, [], 0
         for n in pieces:
-            logits, state = model(idx[:, start:start + n], state=state, return_state=True)
+            logits, state = model(idx[:, start : start + n], state=state, return_state=True)
             outs.append(logits)
             start += n
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-4, atol=1e-4)

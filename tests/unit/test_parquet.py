@@ -51,13 +51,40 @@ def test_row_groups_are_units_and_read_in_order(twins):
 def test_tokenizer_and_shards_from_parquet_equal_those_from_jsonl(twins):
     root = twins["root"]
     for kind in ("pq", "js"):
-        assert_ok(run_cli("tokenizer", "train", "--input", str(twins[kind]), "--output", str(root / f"tok-{kind}.json"),
-                          "--vocab-size", "300", "--quiet"))
+        assert_ok(
+            run_cli(
+                "tokenizer",
+                "train",
+                "--input",
+                str(twins[kind]),
+                "--output",
+                str(root / f"tok-{kind}.json"),
+                "--vocab-size",
+                "300",
+                "--quiet",
+            )
+        )
     assert (root / "tok-pq.json").read_bytes() == (root / "tok-js.json").read_bytes()
     for kind in ("pq", "js"):
-        assert_ok(run_cli("shards", "build", "--input", str(twins[kind]), "--tokenizer", str(root / "tok-js.json"),
-                          "--output", str(root / f"ds-{kind}"), "--seq-len", "16", "--val-fraction", "0.2",
-                          "--workers", "1", "--quiet"))
+        assert_ok(
+            run_cli(
+                "shards",
+                "build",
+                "--input",
+                str(twins[kind]),
+                "--tokenizer",
+                str(root / "tok-js.json"),
+                "--output",
+                str(root / f"ds-{kind}"),
+                "--seq-len",
+                "16",
+                "--val-fraction",
+                "0.2",
+                "--workers",
+                "1",
+                "--quiet",
+            )
+        )
     for split in ("train", "val"):
         assert (local_samples(root / "ds-pq", split) == local_samples(root / "ds-js", split)).all()
     manifest = json.loads((root / "ds-pq" / "manifest.json").read_text())
@@ -77,9 +104,23 @@ def test_a_parquet_file_without_the_text_column_is_one_line_for_every_command(tw
     root, bad = twins["root"], str(twins["bad"])
     needle = ("other.parquet: no column 'text' (columns: content)", "--text-field")
     assert_one_line_error(run_cli("tokenizer", "train", "--input", bad, "--output", str(root / "t.json")), *needle)
-    assert_one_line_error(run_cli("shards", "build", "--input", bad, "--tokenizer", str(root / "tok-js.json"),
-                                  "--output", str(root / "x"), "--seq-len", "16"), *needle)
+    assert_one_line_error(
+        run_cli(
+            "shards",
+            "build",
+            "--input",
+            bad,
+            "--tokenizer",
+            str(root / "tok-js.json"),
+            "--output",
+            str(root / "x"),
+            "--seq-len",
+            "16",
+        ),
+        *needle,
+    )
     assert_one_line_error(run_cli("corpus", "clean", "--input", bad, "--output", str(root / "y")), *needle)
-    assert_one_line_error(run_cli("corpus", "clean", "--input", bad, "--output", str(root / "y"), "--part", "0/2"),
-                          *needle)
+    assert_one_line_error(
+        run_cli("corpus", "clean", "--input", bad, "--output", str(root / "y"), "--part", "0/2"), *needle
+    )
     assert not (root / "x" / "manifest.json").exists() and not (root / "y").exists()

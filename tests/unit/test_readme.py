@@ -54,7 +54,7 @@ def ptbr_invocations(argv: list[str]) -> list[list[str]]:
         found.append(argv[1:])
     for i, word in enumerate(argv):
         if word in ("-m", "--module") and i + 1 < len(argv) and argv[i + 1] == "ptbr.train":
-            found.append(["train", *argv[i + 2:]])
+            found.append(["train", *argv[i + 2 :]])
     return found
 
 
@@ -98,7 +98,7 @@ def test_readme_command_parses(line: int, argv: list[str], monkeypatch):
     if argv[:1] == ["sbatch"]:
         script = next(a for a in argv[1:] if a.endswith(".sh"))
         assert (REPO / script).is_file(), f"README line {line}: {script} does not exist"
-        rest = argv[argv.index(script) + 1:]
+        rest = argv[argv.index(script) + 1 :]
         config = "configs/train/" + Path(script).stem.removeprefix("train_") + ".yaml"
         overrides, i = [], 0
         while i < len(rest):

@@ -15,8 +15,9 @@ from ptbr.errors import CheckpointError
 FP = {"model": "m1", "seq_len": "32", "dataset": "d1"}
 
 
-def fake(root: Path, step: int, *, world: int = 2, batch: int = 8, fp: dict | None = None,
-         complete: bool = True) -> Path:
+def fake(
+    root: Path, step: int, *, world: int = 2, batch: int = 8, fp: dict | None = None, complete: bool = True
+) -> Path:
     path = layout.new_checkpoint_dir(root, step)
     (path / "rng").mkdir(parents=True)
     (path / "mp_rank_00_model_states.pt").write_bytes(b"m" * 10)
@@ -31,8 +32,9 @@ def fake(root: Path, step: int, *, world: int = 2, batch: int = 8, fp: dict | No
 
 
 def plan(root: Path, mode: str = "auto", *, world: int = 2, batch: int = 8, fp: dict | None = None, **flags):
-    return decide(root, mode, fingerprint=fp or FP, world_size=world, global_batch_size=batch,
-                  log=lambda _m: None, **flags)
+    return decide(
+        root, mode, fingerprint=fp or FP, world_size=world, global_batch_size=batch, log=lambda _m: None, **flags
+    )
 
 
 def test_empty_directory_is_a_fresh_start(tmp_path: Path) -> None:

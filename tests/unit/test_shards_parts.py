@@ -35,16 +35,47 @@ def built(tmp_path_factory) -> dict:
     corpus.mkdir()
     docs = portuguese_documents(150, seed=21, max_sentences=10)
     for i in range(3):
-        (corpus / f"f{i}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n"
-                                                    for d in docs[i * 50:(i + 1) * 50]))
-    assert_ok(run_cli("tokenizer", "train", "--input", str(corpus), "--output", str(root / "tok.json"),
-                      "--vocab-size", "300", "--quiet"))
-    assert_ok(run_cli("tokenizer", "train", "--input", str(corpus / "f0.jsonl"), "--output", str(root / "tok2.json"),
-                      "--vocab-size", "290", "--quiet"))
+        (corpus / f"f{i}.jsonl").write_text(
+            "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs[i * 50 : (i + 1) * 50])
+        )
+    assert_ok(
+        run_cli(
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--output",
+            str(root / "tok.json"),
+            "--vocab-size",
+            "300",
+            "--quiet",
+        )
+    )
+    assert_ok(
+        run_cli(
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus / "f0.jsonl"),
+            "--output",
+            str(root / "tok2.json"),
+            "--vocab-size",
+            "290",
+            "--quiet",
+        )
+    )
     build_shards([str(corpus)], root / "tok.json", root / "one", SETTINGS, workers=1, progress=False, **QUIET)
     for i in range(3):
-        build_part([str(corpus)], root / "tok.json", root / "three.parts", SETTINGS, PartSpec(i, 3), workers=1,
-                   progress=False, **QUIET)
+        build_part(
+            [str(corpus)],
+            root / "tok.json",
+            root / "three.parts",
+            SETTINGS,
+            PartSpec(i, 3),
+            workers=1,
+            progress=False,
+            **QUIET,
+        )
     merge_shards([str(corpus)], root / "tok.json", root / "three", SETTINGS, 3, work=root / "three.parts", **QUIET)
     return {"root": root, "corpus": corpus, "tok": root / "tok.json"}
 
@@ -89,8 +120,10 @@ def test_samples_are_each_parts_samples_then_the_joined_tails(built):
         assert one.shape == got.shape
         # the same tokens overall except the final remainder (< one sample) each build drops
         remainder = sum(len(t) for t in tails) % sample_len
-        assert np.abs(np.bincount(one.ravel(), minlength=300) - np.bincount(got.ravel(), minlength=300)).sum() \
+        assert (
+            np.abs(np.bincount(one.ravel(), minlength=300) - np.bincount(got.ravel(), minlength=300)).sum()
             <= 2 * remainder
+        )
 
 
 def test_verify_and_the_streaming_reader_accept_the_merged_dataset(built, tmp_path):
@@ -100,14 +133,19 @@ def test_verify_and_the_streaming_reader_accept_the_merged_dataset(built, tmp_pa
     report = verify(str(dataset), progress=False)
     assert report.ok, report.problems
     index = json.loads((dataset / "train" / "index.json").read_text())
-    assert {s["zip_data"]["basename"].split("/")[0] for s in index["shards"]} == {"part-00000", "part-00001",
-                                                                                  "part-00002", "tail"}
+    assert {s["zip_data"]["basename"].split("/")[0] for s in index["shards"]} == {
+        "part-00000",
+        "part-00001",
+        "part-00002",
+        "tail",
+    }
     with isolated_environ():
         from ptbr.data import build_dataset, prepare_streaming_env
 
         prepare_streaming_env()
-        ds = build_dataset(str(dataset), "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False,
-                           seed=0)
+        ds = build_dataset(
+            str(dataset), "train", cache_root=str(tmp_path / "cache"), batch_size=4, shuffle=False, seed=0
+        )
         rows = [np.concatenate([it["input"].numpy(), it["target"].numpy()[-1:]]) for it in ds]
         np.testing.assert_array_equal(np.stack(rows), local_samples(dataset, "train"))
         del ds
@@ -117,8 +155,16 @@ def test_verify_and_the_streaming_reader_accept_the_merged_dataset(built, tmp_pa
 def test_parts_are_idempotent_and_a_foreign_tokenizer_is_refused(built, tmp_path):
     root, corpus = built["root"], [str(built["corpus"])]
     lines: list[str] = []
-    build_part(corpus, built["tok"], root / "three.parts", SETTINGS, PartSpec(2, 3), workers=1, progress=False,
-               log=lines.append)
+    build_part(
+        corpus,
+        built["tok"],
+        root / "three.parts",
+        SETTINGS,
+        PartSpec(2, 3),
+        workers=1,
+        progress=False,
+        log=lines.append,
+    )
     assert len(lines) == 1 and "done already" in lines[0]
     lines.clear()
     merge_shards(corpus, built["tok"], root / "three", SETTINGS, 3, work=root / "three.parts", log=lines.append)
@@ -131,7 +177,24 @@ def test_parts_are_idempotent_and_a_foreign_tokenizer_is_refused(built, tmp_path
     with pytest.raises(DataError, match=r"part 1/3 in .* was built with another tokenizer \(.*tok2.json"):
         merge_shards(corpus, built["tok"], tmp_path / "w", SETTINGS, 3, work=work, **QUIET)
     assert not (tmp_path / "w").exists()
-    proc = run_cli("shards", "build", "--input", *corpus, "--tokenizer", str(built["tok"]), "--output",
-                   str(tmp_path / "w"), "--seq-len", str(SEQ), "--val-fraction", str(VAL), "--shard-size", "4kb",
-                   "--merge", "3", "--work", str(work))
+    proc = run_cli(
+        "shards",
+        "build",
+        "--input",
+        *corpus,
+        "--tokenizer",
+        str(built["tok"]),
+        "--output",
+        str(tmp_path / "w"),
+        "--seq-len",
+        str(SEQ),
+        "--val-fraction",
+        str(VAL),
+        "--shard-size",
+        "4kb",
+        "--merge",
+        "3",
+        "--work",
+        str(work),
+    )
     assert_one_line_error(proc, "part 1/3", "another tokenizer")

@@ -9,8 +9,9 @@ from pathlib import Path
 import ptbr.errors
 from tests.helpers.train_harness import REPO
 
-ERRORS = {name for name, obj in vars(ptbr.errors).items()
-          if inspect.isclass(obj) and issubclass(obj, ptbr.errors.PtbrError)}
+ERRORS = {
+    name for name, obj in vars(ptbr.errors).items() if inspect.isclass(obj) and issubclass(obj, ptbr.errors.PtbrError)
+}
 
 
 def user_error_messages() -> list[tuple[str, int, int]]:
@@ -18,8 +19,11 @@ def user_error_messages() -> list[tuple[str, int, int]]:
     found = []
     for path in sorted((REPO / "ptbr").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        local = ERRORS | {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
-                          and any(getattr(b, "id", "") in ERRORS for b in n.bases)}
+        local = ERRORS | {
+            n.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ClassDef) and any(getattr(b, "id", "") in ERRORS for b in n.bases)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
                 name = getattr(node.exc.func, "id", getattr(node.exc.func, "attr", ""))

@@ -50,8 +50,15 @@ def test_batch_resolution() -> None:
 
 
 def test_deepspeed_config_is_derived() -> None:
-    cfg = TrainConfig.load(TINY_YAML, ["zero.stage=3", "precision=bf16", "optim.grad_clip=0.5",
-                                       "deepspeed.zero_optimization.reduce_bucket_size=1000"])
+    cfg = TrainConfig.load(
+        TINY_YAML,
+        [
+            "zero.stage=3",
+            "precision=bf16",
+            "optim.grad_clip=0.5",
+            "deepspeed.zero_optimization.reduce_bucket_size=1000",
+        ],
+    )
     ds = build_ds_config(cfg, *cfg.batch.resolve(2), cuda=False)
     assert ds["train_batch_size"] == 8 and ds["gradient_accumulation_steps"] == 1
     assert ds["train_micro_batch_size_per_gpu"] == 4
@@ -70,8 +77,14 @@ def test_rwkv_lm_optimizer_groups() -> None:
     assert all("time_decay" in n and "_w" not in n for n in groups["time_decay"])
     decayed = groups["decay"]
     assert {"emb.weight", "head.weight", "blocks.1.att.key.weight", "blocks.0.ffn.value.weight"} <= decayed
-    for n in ("blocks.0.att.time_maa_w1", "blocks.0.att.time_decay_w2", "blocks.0.att.time_faaaa",
-              "blocks.0.ln1.weight", "blocks.0.att.ln_x.bias", "blocks.0.att.time_maa_x"):
+    for n in (
+        "blocks.0.att.time_maa_w1",
+        "blocks.0.att.time_decay_w2",
+        "blocks.0.att.time_faaaa",
+        "blocks.0.ln1.weight",
+        "blocks.0.att.ln_x.bias",
+        "blocks.0.att.time_maa_x",
+    ):
         assert n in groups["no_decay"], n
     total = sum(len(v) for v in groups.values())
     assert total == len(list(model.parameters()))
@@ -109,15 +122,32 @@ def test_fused_adamw_where_training_steps_on_cuda() -> None:
 
 
 def test_launcher_detection() -> None:
-    torchrun = detect({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                       "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    torchrun = detect(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "n1",
+            "MASTER_PORT": "1234",
+        }
+    )
     assert (torchrun.rank, torchrun.local_world_size, torchrun.launcher) == (3, 2, "torchrun")
     assert torchrun.node_rank == 1 and torchrun.num_nodes == 4
     ds = detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_SIZE": "2"})
     assert (ds.local_world_size, ds.launcher) == (2, "deepspeed")
-    slurm = detect({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
-                    "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]",
-                    "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0"})
+    slurm = detect(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "1",
+            "SLURM_TASKS_PER_NODE": "4(x2)",
+            "SLURM_JOB_NODELIST": "gpu[07-08]",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_STEP_ID": "0",
+        }
+    )
     assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.local_world_size) == (5, 8, 1, 4)
     assert slurm.master_addr == "gpu07" and slurm.master_port == 20000 + 4242
     assert detect({}).launcher == "single"
@@ -134,12 +164,27 @@ def test_hostfile_from_slurm_script(tmp_path) -> None:
     import sys
 
     out = tmp_path / "hostfile"
-    proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist",
-                           "gpu[01-02]", "--slots", "4"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/hostfile_from_slurm.py",
+            "--out",
+            str(out),
+            "--nodelist",
+            "gpu[01-02]",
+            "--slots",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "gpu01 slots=4\ngpu02 slots=4\n"
-    proc = subprocess.run([sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist", ""],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "launch/hostfile_from_slurm.py", "--out", str(out), "--nodelist", ""],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "no hosts" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -154,12 +199,17 @@ def test_data_sources_config() -> None:
     with pytest.raises(ConfigError, match="set either source or sources"):
         TrainConfig.load(TINY_YAML, ["data.source=s3://b/other", mix])
     with pytest.raises(ConfigError, match="distinct names"):
-        TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1",
-                                     "data.sources=[{source: s3://b/wiki/v1, weight: 1}, {source: s3://c/wiki/v1, "
-                                     "weight: 1}]"])
+        TrainConfig.load(
+            TINY_YAML,
+            [
+                "data.source=s3://b/wiki/v1",
+                "data.sources=[{source: s3://b/wiki/v1, weight: 1}, {source: s3://c/wiki/v1, weight: 1}]",
+            ],
+        )
     with pytest.raises(ConfigError, match=r"weight"):
-        TrainConfig.load(TINY_YAML, ["data.source=s3://b/wiki/v1",
-                                     "data.sources=[{source: s3://b/wiki/v1, weight: 0}]"])
+        TrainConfig.load(
+            TINY_YAML, ["data.source=s3://b/wiki/v1", "data.sources=[{source: s3://b/wiki/v1, weight: 0}]"]
+        )
 
 
 def test_loss_by_position_buckets() -> None:

@@ -34,7 +34,8 @@ def fake_wheel(directory: Path, name: str, version: str, requires: list[str]) ->
     dist = name.replace("-", "_")
     path = directory / f"{dist}-{version}-py3-none-any.whl"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
-        f"Requires-Dist: {r}\n" for r in requires)
+        f"Requires-Dist: {r}\n" for r in requires
+    )
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{dist}-{version}.dist-info/METADATA", meta)
     return path
@@ -47,25 +48,59 @@ INDEX = {
     "annotated-types": ("0.8.0", []),
     "typing-extensions": ("4.16.0", []),
     "hjson": ("3.1.0", []),
-    "mosaicml-streaming": ("0.13.0", ["numpy<2.2.0", "paramiko>=2.11", "oci>=2.88", "torchvision>=0.10",
-                                      "catalogue<3,>=2", "brotli>=1.0.9", "zstd>=1.5", "python-snappy>=0.6.1",
-                                      "boto3<2,>=1.21.45", "transformers<5", "xxhash<4", "torch<3"]),
+    "mosaicml-streaming": (
+        "0.13.0",
+        [
+            "numpy<2.2.0",
+            "paramiko>=2.11",
+            "oci>=2.88",
+            "torchvision>=0.10",
+            "catalogue<3,>=2",
+            "brotli>=1.0.9",
+            "zstd>=1.5",
+            "python-snappy>=0.6.1",
+            "boto3<2,>=1.21.45",
+            "transformers<5",
+            "xxhash<4",
+            "torch<3",
+        ],
+    ),
     "torchvision": ("0.26.0", ["numpy", "torch==2.11.0", "pillow!=8.3.*,>=5.3.0"]),
-    "catalogue": ("2.0.10", []), "brotli": ("1.2.1", []), "zstd": ("1.5.7.2", []),
-    "python-snappy": ("0.7.3", ["cramjam"]), "cramjam": ("2.14.0", []),
-    "boto3": ("1.44.18", ["botocore<1.45.0,>=1.44.18"]), "botocore": ("1.44.18", ["python-dateutil<3.0.0,>=2.1"]),
-    "python-dateutil": ("2.9.0", ["six>=1.5"]), "six": ("1.17.0", []),
-    "fla-core": ("0.6.0", ["einops", "triton>=3.3; extra == 'cuda'"]), "rwkv": ("0.8.32", ["tokenizers>=0.13.2"]),
+    "catalogue": ("2.0.10", []),
+    "brotli": ("1.2.1", []),
+    "zstd": ("1.5.7.2", []),
+    "python-snappy": ("0.7.3", ["cramjam"]),
+    "cramjam": ("2.14.0", []),
+    "boto3": ("1.44.18", ["botocore<1.45.0,>=1.44.18"]),
+    "botocore": ("1.44.18", ["python-dateutil<3.0.0,>=2.1"]),
+    "python-dateutil": ("2.9.0", ["six>=1.5"]),
+    "six": ("1.17.0", []),
+    "fla-core": ("0.6.0", ["einops", "triton>=3.3; extra == 'cuda'"]),
+    "rwkv": ("0.8.32", ["tokenizers>=0.13.2"]),
     "setuptools": ("80.0.0", []),
 }
-NODE = {"torch": "2.11.0+cu130", "triton": "3.6.0", "numpy": "2.5.2", "transformers": "5.17.0", "xxhash": "4.1.0",
-        "einops": "0.8.2", "tokenizers": "0.23.2", "pillow": "13.0.0", "filelock": "4.3.2", "tqdm": "4.70.1",
-        "matplotlib": "3.11.2", "python-dateutil": "4.0.0", "typing-extensions": "4.12.0", "setuptools": "81.0.0"}
+NODE = {
+    "torch": "2.11.0+cu130",
+    "triton": "3.6.0",
+    "numpy": "2.5.2",
+    "transformers": "5.17.0",
+    "xxhash": "4.1.0",
+    "einops": "0.8.2",
+    "tokenizers": "0.23.2",
+    "pillow": "13.0.0",
+    "filelock": "4.3.2",
+    "tqdm": "4.70.1",
+    "matplotlib": "3.11.2",
+    "python-dateutil": "4.0.0",
+    "typing-extensions": "4.12.0",
+    "setuptools": "81.0.0",
+}
 
 
 @pytest.fixture
 def built(tmp_path, monkeypatch):
     """build() against the toy index: pip download is replaced by copying fake wheels."""
+
     def download(self, reqs):
         got = {}
         for r in reqs:
@@ -76,10 +111,21 @@ def built(tmp_path, monkeypatch):
         return got
 
     monkeypatch.setattr(wh.Builder, "download", download)
-    monkeypatch.setattr(wh, "ptbr_requirements", lambda repo: [
-        "torch>=2.8", "deepspeed>=0.19,<0.20", "mosaicml-streaming>=0.13,<0.14", "numpy>=1.24",
-        "triton>=3.4; platform_system == 'Linux'", "boto3>=1.34", "datasketch>=2.0,<3", "pydantic>=2.6",
-        "pywin32; sys_platform == 'win32'"])
+    monkeypatch.setattr(
+        wh,
+        "ptbr_requirements",
+        lambda repo: [
+            "torch>=2.8",
+            "deepspeed>=0.19,<0.20",
+            "mosaicml-streaming>=0.13,<0.14",
+            "numpy>=1.24",
+            "triton>=3.4; platform_system == 'Linux'",
+            "boto3>=1.34",
+            "datasketch>=2.0,<3",
+            "pydantic>=2.6",
+            "pywin32; sys_platform == 'win32'",
+        ],
+    )
     monkeypatch.setattr(wh, "git_commit", lambda repo: "abc")
     target = wh.Target("3.12", "2.28", dict(NODE), "toy")
     return wh.build(target, tmp_path / "wh", (), tmp_path / "cache", log=lambda m: None), tmp_path / "wh"
@@ -88,9 +134,26 @@ def built(tmp_path, monkeypatch):
 def test_closure_is_what_the_node_lacks(built):
     manifest, out = built
     names = {p["name"] for p in manifest["packages"]}
-    assert names == {"deepspeed", "pydantic", "annotated-types", "typing-extensions", "hjson", "mosaicml-streaming",
-                     "torchvision", "catalogue", "brotli", "zstd", "python-snappy", "cramjam", "boto3", "botocore",
-                     "python-dateutil", "six", "fla-core", "rwkv"}
+    assert names == {
+        "deepspeed",
+        "pydantic",
+        "annotated-types",
+        "typing-extensions",
+        "hjson",
+        "mosaicml-streaming",
+        "torchvision",
+        "catalogue",
+        "brotli",
+        "zstd",
+        "python-snappy",
+        "cramjam",
+        "boto3",
+        "botocore",
+        "python-dateutil",
+        "six",
+        "fla-core",
+        "rwkv",
+    }
     relies = {r["name"]: r for r in manifest["relies_on"]}
     assert {"torch", "triton", "numpy", "transformers", "xxhash", "einops", "pillow", "tokenizers"} <= set(relies)
     assert "==2.11.0" in relies["torch"]["requirement"]  # torchvision matched to the node's torch
@@ -109,8 +172,11 @@ def test_closure_is_what_the_node_lacks(built):
 def test_a_node_without_a_satisfying_torch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(wh, "ptbr_requirements", lambda repo: ["torch>=2.8"])
     target = wh.Target("3.12", "2.28", {"torch": "2.5.1"}, "toy")
-    with pytest.raises(SystemExit, match=r"torch>=2.8 \(needed by ptbr\) must come with the node, which has "
-                                         r"torch==2.5.1"):
+    with pytest.raises(
+        SystemExit,
+        match=r"torch>=2.8 \(needed by ptbr\) must come with the node, which has "
+        r"torch==2.5.1",
+    ):
         wh.build(target, tmp_path / "wh", (), tmp_path / "cache", log=lambda m: None)
 
 
@@ -129,15 +195,22 @@ def test_freeze_list_and_platform_tags(tmp_path):
 
 def manifest_for(tmp_path: Path, packages: list[dict], relies: list[dict]) -> Path:
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    (tmp_path / "manifest.json").write_text(json.dumps({"python": here, "glibc": "2.17", "packages": packages,
-                                                        "relies_on": relies}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"python": here, "glibc": "2.17", "packages": packages, "relies_on": relies})
+    )
     return tmp_path
 
 
 def entry(path: Path, name: str, requirement: str) -> dict:
     data = path.read_bytes()
-    return {"name": name, "version": "1.0", "file": path.name, "bytes": len(data), "requirement": requirement,
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "name": name,
+        "version": "1.0",
+        "file": path.name,
+        "bytes": len(data),
+        "requirement": requirement,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def test_plan_installs_only_what_is_missing(tmp_path):
@@ -145,10 +218,15 @@ def test_plan_installs_only_what_is_missing(tmp_path):
     wheel = fake_wheel(tmp_path, "pydantic", "2.14.4", [])
     other = fake_wheel(tmp_path, "hjson", "3.1.0", [])
     torch = fake_wheel(tmp_path, "torch", "2.14.1", [])
-    wh_dir = manifest_for(tmp_path, [entry(wheel, "pydantic", "pydantic>=2.6"), entry(other, "hjson", "hjson"),
-                                     entry(torch, "torch", "torch>=2.8")],
-                          [{"name": "numpy", "requirement": "numpy>=1.24"},
-                           {"name": "torch", "requirement": "torch>=2.8"}])
+    wh_dir = manifest_for(
+        tmp_path,
+        [
+            entry(wheel, "pydantic", "pydantic>=2.6"),
+            entry(other, "hjson", "hjson"),
+            entry(torch, "torch", "torch>=2.8"),
+        ],
+        [{"name": "numpy", "requirement": "numpy>=1.24"}, {"name": "torch", "requirement": "torch>=2.8"}],
+    )
     _, todo, notes = oi.plan(wh_dir, have)
     assert [e["name"] for e in todo] == ["pydantic", "hjson"]
     assert any("replaces pydantic==1.10.0" in n for n in notes) and any("refused torch" in n for n in notes)
@@ -158,9 +236,21 @@ def test_plan_says_in_one_line_what_is_missing(tmp_path):
     wheel = fake_wheel(tmp_path, "pydantic", "2.14.4", [])
     damaged = entry(wheel, "pydantic", "pydantic>=2.6")
     damaged["sha256"] = "0" * 64
-    wh_dir = manifest_for(tmp_path, [damaged, {"name": "zstandard", "version": "0.25.0", "file": "zstandard.whl",
-                                               "bytes": 1, "sha256": "x", "requirement": "zstandard>=0.22"}],
-                          [{"name": "torch", "requirement": "torch>=2.8"}])
+    wh_dir = manifest_for(
+        tmp_path,
+        [
+            damaged,
+            {
+                "name": "zstandard",
+                "version": "0.25.0",
+                "file": "zstandard.whl",
+                "bytes": 1,
+                "sha256": "x",
+                "requirement": "zstandard>=0.22",
+            },
+        ],
+        [{"name": "torch", "requirement": "torch>=2.8"}],
+    )
     with pytest.raises(oi.Incomplete) as info:
         oi.plan(wh_dir, {"torch": "2.5.1"})
     text = str(info.value)
@@ -171,12 +261,21 @@ def test_plan_says_in_one_line_what_is_missing(tmp_path):
 
 def test_installer_refuses_another_python_in_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"python": "3.9", "packages": [], "relies_on": []}))
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "offline_install.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "offline_install.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "the wheelhouse is for CPython 3.9" in proc.stderr
-    proc = subprocess.run(["bash", str(REPO / "tools" / "setup_env.sh"), "--wheelhouse", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
-                                                                             "PYTHON": sys.executable})
-    assert proc.returncode == 1 and proc.stderr.strip().endswith("has no manifest.json: build it with "
-                                                                 "tools/wheelhouse.sh")
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "setup_env.sh"), "--wheelhouse", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().endswith(
+        "has no manifest.json: build it with tools/wheelhouse.sh"
+    )

@@ -26,8 +26,12 @@ from tests.helpers.wkv import make_inputs, rel_rms, run_with_grads
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(
-        not tw.interpreting(), reason="Triton interpreter is off (a GPU is present): the cuda variant runs")),
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            not tw.interpreting(), reason="Triton interpreter is off (a GPU is present): the cuda variant runs"
+        ),
+    ),
     pytest.param("cuda", marks=[needs_cuda, pytest.mark.gpu]),
 ]
 GRADS = {"r", "k", "v", "w", "u", "state"}
@@ -231,8 +235,11 @@ def _kernel_launch_binder(kernel):
     """Triton's own argument binder for ``kernel``: it returns the specialisation (the compile key)."""
     if isinstance(kernel, Autotuner):
         kernel = kernel.fn
-    jit = kernel if isinstance(kernel, JITFunction) else JITFunction(
-        kernel.fn, do_not_specialize=kernel.kwargs["do_not_specialize"])
+    jit = (
+        kernel
+        if isinstance(kernel, JITFunction)
+        else JITFunction(kernel.fn, do_not_specialize=kernel.kwargs["do_not_specialize"])
+    )
     return jit, create_function_from_signature(jit.signature, jit.params, BaseBackend)
 
 
@@ -275,8 +282,9 @@ def test_no_recompilation_across_lengths_and_head_counts(device: str, launches) 
 
 def test_recompilation_check_can_fail() -> None:
     """The binder used above does tell lengths apart once T is specialised (so the test has teeth)."""
-    plain = JITFunction(tw._fwd_state_kernel.fn if not isinstance(tw._fwd_state_kernel, Autotuner)
-                        else tw._fwd_state_kernel.fn.fn)
+    plain = JITFunction(
+        tw._fwd_state_kernel.fn if not isinstance(tw._fwd_state_kernel, Autotuner) else tw._fwd_state_kernel.fn.fn
+    )
     binder = create_function_from_signature(plain.signature, plain.params, BaseBackend)
     x, h = torch.zeros(1, 32, 1, 16), torch.zeros(1, 2, 16, 16)
 
@@ -299,8 +307,10 @@ def test_recompilation_check_can_fail() -> None:
         (lambda d: d.update(r=d["r"][0]), "r must have shape [B, T, H, N]"),
         (lambda d: d.update(v=d["v"].long()), "v must be float16, bfloat16, float32 or float64"),
         (lambda d: d.update(w=d["w"].to("meta")), "w is on meta"),
-        (lambda d: d.update({n: d[n].double() for n in "rkvwu"} | {"state": d["state"].double()}),
-         "backend='triton' takes float16, bfloat16 or float32 inputs, but r is torch.float64"),
+        (
+            lambda d: d.update({n: d[n].double() for n in "rkvwu"} | {"state": d["state"].double()}),
+            "backend='triton' takes float16, bfloat16 or float32 inputs, but r is torch.float64",
+        ),
         (lambda d: d.update(u=d["u"].double()), "but u is torch.float64"),
     ],
 )
@@ -376,9 +386,26 @@ def test_kernels_compile_for_h100_without_a_gpu(tmp_path) -> None:
     spills stay bounded (N = 128 keeps several N x N fp32 tiles per program)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     report = tmp_path / "compile.json"
-    proc = subprocess.run([sys.executable, "-m", "ptbr.devtools.triton_compile_check", "--arch", "90",
-                           "--head-size", "32,64,128", "--dtype", "bf16", "--json", str(report)], capture_output=True,
-                          text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ptbr.devtools.triton_compile_check",
+            "--arch",
+            "90",
+            "--head-size",
+            "32,64,128",
+            "--dtype",
+            "bf16",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("compiled for sm_90") == 3 * len(KERNELS), proc.stdout
     rows = json.loads(report.read_text())
