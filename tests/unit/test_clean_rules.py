@@ -7,7 +7,7 @@ import pytest
 
 from ptbr.clean import rules
 from ptbr.clean.config import CleanConfig
-from ptbr.clean.pipeline import judge
+from ptbr.clean.part import judge
 
 CFG = CleanConfig()
 GOOD = (
