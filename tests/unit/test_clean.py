@@ -147,6 +147,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path):
     )
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_shards_build_clean_builds_from_the_cleaned_corpus_and_reuses_it(cleaned, tmp_path):
     corpus, _, _ = cleaned
     assert (

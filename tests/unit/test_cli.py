@@ -24,6 +24,7 @@ def test_every_command_has_help(names):
     assert proc.returncode == 0 and proc.stdout.startswith("usage: ptbr " + " ".join(names)), proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_info_lists_presets_with_parameters_and_memory():
     from ptbr.model import RWKV6Config, count_parameters
 

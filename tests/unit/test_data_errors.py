@@ -6,6 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from ptbr.devtools.sample_text import portuguese_documents
 from tests.helpers.data import assert_ok, assert_one_line_error, run_cli
 from tests.helpers.data_fixtures import build
@@ -90,6 +92,7 @@ def test_missing_or_invalid_tokenizer_and_inputs(small, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_vocabulary_larger_than_dtype(small, tmp_path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -159,6 +159,7 @@ def test_memory_estimates_follow_deepspeed(gpus: int) -> None:
     assert mem["3"] < mem["2"] < mem["1"]
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_cli_dry_run_exit_codes(dataset: Path, tmp_path: Path) -> None:
     def ptbr_train(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

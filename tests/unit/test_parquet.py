@@ -48,6 +48,7 @@ def test_row_groups_are_units_and_read_in_order(twins):
     assert stats.files == 1  # two row groups of one file
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_tokenizer_and_shards_from_parquet_equal_those_from_jsonl(twins):
     root = twins["root"]
     for kind in ("pq", "js"):

@@ -169,6 +169,7 @@ def test_closure_is_what_the_node_lacks(built):
     assert manifest["total_bytes"] == sum(p.stat().st_size for p in out.glob("*.whl"))
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_a_node_without_a_satisfying_torch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(wh, "ptbr_requirements", lambda repo: ["torch>=2.8"])
     target = wh.Target("3.12", "2.28", {"torch": "2.5.1"}, "toy")

@@ -379,6 +379,7 @@ def test_cuda_offsets_beyond_int32() -> None:
 # ----------------------------------------------------------------------- GPU compile without a GPU
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_kernels_compile_for_h100_without_a_gpu(tmp_path) -> None:
     """Triton's real compiler (to an sm_90 cubin) accepts every kernel at head sizes 32, 64 and 128 with the
     launch configuration the launcher uses: what the interpreter can't check. Compilation stays cheap (the
