@@ -86,6 +86,7 @@ def test_overwrite_builds_another_version(dataset_b: Path, dataset: Path) -> Non
     assert local_samples(dataset_b, "train").shape[1] == 17
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_resume_continues_exactly_and_refuses_iterated_dataset(dataset: Path, tmp_path: Path) -> None:
     from ptbr.errors import DataError
 

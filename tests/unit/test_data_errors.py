@@ -39,6 +39,7 @@ def test_corpus_smaller_than_one_sample(small, tmp_path: Path) -> None:
     assert not (small["root"] / "out-tiny" / "manifest.json").exists()
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_empty_validation_split(small) -> None:
     assert_one_line_error(
         build(small, small["corpus"], "out-val", "--val-fraction", "0.0001"),

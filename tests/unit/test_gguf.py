@@ -198,6 +198,7 @@ def test_tokenization_is_ptbrs_on_a_battery(random_model, tmp_path):
     assert llm.detokenize(ids) == "Olá , mundo . Tudo bem ?" and llm.detokenize_whole(ids) == "Olá, mundo. Tudo bem?"
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 def test_bad_inputs_are_one_line(random_model, tmp_path):
     def error_of(*args: str) -> str:
         proc = ptbr(*args)

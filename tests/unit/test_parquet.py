@@ -101,7 +101,7 @@ def test_clean_reads_parquet_into_one_jsonl(twins, tmp_path):
     assert report.read["documents"] == 80 and report.read["bad_records_skipped"] == 1
 
 
-def test_a_parquet_file_without_the_text_column_is_one_line_for_every_command(twins):
+def test_a_parquet_file_without_the_text_column_is_one_line_for_every_command(twins, tokenizer):
     root, bad = twins["root"], str(twins["bad"])
     needle = ("other.parquet: no column 'text' (columns: content)", "--text-field")
     assert_one_line_error(run_cli("tokenizer", "train", "--input", bad, "--output", str(root / "t.json")), *needle)
@@ -112,7 +112,7 @@ def test_a_parquet_file_without_the_text_column_is_one_line_for_every_command(tw
             "--input",
             bad,
             "--tokenizer",
-            str(root / "tok-js.json"),
+            str(tokenizer),
             "--output",
             str(root / "x"),
             "--seq-len",

@@ -93,6 +93,7 @@ def test_head_sizes(device: str, N: int) -> None:
     assert_close_to(result, run_with_grads(reference, widened(inputs)), fp32_tolerance(device))
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 @pytest.mark.parametrize("device", DEVICES)
 def test_several_chunks_and_batch(device: str) -> None:
     """Three chunks (the last ragged), two sequences: state passed between chunks."""
@@ -170,6 +171,7 @@ def test_state_carries_across_calls(device: str) -> None:
     assert rel_rms(torch.cat([y_a, y_b], 1), y) < 1e-6 and rel_rms(s_b, s) < 1e-6
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 @pytest.mark.parametrize("device", DEVICES)
 def test_state_gradient_across_a_segment_boundary_bf16(device: str) -> None:
     """Long-context training: bf16 inputs, fp32 state carried between two calls (70 = 41 + 29 steps, neither
@@ -189,6 +191,7 @@ def test_state_gradient_across_a_segment_boundary_bf16(device: str) -> None:
         assert rel_rms(g, g0[name]) <= 0.005, (name, rel_rms(g, g0[name]))
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 @pytest.mark.parametrize("device", DEVICES)
 def test_document_resets_match_the_reference(device: str) -> None:
     """reset (end-of-document steps): resets inside a chunk, two in a row, at the first and the last step,
@@ -264,6 +267,7 @@ def launches():
         target.pre_run_hooks.remove(hook)
 
 
+@pytest.mark.slow  # several seconds of its own: in tests/unit, out of -m "not slow"
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_recompilation_across_lengths_and_head_counts(device: str, launches) -> None:
     """One compile key per kernel for T in 1..70 and 1..3 heads: T and H are not specialised and no constexpr
