@@ -30,8 +30,8 @@ SYSTEM = Path(__file__).resolve().parent / "system"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tiers by place: everything under tests/system/ (real processes: multi-rank training, the S3 server, the
-    Slurm daemons) is ``slow``; tests/unit/ is the fast tier (``bash tools/test.sh tests/unit``), and a unit
-    test that asks for a server is in the wrong place."""
+    Slurm daemons) is ``slow``; tests/unit/ less its several-second tests is the fast tier (``-m "not slow"``),
+    and a unit test that asks for a server is in the wrong place."""
     for item in items:
         if SYSTEM in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
