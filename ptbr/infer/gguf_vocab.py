@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptbr.data.tokenizer import EOS_TOKEN
 from ptbr.errors import PtbrError
 
 TOKENIZER_MODEL = "gpt2"
@@ -70,7 +71,7 @@ def _merge_text(merge: Any) -> str:
     return merge if isinstance(merge, str) else " ".join(merge)
 
 
-def vocab_from_tokenizer(path: str | Path, vocab_size: int, eos_token: str = "<|endoftext|>") -> GgufVocab:
+def vocab_from_tokenizer(path: str | Path, vocab_size: int, eos_token: str = EOS_TOKEN) -> GgufVocab:
     """The GGUF vocabulary of ``tokenizer.json``, padded with unused tokens up to the model's ``vocab_size``."""
     path = Path(path)
     try:
