@@ -294,6 +294,42 @@ def build_shards(
     return BuildResult(output, manifest, False)
 
 
+def encode_into_splits(
+    docs: Iterable[str],
+    stats: ReadStats,
+    directory: Path,
+    tok: Any,
+    tok_meta: Any,
+    dtype: str,
+    settings: BuildSettings,
+    workers: int,
+    label: str,
+    total_bytes: int,
+    progress: bool,
+) -> tuple[dict[str, SplitWriter], int]:
+    """Tokenize ``docs`` with ``workers`` processes into ``directory/{train,val}`` (split by content hash, packed
+    into samples of seq_len + 1 tokens): the one loop of a whole build and of a part. Returns the split
+    writers, not yet finished, and the token count."""
+    sample_len = settings.seq_len + 1
+    splits = {"train": SplitWriter("train", directory / "train", sample_len, dtype, settings)}
+    if settings.val_fraction > 0:
+        splits["val"] = SplitWriter("val", directory / "val", sample_len, dtype, settings)
+    init_args = (tok.to_str(), tok_meta.eos_id, dtype, encode.val_threshold(settings.val_fraction), settings.split_seed)
+    total_tokens = 0
+    bar = ProgressBar(label, total_bytes, rate_unit="tok", enabled=progress)
+    for enc in encoded_batches(encode.batched(docs), workers, init_args):
+        total_tokens += len(enc.tokens)
+        if "val" in splits and enc.is_val.any():
+            mask = np.repeat(enc.is_val, enc.doc_lens)
+            splits["val"].add(enc.tokens[mask], int(enc.is_val.sum()))
+            splits["train"].add(enc.tokens[~mask], int((~enc.is_val).sum()))
+        else:
+            splits["train"].add(enc.tokens, len(enc.doc_lens))
+        bar.update(stats.bytes_read, total_tokens)
+    bar.close()
+    return splits, total_tokens
+
+
 def _run_build(
     files: list[InputFile],
     described: list[dict[str, Any]],
@@ -306,27 +342,22 @@ def _run_build(
     workers: int,
     progress: bool,
 ) -> dict[str, Any]:
-    sample_len = settings.seq_len + 1
     stats = ReadStats()
-    splits = {"train": SplitWriter("train", staging / "train", sample_len, dtype, settings)}
-    if settings.val_fraction > 0:
-        splits["val"] = SplitWriter("val", staging / "val", sample_len, dtype, settings)
-    threshold = encode.val_threshold(settings.val_fraction)
-    init_args = (tok.to_str(), tok_meta.eos_id, dtype, threshold, settings.split_seed)
     docs = iter_documents(files, stats, text_field=settings.text_field, txt_docs=settings.txt_docs)
-    total_tokens = 0
-    bar = ProgressBar("shards build", sum(f.size for f in files), rate_unit="tok", enabled=progress)
-    for enc in encoded_batches(encode.batched(docs), workers, init_args):
-        total_tokens += len(enc.tokens)
-        if "val" in splits and enc.is_val.any():
-            mask = np.repeat(enc.is_val, enc.doc_lens)
-            splits["val"].add(enc.tokens[mask], int(enc.is_val.sum()))
-            splits["train"].add(enc.tokens[~mask], int((~enc.is_val).sum()))
-        else:
-            splits["train"].add(enc.tokens, len(enc.doc_lens))
-        bar.update(stats.bytes_read, total_tokens)
-    bar.close()
-    _check_sizes(stats, splits, sample_len, len(files), settings)
+    splits, total_tokens = encode_into_splits(
+        docs,
+        stats,
+        staging,
+        tok,
+        tok_meta,
+        dtype,
+        settings,
+        workers,
+        "shards build",
+        sum(f.size for f in files),
+        progress,
+    )
+    _check_sizes(stats, splits, settings.seq_len + 1, len(files), settings)
     split_info = {name: w.finish() for name, w in splits.items()}
     inputs = [{k: v for k, v in d.items() if k != "rel"} for d in described]
     stats_dict = {**stats.to_dict(), "tokens": total_tokens}

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from ptbr.data import encode
 from ptbr.data.build import (
     STAGING,
     TOKENIZER_COPY,
@@ -43,7 +42,7 @@ from ptbr.data.build import (
     commit_build,
     default_workers,
     describe_inputs,
-    encoded_batches,
+    encode_into_splits,
     existing_state,
 )
 from ptbr.data.corpus import InputFile, ReadStats, Unit, discover_inputs, iter_units, units_of
@@ -53,7 +52,6 @@ from ptbr.data.packing import choose_dtype
 from ptbr.data.parts import PartSpec, assign, check_parts, finish_part, part_is_done, start_part
 from ptbr.data.tokenizer import TokenizerInfo, load_tokenizer
 from ptbr.errors import DataError
-from ptbr.progress import ProgressBar
 
 TAIL = "tail"
 
@@ -106,25 +104,11 @@ def build_part(
         f"{label}: {len(mine)} of {len(units)} unit(s), {total / 1e6:,.1f} MB, {workers or default_workers()} worker(s)"
     )
     described = describe_inputs(my_files, progress)
-    sample_len = settings.seq_len + 1
-    splits = {"train": SplitWriter("train", directory / "train", sample_len, dtype, settings)}
-    if settings.val_fraction > 0:
-        splits["val"] = SplitWriter("val", directory / "val", sample_len, dtype, settings)
     stats = ReadStats()
-    init_args = (tok.to_str(), tok_meta.eos_id, dtype, encode.val_threshold(settings.val_fraction), settings.split_seed)
     docs = (text for _, text in iter_units(mine, stats, text_field=settings.text_field, txt_docs=settings.txt_docs))
-    total_tokens = 0
-    bar = ProgressBar(label, total, rate_unit="tok", enabled=progress)
-    for enc in encoded_batches(encode.batched(docs), workers or default_workers(), init_args):
-        total_tokens += len(enc.tokens)
-        if "val" in splits and enc.is_val.any():
-            mask = np.repeat(enc.is_val, enc.doc_lens)
-            splits["val"].add(enc.tokens[mask], int(enc.is_val.sum()))
-            splits["train"].add(enc.tokens[~mask], int((~enc.is_val).sum()))
-        else:
-            splits["train"].add(enc.tokens, len(enc.doc_lens))
-        bar.update(stats.bytes_read, total_tokens)
-    bar.close()
+    splits, total_tokens = encode_into_splits(
+        docs, stats, directory, tok, tok_meta, dtype, settings, workers or default_workers(), label, total, progress
+    )
     split_info = {}
     for name, w in splits.items():
         w.packer.leftover_tokens().tofile(directory / f"{TAIL}-{name}.bin")
