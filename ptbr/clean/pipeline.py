@@ -25,14 +25,11 @@ from ptbr.clean.config import CleanConfig
 from ptbr.clean.merge import DEFAULT_MEMORY, merge
 from ptbr.clean.part import make_plan, run_part
 from ptbr.clean.report import Report, print_report
+from ptbr.data.build import default_workers
 from ptbr.data.parts import PartSpec, default_work_dir
 from ptbr.errors import PtbrError
 
 __all__ = ["Report", "clean", "clean_once", "clean_part", "input_key", "merge_parts", "print_report"]
-
-
-def _workers(workers: int | None) -> int:
-    return workers or os.cpu_count() or 1
 
 
 def clean(
@@ -69,7 +66,7 @@ def clean(
             PartSpec(0, 1),
             work,
             cfg,
-            workers=_workers(workers),
+            workers=workers or default_workers(),
             text_field=text_field,
             txt_docs=txt_docs,
             log=log,
@@ -109,7 +106,7 @@ def clean_part(
         spec,
         work_dir,
         cfg,
-        workers=_workers(workers),
+        workers=workers or default_workers(),
         text_field=text_field,
         txt_docs=txt_docs,
         log=log,
