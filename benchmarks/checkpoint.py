@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
-from benchmarks.train import build_dataset, model_overrides, sh  # noqa: E402
+from benchmarks.train import build_dataset, model_overrides, sh, torchrun_train  # noqa: E402
 
 
 def train(n_ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace, steps: int) -> str:
@@ -40,19 +40,7 @@ def train(n_ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace, s
         "precision=fp32",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(n_ranks),
-        "-m",
-        "ptbr.train",
-        "--config",
-        "configs/train/tiny_cpu.yaml",
-        *overrides,
-    ]
-    return sh(*cmd, env=env).stderr
+    return sh(*torchrun_train(n_ranks, overrides), env=env).stderr
 
 
 def seconds(pattern: str, log: str) -> float:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
-from benchmarks.train import build_dataset, sh  # noqa: E402
+from benchmarks.train import build_dataset, sh, torchrun_train  # noqa: E402
 from ptbr.data.build import default_workers  # noqa: E402
 
 
@@ -72,16 +72,7 @@ def checkpoint(work: Path, preset: str) -> Path:
     shards = build_dataset(work, seq_len=32, vocab=512)
     run_dir = work / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    sh(
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "ptbr.train",
-        "--config",
-        "configs/train/tiny_cpu.yaml",
+    overrides = [
         f"model={preset}",
         f"train.run_dir={run_dir}",
         f"data.source={shards}",
@@ -93,8 +84,8 @@ def checkpoint(work: Path, preset: str) -> Path:
         "train.eval_samples=2",
         "zero.stage=2",
         "precision=fp32",
-        env=env,
-    )
+    ]
+    sh(*torchrun_train(2, overrides), env=env)
     return run_dir
 
 

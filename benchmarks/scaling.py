@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import print_table, write_report  # noqa: E402
-from benchmarks.train import build_dataset, model_overrides, sh  # noqa: E402
+from benchmarks.train import build_dataset, model_overrides, sh, torchrun_train  # noqa: E402
 
 
 def train(ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace) -> tuple[list[float], float, int]:
@@ -47,19 +47,7 @@ def train(ranks: int, run_dir: Path, shards: Path, args: argparse.Namespace) -> 
         "data.num_workers=0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(ranks),
-        "-m",
-        "ptbr.train",
-        "--config",
-        "configs/train/tiny_cpu.yaml",
-        *overrides,
-    ]
-    log = sh(*cmd, env=env)
+    log = sh(*torchrun_train(ranks, overrides), env=env)
     text = log.stdout + log.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step_time_s"] for r in records if r["kind"] == "train"][3:]

@@ -37,6 +37,22 @@ def sh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     return proc
 
 
+def torchrun_train(n_ranks: int, overrides: list[str]) -> list[str]:
+    """The command line of ``ptbr.train`` under torchrun, ``n_ranks`` local processes, on the tiny config."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n_ranks),
+        "-m",
+        "ptbr.train",
+        "--config",
+        "configs/train/tiny_cpu.yaml",
+        *overrides,
+    ]
+
+
 def build_dataset(tmp: Path, seq_len: int, vocab: int, docs: int = 3000) -> Path:
     """Tokenizer and shards from the embedded Portuguese-like text generator (local directory)."""
     from ptbr.devtools.sample_text import portuguese_documents
@@ -104,18 +120,7 @@ def ptbr_step_times(
     if n_ranks == 1:
         cmd = [sys.executable, "-m", "ptbr.cli", "train", "--config", "configs/train/tiny_cpu.yaml", *overrides]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(n_ranks),
-            "-m",
-            "ptbr.train",
-            "--config",
-            "configs/train/tiny_cpu.yaml",
-            *overrides,
-        ]
+        cmd = torchrun_train(n_ranks, overrides)
     sh(*cmd, env=env)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step_time_s"] for r in records if r["kind"] == "train"][1:]  # first window: warm-up
