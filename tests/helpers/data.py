@@ -42,6 +42,13 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
 
+def train_tokenizer(corpus: str, output: str, vocab_size: int) -> None:
+    """``ptbr tokenizer train`` through the CLI, quietly; it must succeed."""
+    assert_ok(
+        run_cli("tokenizer", "train", "--input", corpus, "--output", output, "--vocab-size", str(vocab_size), "--quiet")
+    )
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     """Non-zero exit, exactly one non-empty stderr line 'ptbr: error: ...', no traceback."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -12,7 +12,15 @@ import pytest
 
 from ptbr.data.mds import decompress, read_samples
 from ptbr.devtools.sample_text import portuguese_documents
-from tests.helpers.data import as_samples, assert_ok, assert_one_line_error, direct_tokens, run_cli, write_corpus
+from tests.helpers.data import (
+    as_samples,
+    assert_ok,
+    assert_one_line_error,
+    direct_tokens,
+    run_cli,
+    train_tokenizer,
+    write_corpus,
+)
 
 SEQ_LEN = 32
 
@@ -118,19 +126,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     corpus.mkdir()
     docs = portuguese_documents(60, seed=5, max_sentences=6)
     (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    assert_ok(
-        run_cli(
-            "tokenizer",
-            "train",
-            "--input",
-            str(corpus),
-            "--output",
-            str(root / "tok.json"),
-            "--vocab-size",
-            "300",
-            "--quiet",
-        )
-    )
+    train_tokenizer(str(corpus), str(root / "tok.json"), 300)
     assert_ok(
         run_cli(
             "shards",

@@ -58,8 +58,9 @@ def train_args(
     ]
 
 
-def torchrun(n: int, args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [
+def torchrun_command(n: int, *target: str) -> list[str]:
+    """torchrun with ``n`` local ranks on 127.0.0.1 running ``target`` (``-m module ...`` or a script)."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -69,11 +70,21 @@ def torchrun(n: int, args: list[str], env: dict[str, str], timeout: float = 300)
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        "-m",
-        "ptbr.train",
-        *args,
+        *target,
     ]
+
+
+def torchrun(n: int, args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = torchrun_command(n, "-m", "ptbr.train", *args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def run_probe(probe: str, out: Path, cases: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    """A probe script of tests/helpers on 2 gloo ranks: it runs ``cases`` and writes its findings to ``out``."""
+    cmd = torchrun_command(2, str(REPO / "tests" / "helpers" / probe), str(out), ",".join(cases))
+    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
 
 
 def deepspeed_launcher(

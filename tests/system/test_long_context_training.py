@@ -14,30 +14,10 @@ ZERO_CASES = ("zero1", "zero2", "zero3", "zero3_reset", "zero2_reset_ckpt", "zer
 
 @pytest.fixture(scope="module")
 def zero_findings(tmp_path_factory) -> dict:
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers.train_harness import REPO, free_port, run_env
+    from tests.helpers.train_harness import run_probe
 
     out = tmp_path_factory.mktemp("segments") / "findings.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "tests" / "helpers" / "segments_probe.py"),
-        str(out),
-        ",".join(ZERO_CASES),
-    ]
-    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_probe("segments_probe.py", out, ZERO_CASES, timeout=900)
 
 
 @pytest.mark.slow

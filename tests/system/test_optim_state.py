@@ -3,13 +3,9 @@ moment, a changed group setting and a shared Adam step counter, and ``repair`` u
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers.train_harness import REPO, free_port, run_env
+from tests.helpers.train_harness import run_probe
 
 pytestmark = pytest.mark.slow
 CASES = ("zero1", "zero2", "zero3", "zero1_bf16")
@@ -18,23 +14,7 @@ CASES = ("zero1", "zero2", "zero3", "zero1_bf16")
 @pytest.fixture(scope="module")
 def findings(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("optim") / "findings.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "tests" / "helpers" / "optim_probe.py"),
-        str(out),
-        ",".join(CASES),
-    ]
-    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_probe("optim_probe.py", out, CASES, timeout=600)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers.data import as_samples, assert_ok, direct_tokens, run_cli
+from tests.helpers.data import as_samples, assert_ok, direct_tokens, run_cli, train_tokenizer
 from tests.helpers.data_fixtures import local_samples
 from tests.helpers.dedup_corpus import placement_corpus
 from tests.helpers.slurm_cluster import SlurmCluster, unavailable_reason
@@ -300,19 +300,7 @@ def test_bad_input_is_one_line_in_the_job_log(cluster, shards, case):
         work = root / "mixed.parts"
         shutil.copytree(root / "ds-three.parts", work)
         other = root / "tok-other.json"
-        assert_ok(
-            run_cli(
-                "tokenizer",
-                "train",
-                "--input",
-                str(shards["cleaned"]),
-                "--output",
-                str(other),
-                "--vocab-size",
-                "290",
-                "--quiet",
-            )
-        )
+        train_tokenizer(str(shards["cleaned"]), str(other), 290)
         shutil.rmtree(work / "part-00001-of-00003")
         build_part(
             [str(shards["cleaned"])],

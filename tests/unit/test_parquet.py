@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.data import assert_ok, assert_one_line_error, run_cli
+from tests.helpers.data import assert_ok, assert_one_line_error, run_cli, train_tokenizer
 from tests.helpers.data_fixtures import local_samples
 
 pa = pytest.importorskip("pyarrow")
@@ -52,19 +52,7 @@ def test_row_groups_are_units_and_read_in_order(twins):
 def test_tokenizer_and_shards_from_parquet_equal_those_from_jsonl(twins):
     root = twins["root"]
     for kind in ("pq", "js"):
-        assert_ok(
-            run_cli(
-                "tokenizer",
-                "train",
-                "--input",
-                str(twins[kind]),
-                "--output",
-                str(root / f"tok-{kind}.json"),
-                "--vocab-size",
-                "300",
-                "--quiet",
-            )
-        )
+        train_tokenizer(str(twins[kind]), str(root / f"tok-{kind}.json"), 300)
     assert (root / "tok-pq.json").read_bytes() == (root / "tok-js.json").read_bytes()
     for kind in ("pq", "js"):
         assert_ok(

@@ -18,7 +18,14 @@ from ptbr.data.build_parts import build_part, merge_shards
 from ptbr.data.corpus import ReadStats, discover_inputs, iter_units, units_of
 from ptbr.data.parts import PartSpec, assign
 from ptbr.errors import DataError
-from tests.helpers.data import as_samples, assert_ok, assert_one_line_error, direct_tokens, isolated_environ, run_cli
+from tests.helpers.data import (
+    as_samples,
+    assert_one_line_error,
+    direct_tokens,
+    isolated_environ,
+    run_cli,
+    train_tokenizer,
+)
 from tests.helpers.data_fixtures import local_samples
 
 SEQ, VAL = 24, 0.15
@@ -38,32 +45,8 @@ def built(tmp_path_factory) -> dict:
         (corpus / f"f{i}.jsonl").write_text(
             "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs[i * 50 : (i + 1) * 50])
         )
-    assert_ok(
-        run_cli(
-            "tokenizer",
-            "train",
-            "--input",
-            str(corpus),
-            "--output",
-            str(root / "tok.json"),
-            "--vocab-size",
-            "300",
-            "--quiet",
-        )
-    )
-    assert_ok(
-        run_cli(
-            "tokenizer",
-            "train",
-            "--input",
-            str(corpus / "f0.jsonl"),
-            "--output",
-            str(root / "tok2.json"),
-            "--vocab-size",
-            "290",
-            "--quiet",
-        )
-    )
+    train_tokenizer(str(corpus), str(root / "tok.json"), 300)
+    train_tokenizer(str(corpus / "f0.jsonl"), str(root / "tok2.json"), 290)
     build_shards([str(corpus)], root / "tok.json", root / "one", SETTINGS, workers=1, progress=False, **QUIET)
     for i in range(3):
         build_part(
