@@ -14,9 +14,10 @@ state looks stale and the epoch restarts from sample 0). ``TokenDataset.load_sta
 instead, so a resume can never quietly replay data.
 
 Only streaming's public API is used: ``get_item`` (to shape the item), ``__iter__`` and
-``on_exception`` (to report a failed download instead of ending the epoch early), and
-``load_state_dict`` / ``next_epoch``. Stock streaming delivers 11-120 MB/s of tokens per process
-here (``python benchmarks/data.py --only stream-stock``), over 100x what one GPU rank consumes.
+``on_exception`` (to report a failed download instead of ending the epoch early), ``prepare_shard``
+(to release a shard whose download failed), and ``load_state_dict`` / ``next_epoch``. Stock streaming
+delivers 11-120 MB/s of tokens per process here (``python benchmarks/data.py --only stream-stock``), over
+100x what one GPU rank consumes.
 """
 
 from __future__ import annotations
@@ -82,6 +83,28 @@ class TokenDataset(StreamingDataset):
             self._thread_fault = exc
             with contextlib.suppress(BaseException):
                 super().on_exception(future)
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Streaming's download of one shard; one that fails hands the shard back instead of leaving it
+        PREPARING. Streaming 0.13 leaves it PREPARING, and every other reader of that shard on the node
+        (another rank, a loader worker) would wait for it for ever: a rank then hangs while the one that
+        saw the error waits for it at the step boundary. Handed back (REMOTE), the next reader downloads
+        the shard itself and gets the same error, or the shard, if the fault has passed."""
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except Exception:
+            self._release_failed_shard(shard_id)
+            raise
+
+    def _release_failed_shard(self, shard_id: int) -> None:
+        """PREPARING -> REMOTE, under streaming's cache lock. Only the process that set PREPARING reaches
+        here with an exception (a waiter only sleeps), so no download of another process is cut off."""
+        from streaming.base.dataset import _ShardState
+
+        lock = self._cache_filelock
+        with lock:
+            if self._shard_states[shard_id] == _ShardState.PREPARING:
+                self._shard_states[shard_id] = _ShardState.REMOTE
 
     def _data_error(self, exc: BaseException) -> BaseException:
         err = data_error(exc, self.source, self.retry_window_s)

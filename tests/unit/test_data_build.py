@@ -152,3 +152,52 @@ def test_a_failed_download_is_an_error_not_the_end_of_the_epoch(dataset: Path, t
         assert len(read) < ds.num_samples
         del ds
         gc.collect()
+
+
+def test_a_shard_whose_download_failed_fails_every_reader_instead_of_hanging_one(dataset: Path, tmp_path: Path) -> None:
+    """streaming 0.13 leaves a shard PREPARING when its download fails, and every other reader on the node
+    (another rank, a loader worker) then waits for it for ever: the job hangs instead of stopping with the
+    error. Each reader must get the error (here: corrupt at the source, one line)."""
+    import threading
+
+    from ptbr.errors import CorruptDataError
+
+    source = tmp_path / "source"
+    shutil.copytree(dataset, source)
+    index = json.loads((source / "train" / "index.json").read_text())
+    bad = source / "train" / index["shards"][1]["zip_data"]["basename"]
+    body = bytearray(bad.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    bad.write_bytes(bytes(body))
+    first_of_bad = index["shards"][0]["samples"]
+    with isolated_environ():
+        from ptbr.data import build_dataset, prepare_streaming_env
+
+        prepare_streaming_env()
+        ds = build_dataset(
+            str(source),
+            "train",
+            cache_root=str(tmp_path / "cache"),
+            batch_size=4,
+            shuffle=False,
+            seed=0,
+            download_retry_s=0,
+        )
+        outcomes: list[BaseException | None] = []
+
+        def read(dataset) -> None:
+            try:
+                dataset.get_item(first_of_bad)
+                outcomes.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+                outcomes.append(exc)
+
+        for _reader in range(2):  # the one whose download fails, then one that needs the same shard
+            thread = threading.Thread(target=read, args=(ds,), daemon=True)
+            thread.start()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "a reader of the shard whose download failed waits for ever"
+        assert len(outcomes) == 2 and all(isinstance(e, CorruptDataError) for e in outcomes), outcomes
+        assert all("corrupt at the source" in str(e) and bad.name in str(e) for e in outcomes)
+        del ds
+        gc.collect()
