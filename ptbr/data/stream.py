@@ -211,6 +211,7 @@ def build_dataset(
     """
     from streaming import Stream
 
+    from ptbr.data import shm_prefix
     from ptbr.data.token_dataset import TokenDataset
 
     if os.environ.get(ENV_DONE) is None:
@@ -228,6 +229,7 @@ def build_dataset(
         streams.append(Stream(remote=join_source(part["source"], split), local=str(local), proportion=part["weight"]))
     num_canonical_nodes = streaming_options(streaming_kwargs, num_canonical_nodes, download_retry_s, download_timeout_s)
     streaming_kwargs.setdefault("predownload", predownload_default(manifest, split, batch_size))
+    shm_prefix.install()  # concurrent jobs on a node must not take the same shared-memory prefix
     try:
         with streaming_tempdir():
             ds = TokenDataset(

@@ -262,3 +262,55 @@ def test_week_old_job_tmpdirs_are_pruned_and_recent_ones_kept(tmp_path: Path) ->
     _prune_old_job_dirs(tmp_path, keep=mine)
     assert not old.exists() and recent.exists() and mine.exists() and other.exists()
     assert not gone.exists() and alive.exists()
+
+
+def _other_job_registers_after_the_scan(monkeypatch: pytest.MonkeyPatch, other_local: str) -> list:
+    """Make another job's leader register the prefix this one just found free, between its scan and its
+    create (the moment two jobs starting together collide): a real segment, created at that instant."""
+    from streaming.base.constant import LOCALS
+    from streaming.base.shared import SharedMemory
+    from streaming.base.shared import prefix as streaming_prefix
+
+    real_scan = streaming_prefix._check_and_find_retrying
+    taken: list = []
+
+    def scan(streams_local, streams_remote, shm_name, retry):
+        found = real_scan(streams_local, streams_remote, shm_name, retry)
+        if shm_name == LOCALS and not taken:
+            data = streaming_prefix._pack_locals([other_local], found)
+            taken.append((found, SharedMemory(streaming_prefix._get_path(found, LOCALS), True, len(data))))
+            taken[0][1].buf[: len(data)] = data
+        return found
+
+    monkeypatch.setattr(streaming_prefix, "_check_and_find_retrying", scan)
+    return taken
+
+
+def test_a_prefix_another_job_takes_between_scan_and_create_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streaming.base.shared import prefix as streaming_prefix
+    from streaming.base.world import World
+
+    from ptbr.data.shm_prefix import register_shm_prefix
+
+    mine, other = str(tmp_path / "mine"), str(tmp_path / "other")
+    single = World(num_nodes=1, ranks_per_node=1, workers_per_rank=1, worker=0)
+    taken = _other_job_registers_after_the_scan(monkeypatch, other)
+    with pytest.raises(FileExistsError):  # streaming's own registration: the job crashes
+        streaming_prefix.get_shm_prefix([mine], ["s3://b/x"], single)
+    theirs, their_shm = taken.pop()
+    monkeypatch.undo()
+    try:
+        taken = _other_job_registers_after_the_scan(monkeypatch, str(tmp_path / "third"))
+        prefix, shm = register_shm_prefix([mine], ["s3://b/x"], single)
+        third, third_shm = taken.pop()
+        try:
+            assert prefix not in (theirs, third)
+            assert streaming_prefix._unpack_locals(bytes(shm.buf)) == ([mine], prefix)
+            assert streaming_prefix._unpack_locals(bytes(their_shm.buf)) == ([other], theirs)  # untouched
+        finally:
+            shm.cleanup()
+            third_shm.cleanup()
+    finally:
+        their_shm.cleanup()
