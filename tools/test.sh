@@ -12,4 +12,12 @@ if ! command -v slurmctld >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
 fi
 "$VENV/bin/ruff" format --check .   # the formatter is the house style (docs/architecture.md, "Habits")
 "$VENV/bin/ruff" check .
-exec "$VENV/bin/python" -m pytest "$@"
+# Two test files at a time (pytest-xdist, one file per worker so that module fixtures are built once): most
+# tests wait on subprocesses, and one file at a time leaves a core idle half the time. PTBR_TEST_WORKERS=1
+# runs them one by one (e.g. to read a failure's output in order).
+workers="${PTBR_TEST_WORKERS:-2}"
+xdist=()
+if [ "$workers" -gt 1 ]; then
+    xdist=(-n "$workers" --dist loadfile)
+fi
+exec "$VENV/bin/python" -m pytest ${xdist[@]+"${xdist[@]}"} "$@"

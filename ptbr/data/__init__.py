@@ -15,19 +15,26 @@ check      ``verify`` (``ptbr shards verify``: every shard against its hashes an
 read       ``stream`` (:func:`build_dataset`: one source or a weighted mixture, the one constructor),
            ``mixture`` (a mixture's common manifest), ``token_dataset`` (the StreamingDataset of samples),
            ``streaming_env`` (streaming made safe under any launcher), ``shm`` (stale shared memory),
-           ``faults`` (download retries, one-line data-source errors)
+           ``shm_prefix`` (shared-memory names safe between concurrent jobs), ``streaming_import``
+           (streaming without its bundled dataset classes), ``faults`` (download retries, one-line
+           data-source errors)
 shared     ``manifest`` (manifest.json, ``_SUCCESS``, dataset identity, :func:`read_manifest`),
            ``hashing`` (sha256 / xxh64 of bytes, files and JSON)
 =========  =====================================================================================
 
 The read entry points are re-exported lazily (``from ptbr.data import build_dataset``) so that
-importing this package does not import mosaicml-streaming (3-6 s) in processes that never read.
+importing this package does not import mosaicml-streaming (3-6 s) in processes that never read; when a
+process does, it skips streaming's bundled dataset classes (:mod:`ptbr.data.streaming_import`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from ptbr.data.streaming_import import defer_bundled_datasets
+
+defer_bundled_datasets()
 
 _LAZY = {
     "read_manifest": "ptbr.data.manifest",

@@ -314,3 +314,23 @@ def test_a_prefix_another_job_takes_between_scan_and_create_is_skipped(
             third_shm.cleanup()
     finally:
         their_shm.cleanup()
+
+
+DEFERRED_PROBE = """
+import sys
+import ptbr.data
+from streaming import StreamingDataset, Stream
+heavy = sorted(m for m in ("sklearn", "torchvision", "streaming.text.c4", "streaming.vision.base") if m in sys.modules)
+import streaming
+from streaming.vision import StreamingCIFAR10
+import streaming.multimodal.webvid
+print(heavy, streaming.text.StreamingC4.__name__, StreamingCIFAR10.__name__, "sklearn" in sys.modules)
+"""
+
+
+def test_streaming_imports_without_its_bundled_dataset_classes_until_one_is_used() -> None:
+    """Each rank imports streaming; its C4/ImageNet/... classes (transformers' AutoTokenizer, scikit-learn,
+    torchvision) cost seconds there and are loaded only when a program uses them."""
+    proc = subprocess.run([sys.executable, "-c", DEFERRED_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]", "StreamingC4", "StreamingCIFAR10", "True"]
