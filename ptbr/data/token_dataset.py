@@ -77,10 +77,16 @@ class TokenDataset(StreamingDataset):
     def on_exception(self, future: Future) -> None:
         """A background thread's exception: keep it for :meth:`__iter__` to report. Streaming's own
         handler stops the other threads, then re-raises inside the Future's callback, where it would
-        only be logged as a traceback: that re-raise is dropped."""
+        only be logged as a traceback: that re-raise is dropped.
+
+        The thread died without counting its exit, and streaming's end of epoch (``_Iterator.exit``)
+        waits for both threads to count theirs: it would wait for ever. Count it here."""
         exc = future.exception()
         if exc is not None:
             self._thread_fault = exc
+            iterator = getattr(self, "_iterator", None)
+            if iterator is not None:
+                iterator.on_exit()
             with contextlib.suppress(BaseException):
                 super().on_exception(future)
 
