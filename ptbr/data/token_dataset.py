@@ -13,9 +13,12 @@ Streaming silently ignores ``load_state_dict`` on a dataset that already started
 state looks stale and the epoch restarts from sample 0). ``TokenDataset.load_state_dict`` raises
 instead, so a resume can never quietly replay data.
 
-Only streaming's public API is used: ``get_item`` (to shape the item), ``__iter__`` and
-``on_exception`` (to report a failed download instead of ending the epoch early), ``prepare_shard``
-(to release a shard whose download failed), and ``load_state_dict`` / ``next_epoch``. Stock streaming
+Streaming's methods overridden: ``get_item`` (to shape the item), ``__iter__`` and ``on_exception`` (to
+report a failed download instead of ending the epoch early, and to count the failed thread's exit),
+``prepare_shard`` (to release a shard whose download failed), ``load_state_dict``. The last three fixes
+touch streaming 0.13's internals (shard states, cache lock, the epoch's ``_Iterator``): the version is pinned
+(pyproject) and ``tests/unit/test_data_build.py`` holds each behaviour, so an upgrade that changes them
+fails there, not in a job. Stock streaming
 delivers 11-120 MB/s of tokens per process here (``python benchmarks/data.py --only stream-stock``), over
 100x what one GPU rank consumes.
 """
