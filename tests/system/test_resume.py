@@ -3,12 +3,14 @@ elastic resumes: tests/test_elastic_resume.py (2 gloo ranks, real S3 data)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -45,11 +47,29 @@ def committed(run_dir: Path, step: int) -> bool:
     return (run_dir / "checkpoints" / layout.tag_for(step) / layout.MARKER).is_file()
 
 
+def wait_until_gone(procs) -> None:
+    """Every process of each rank's group has exited (loader workers too). A restart while they still map the
+    killed job's shared memory would meet its records; Slurm never lets that happen (it waits for the whole
+    step to die before the next one starts), so neither do the tests."""
+    groups = {p.pid for p in procs}
+
+    def gone() -> bool:
+        for q in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(q.pid) in groups and q.info["status"] != psutil.STATUS_ZOMBIE:
+                    return False
+        return True
+
+    wait_for(gone, timeout=60, what="every process of the killed job to exit")
+
+
 def kill_all(procs) -> None:
+    """SIGKILL every process of each rank's group and wait until all of them are gone."""
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     wait_all(procs, timeout=60)
+    wait_until_gone(procs)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +96,7 @@ def test_kill9_of_a_rank_then_autoresume_is_bit_exact(reference, tiny_dataset, t
     codes = wait_all(procs, timeout=120)
     assert codes[0] != 0 and codes[1] == -signal.SIGKILL
     assert not committed(run_dir, 20)
+    wait_until_gone(procs)
 
     proc = torchrun(2, [*args, "--resume", "auto"], tiny_dataset.env)
     assert proc.returncode == 0, describe(proc)
